@@ -1,0 +1,41 @@
+# Every target sets itself up from nothing: a venv, the package, and what the tests need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: setup run test test-fast lint bench test-deps clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+setup: $(STAMP)
+	@scripts/ensure-node.sh
+
+run: setup
+	$(BIN)/realtime serve --host $(HOST) --port $(PORT)
+
+test-deps: setup
+	@scripts/ensure-redis.sh
+	@scripts/ensure-chromium.sh
+
+test: test-deps
+	$(BIN)/pytest
+
+test-fast: test-deps
+	$(BIN)/pytest -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python benchmarks/lifecycle.py
+
+clean:
+	rm -rf $(VENV) .workspaces .pytest_cache

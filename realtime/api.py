@@ -1,0 +1,314 @@
+"""The HTTP API: workspaces, files, commands, previews, events, tokens."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from realtime.broker import Broker
+from realtime.errors import ApiError
+from realtime.settings import Settings
+from realtime.tokens import Scope, SessionTokens
+from realtime.validation import parse_command, parse_env, parse_files, parse_path, parse_project_id
+from realtime.workspaces import WorkspaceManager
+from runtime.lifecycle import Workspace
+
+__all__ = ["Services", "json_response", "routes"]
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the lifespan builds and every request uses."""
+
+    settings: Settings
+    manager: WorkspaceManager
+    broker: Broker
+    tokens: SessionTokens
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.state.services
+    return services
+
+
+async def read_json(request: Request, *, optional: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object, refusing bodies over the configured limit with 413."""
+    limit = _services(request).settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "too_large", f"request body over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "too_large", f"request body over {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip() and optional:
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "bad_json", "request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", "request body must be a JSON object")
+    return body
+
+
+def _workspace(request: Request) -> Workspace:
+    project_id = parse_project_id(request.path_params["project_id"])
+    workspace = _services(request).manager.get(project_id)
+    if workspace is None:
+        raise ApiError(404, "not_found", f"no workspace for project {project_id!r}; POST /api/workspaces first")
+    return workspace
+
+
+def _request_id(request: Request, body: Mapping[str, Any] | None = None) -> str:
+    given = (body or {}).get("request_id") or request.headers.get("x-request-id")
+    if isinstance(given, str) and 0 < len(given) <= 128:
+        return given
+    return "req_" + secrets.token_hex(8)
+
+
+def _ws_url(settings: Settings, project_id: str) -> str:
+    base = settings.service_url
+    scheme, rest = base.split("://", 1)
+    return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/ws/projects/{project_id}"
+
+
+async def _latest(broker: Broker, project_id: str) -> tuple[str, int]:
+    history = await broker.read(project_id, 0, limit=0)
+    return history.epoch, history.latest
+
+
+async def _snapshot(services: Services, workspace: Workspace) -> dict[str, Any]:
+    epoch, seq = await _latest(services.broker, workspace.project_id)
+    return {**workspace.snapshot(), "epoch": epoch, "seq": seq}
+
+
+# -- workspaces --------------------------------------------------------------------------------
+
+
+async def create_workspace(request: Request) -> Response:
+    services = _services(request)
+    body = await read_json(request)
+    project_id = parse_project_id(body.get("project_id"))
+    files = parse_files(body.get("files", []))
+    env = parse_env(body.get("env"))
+    wait = body.get("wait", False)
+    if not isinstance(wait, bool):
+        raise ApiError(400, "bad_request", "wait must be true or false")
+    workspace, created = await services.manager.ensure(project_id, files, env, _request_id(request, body))
+    if wait:
+        await workspace.wait_settled()
+    epoch, seq = await _latest(services.broker, project_id)
+    token, expires_at = services.tokens.mint(project_id, Scope.write)
+    preview = workspace.preview
+    result = {
+        "project_id": project_id,
+        "state": workspace.state.value if workspace.state else None,
+        "detail": workspace.detail,
+        "epoch": epoch,
+        "seq": seq,
+        "preview_url": preview["url"] if preview else None,
+        "preview_expires_at": preview["expires_at"] if preview else None,
+        "session_token": token,
+        "session_token_expires_at": expires_at,
+        "ws_url": _ws_url(services.settings, project_id),
+    }
+    return json_response(result, 201 if created else 200)
+
+
+async def get_workspace(request: Request) -> Response:
+    return json_response(await _snapshot(_services(request), _workspace(request)))
+
+
+async def delete_workspace(request: Request) -> Response:
+    workspace = _workspace(request)
+    await _services(request).manager.stop(workspace.project_id)
+    return Response(status_code=204)
+
+
+# -- files -------------------------------------------------------------------------------------
+
+
+async def put_files(request: Request) -> Response:
+    workspace = _workspace(request)
+    body = await read_json(request)
+    files = parse_files(body.get("files"))
+    written = await workspace.write(files, _request_id(request, body))
+    return json_response({"files": [{"path": item.path, "sha256": item.sha256} for item in written]})
+
+
+async def get_files(request: Request) -> Response:
+    sandbox = _workspace(request).require_sandbox()
+    path = parse_path(request.query_params.get("path", ""), allow_root=True)
+    if path == "" or await sandbox.is_dir(path):
+        entries = await sandbox.list_dir(path)
+        listing = [{"name": entry.name, "type": entry.type, "size": entry.size} for entry in entries]
+        return json_response({"path": path, "entries": listing})
+    raw = await sandbox.read_file(path)
+    try:
+        return json_response({"path": path, "content": raw.decode("utf-8"), "encoding": "utf-8"})
+    except UnicodeDecodeError:
+        return json_response({"path": path, "content": base64.b64encode(raw).decode(), "encoding": "base64"})
+
+
+async def delete_files(request: Request) -> Response:
+    workspace = _workspace(request)
+    path = parse_path(request.query_params.get("path"))
+    if not await workspace.delete(path, _request_id(request)):
+        raise ApiError(404, "not_found", f"no file or directory at {path!r}")
+    return Response(status_code=204)
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+async def post_command(request: Request) -> Response:
+    services = _services(request)
+    workspace = _workspace(request)
+    body = await read_json(request)
+    command = parse_command(
+        body,
+        default_timeout_s=services.settings.command_timeout_s,
+        max_timeout_s=services.settings.max_command_timeout_s,
+    )
+    run = await workspace.start_command(command.argv, cwd=command.cwd, env=command.env, timeout_s=command.timeout_s)
+    result: dict[str, Any] = {"command_id": run.command_id}
+    if command.wait:
+        await run.done.wait()
+        result["exit_code"] = run.exit_code
+        result["timed_out"] = run.timed_out
+    return json_response(result)
+
+
+async def kill_command(request: Request) -> Response:
+    workspace = _workspace(request)
+    run = workspace.commands.get(request.path_params["command_id"])
+    if run is None:
+        raise ApiError(404, "not_found", "no running command with that id")
+    await run.kill()
+    await run.done.wait()
+    return json_response({"command_id": run.command_id, "exit_code": run.exit_code})
+
+
+# -- preview, events, tokens -------------------------------------------------------------------
+
+
+async def refresh_preview(request: Request) -> Response:
+    services = _services(request)
+    workspace = _workspace(request)
+    body = await read_json(request, optional=True)
+    revoke = body.get("revoke", False)
+    if not isinstance(revoke, bool):
+        raise ApiError(400, "bad_request", "revoke must be true or false")
+    if revoke:
+        services.manager.revoke(workspace.project_id)
+    await workspace.refresh()
+    await workspace.wait_settled()
+    preview = workspace.resign_preview()
+    if preview is None:
+        raise ApiError(409, "not_ready", f"the dev server is not running: {workspace.detail or workspace.state}")
+    return json_response({"state": workspace.state, "preview_url": preview["url"], **preview})
+
+
+async def get_events(request: Request) -> Response:
+    services = _services(request)
+    project_id = parse_project_id(request.path_params["project_id"])
+    since = _int_param(request, "since", 0)
+    limit = min(_int_param(request, "limit", 1000), 10_000)
+    epoch = request.query_params.get("epoch") or None
+    history = await services.broker.read(project_id, since, epoch=epoch, limit=limit)
+    return json_response({
+        "epoch": history.epoch,
+        "seq": history.latest,
+        "resumed": history.complete,
+        "events": [event.as_dict() for event in history.events],
+    })
+
+
+async def post_event(request: Request) -> Response:
+    services = _services(request)
+    project_id = parse_project_id(request.path_params["project_id"])
+    body = await read_json(request)
+    kind = body.get("type")
+    if not isinstance(kind, str) or not 0 < len(kind) <= 128:
+        raise ApiError(400, "bad_request", "type must be a non-empty string of at most 128 characters")
+    event = await services.broker.append(project_id, "custom", {"type": kind, "data": body.get("data")})
+    return json_response({"seq": event.seq})
+
+
+async def post_token(request: Request) -> Response:
+    services = _services(request)
+    project_id = parse_project_id(request.path_params["project_id"])
+    body = await read_json(request, optional=True)
+    try:
+        scope = Scope(body.get("scope", "read"))
+    except ValueError:
+        raise ApiError(400, "bad_request", "scope must be 'read' or 'write'") from None
+    ttl = body.get("ttl_s")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0):
+        raise ApiError(400, "bad_request", "ttl_s must be a positive integer")
+    token, expires_at = services.tokens.mint(project_id, scope, ttl)
+    return json_response({"token": token, "expires_at": expires_at, "scope": scope.value})
+
+
+def _int_param(request: Request, name: str, default: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit():
+        raise ApiError(400, "bad_request", f"{name} must be a non-negative integer, got {raw!r}")
+    return int(raw)
+
+
+# -- health ------------------------------------------------------------------------------------
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"ok": True})
+
+
+async def readyz(request: Request) -> Response:
+    services = _services(request)
+    problems: dict[str, str] = {}
+    for name, check in (("broker", services.broker.check), ("runtime", services.manager.runtime.check)):
+        try:
+            await check()
+        except Exception as exc:  # noqa: BLE001 - any failure of a check means "not ready", with its reason
+            problems[name] = f"{type(exc).__name__}: {exc}"
+    if problems:
+        return json_response({"ok": False, "problems": problems}, 503)
+    return json_response({"ok": True})
+
+
+routes = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/api/workspaces", create_workspace, methods=["POST"]),
+    Route("/api/workspaces/{project_id}", get_workspace, methods=["GET"]),
+    Route("/api/workspaces/{project_id}", delete_workspace, methods=["DELETE"]),
+    Route("/api/workspaces/{project_id}/files", put_files, methods=["PUT"]),
+    Route("/api/workspaces/{project_id}/files", get_files, methods=["GET"]),
+    Route("/api/workspaces/{project_id}/files", delete_files, methods=["DELETE"]),
+    Route("/api/workspaces/{project_id}/commands", post_command, methods=["POST"]),
+    Route("/api/workspaces/{project_id}/commands/{command_id}", kill_command, methods=["DELETE"]),
+    Route("/api/workspaces/{project_id}/preview", refresh_preview, methods=["POST"]),
+    Route("/api/workspaces/{project_id}/events", get_events, methods=["GET"]),
+    Route("/api/workspaces/{project_id}/events", post_event, methods=["POST"]),
+    Route("/api/workspaces/{project_id}/tokens", post_token, methods=["POST"]),
+]

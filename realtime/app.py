@@ -1,0 +1,145 @@
+"""The application factory: the lifespan owns every resource; requests are dispatched by host."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from realtime.api import Services, json_response, routes
+from realtime.auth import BearerAuth
+from realtime.broker import Broker, MemoryBroker
+from realtime.errors import ApiError, from_runtime
+from realtime.preview import PreviewGateway
+from realtime.settings import Settings
+from realtime.signing import PreviewSigner
+from realtime.tokens import SessionTokens
+from realtime.workspaces import WorkspaceManager
+from runtime.base import Runtime
+from runtime.errors import RuntimeFailure
+from runtime.lifecycle import LifecycleConfig
+
+__all__ = ["create_app", "make_runtime"]
+
+logger = logging.getLogger(__name__)
+
+RuntimeFactory = Callable[[Settings], Runtime]
+
+
+def make_runtime(settings: Settings) -> Runtime:
+    """The configured runtime; providers with heavy SDKs are imported only when chosen."""
+    if settings.runtime == "local":
+        from runtime.local import LocalRuntime
+        from runtime.template import TemplateCache
+
+        root = settings.root.resolve()
+        template = TemplateCache(settings.template_dir, root / ".template-cache")
+        return LocalRuntime(root, template)
+    raise ValueError(f"runtime {settings.runtime!r} is not available in this build")
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return json_response(exc.body(), exc.status)
+
+
+async def _runtime_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RuntimeFailure)
+    error = from_runtime(exc)
+    return json_response(error.body(), error.status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return json_response({"error": {"code": code, "message": exc.detail}}, exc.status_code)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return json_response({"error": {"code": "internal", "message": "internal server error"}}, 500)
+
+
+class PreviewHosts:
+    """Pure ASGI middleware: requests for a preview host go to the gateway, all others on inward."""
+
+    def __init__(self, app: ASGIApp, signer: PreviewSigner) -> None:
+        self._app = app
+        self._signer = signer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+            if host and self._signer.is_preview_host(host):
+                gateway: PreviewGateway = scope["state"]["gateway"]
+                await gateway(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
+
+
+def create_app(
+    settings: Settings, *, runtime_factory: RuntimeFactory = make_runtime, broker: Broker | None = None
+) -> ASGIApp:
+    """Build the ASGI app. Resources are created in its lifespan, not here."""
+    signer = PreviewSigner(settings.signing_key, settings.preview_url)
+    tokens = SessionTokens(settings.signing_key, settings.token)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        runtime = runtime_factory(settings)
+        the_broker = broker or MemoryBroker(max_events=settings.history_events, max_bytes=settings.history_bytes)
+        config = LifecycleConfig(
+            install_command=settings.install_command,
+            dev_command=settings.dev_command,
+            install_timeout_s=settings.install_timeout_s,
+            start_timeout_s=settings.start_timeout_s,
+        )
+        async with (
+            httpx.AsyncClient(
+                follow_redirects=False, timeout=httpx.Timeout(30.0, connect=5.0), trust_env=False
+            ) as probe_http,
+            httpx.AsyncClient(
+                follow_redirects=False, timeout=httpx.Timeout(None, connect=10.0), trust_env=False
+            ) as proxy_http,
+            anyio.create_task_group() as tg,
+        ):
+            manager = WorkspaceManager(
+                runtime=runtime,
+                broker=the_broker,
+                signer=signer,
+                config=config,
+                http=probe_http,
+                preview_ttl_s=settings.preview_ttl_s,
+            )
+            await tg.start(manager.run)
+            services = Services(settings=settings, manager=manager, broker=the_broker, tokens=tokens)
+            try:
+                yield {"services": services, "gateway": PreviewGateway(signer, manager.resolve, proxy_http)}
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await manager.aclose()
+                    await runtime.aclose()
+                    await the_broker.aclose()
+                tg.cancel_scope.cancel()
+
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(PreviewHosts, signer=signer), Middleware(BearerAuth, tokens=tokens)],
+        exception_handlers={
+            ApiError: _api_error,
+            RuntimeFailure: _runtime_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+    )

@@ -1,0 +1,148 @@
+"""Configuration: one frozen dataclass read from the environment (or a `.env` file)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+__all__ = ["ConfigError", "Settings"]
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TEMPLATE = _REPO_ROOT / "sandbox-templates" / "nextjs"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot work; the message says which variable to fix."""
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "")
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "")
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the service is configured with. Build with `from_env`, pass down explicitly."""
+
+    token: str
+    signing_key: bytes
+    host: str = "127.0.0.1"
+    port: int = 8000
+    runtime: str = "local"
+    service_url: str = "http://localhost:8000"
+    preview_url: str = "http://{slug}.preview.localhost:8000"
+    root: Path = Path(".workspaces")
+    template_dir: Path = DEFAULT_TEMPLATE
+    install_command: str = "npm install --no-audit --no-fund"
+    dev_command: str = "npm run dev"
+    image: str | None = None
+    callback_url: str | None = None
+    callback_secret: str | None = None
+    webhook_secret: str | None = None
+    redis_url: str | None = None
+    #: Seconds a freshly signed preview URL stays valid.
+    preview_ttl_s: int = 24 * 3600
+    #: Seconds to wait for `npm install`, and for the dev server to answer HTTP.
+    install_timeout_s: float = 900.0
+    start_timeout_s: float = 180.0
+    #: Default and ceiling for a command's `timeout_s`.
+    command_timeout_s: float = 600.0
+    max_command_timeout_s: float = 3600.0
+    #: Request bodies above this are refused with 413.
+    max_body_bytes: int = 32 * 1024 * 1024
+    #: Event history kept per project.
+    history_events: int = 100_000
+    history_bytes: int = 10 * 1024 * 1024
+    #: A generated dev token is printed by `serve`; a configured one never is.
+    token_generated: bool = False
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, host: str = "127.0.0.1", port: int = 8000
+    ) -> Settings:
+        """Read the configuration.
+
+        Args:
+            environ: the variables to read; `os.environ` when omitted.
+            host, port: where `serve` listens; they decide the loopback defaults.
+
+        Raises:
+            ConfigError: a variable is malformed, or a secret is missing off loopback.
+        """
+        env = os.environ if environ is None else environ
+        loopback = _is_loopback(host)
+        token = env.get("WORKSPACE_TOKEN", "")
+        generated = False
+        if not token:
+            if not loopback:
+                raise ConfigError("WORKSPACE_TOKEN is required when serving off loopback")
+            token, generated = "dev-" + secrets.token_urlsafe(24), True
+        key = env.get("WORKSPACE_SIGNING_KEY", "")
+        if not key:
+            if not loopback:
+                raise ConfigError("WORKSPACE_SIGNING_KEY is required when serving off loopback")
+            key = secrets.token_urlsafe(32)
+        runtime = env.get("WORKSPACE_RUNTIME", "local") or "local"
+        if runtime not in ("local", "modal"):
+            raise ConfigError(f"WORKSPACE_RUNTIME must be 'local' or 'modal', got {runtime!r}")
+        public_port = port or 8000
+        preview_url = env.get("WORKSPACE_PREVIEW_URL") or f"http://{{slug}}.preview.localhost:{public_port}"
+        if "{slug}" not in preview_url:
+            raise ConfigError(f"WORKSPACE_PREVIEW_URL must contain {{slug}}, got {preview_url!r}")
+        return cls(
+            token=token,
+            token_generated=generated,
+            signing_key=key.encode(),
+            host=host,
+            port=port,
+            runtime=runtime,
+            service_url=(env.get("WORKSPACE_SERVICE_URL") or f"http://localhost:{public_port}").rstrip("/"),
+            preview_url=preview_url,
+            root=Path(env.get("WORKSPACE_ROOT") or ".workspaces"),
+            template_dir=Path(env.get("WORKSPACE_TEMPLATE") or DEFAULT_TEMPLATE),
+            install_command=env.get("WORKSPACE_INSTALL_COMMAND") or cls.install_command,
+            dev_command=env.get("WORKSPACE_DEV_COMMAND") or cls.dev_command,
+            image=env.get("WORKSPACE_IMAGE") or None,
+            callback_url=env.get("WORKSPACE_CALLBACK_URL") or None,
+            callback_secret=env.get("WORKSPACE_CALLBACK_SECRET") or None,
+            webhook_secret=env.get("WORKSPACE_WEBHOOK_SECRET") or None,
+            redis_url=env.get("REDIS_URL") or None,
+            preview_ttl_s=_int(env, "WORKSPACE_PREVIEW_TTL_S", cls.preview_ttl_s),
+            install_timeout_s=_float(env, "WORKSPACE_INSTALL_TIMEOUT_S", cls.install_timeout_s),
+            start_timeout_s=_float(env, "WORKSPACE_START_TIMEOUT_S", cls.start_timeout_s),
+            command_timeout_s=_float(env, "WORKSPACE_COMMAND_TIMEOUT_S", cls.command_timeout_s),
+            max_body_bytes=_int(env, "WORKSPACE_MAX_BODY_BYTES", cls.max_body_bytes),
+            history_events=_int(env, "WORKSPACE_HISTORY_EVENTS", cls.history_events),
+            history_bytes=_int(env, "WORKSPACE_HISTORY_BYTES", cls.history_bytes),
+        )
+
+    def with_changes(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]

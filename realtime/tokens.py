@@ -1,0 +1,86 @@
+"""Session tokens for browsers: short-lived JWTs scoped to one project and to `read` or `write`."""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import time
+from dataclasses import dataclass
+
+import jwt
+
+__all__ = ["AUDIENCE", "Scope", "SessionTokens", "TokenError", "TokenGrant"]
+
+AUDIENCE = "qai-workspace"
+ALGORITHM = "HS256"
+
+
+class Scope(enum.StrEnum):
+    read = "read"
+    write = "write"
+
+
+class TokenError(Exception):
+    """The token is not acceptable; the message says why in terms a client can act on."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenGrant:
+    """What a presented token allows. The service token allows everything on every project."""
+
+    project_id: str | None
+    scope: Scope
+    service: bool = False
+
+    def allows(self, project_id: str, scope: Scope) -> bool:
+        if self.service:
+            return True
+        return self.project_id == project_id and (scope is Scope.read or self.scope is Scope.write)
+
+
+class SessionTokens:
+    """Mints and checks session tokens; also recognises the service token (constant-time)."""
+
+    def __init__(self, key: bytes, service_token: str, *, default_ttl_s: int = 3600, max_ttl_s: int = 86400) -> None:
+        self._key = key
+        self._service_token = service_token.encode()
+        self.default_ttl_s = default_ttl_s
+        self.max_ttl_s = max_ttl_s
+
+    def is_service_token(self, token: str) -> bool:
+        return hmac.compare_digest(token.encode(), self._service_token)
+
+    def mint(
+        self, project_id: str, scope: Scope, ttl_s: int | None = None, *, now: float | None = None
+    ) -> tuple[str, int]:
+        """Return `(token, expires_at)`; `ttl_s` is clamped to the maximum."""
+        issued = int(now if now is not None else time.time())
+        ttl = min(ttl_s or self.default_ttl_s, self.max_ttl_s)
+        expires_at = issued + ttl
+        claims = {"aud": AUDIENCE, "sub": project_id, "scope": scope.value, "iat": issued, "exp": expires_at}
+        return jwt.encode(claims, self._key, algorithm=ALGORITHM), expires_at
+
+    def check(self, token: str) -> TokenGrant:
+        """Accept the service token or a valid session token.
+
+        Raises:
+            TokenError: expired, bad signature, wrong audience, or malformed.
+        """
+        if self.is_service_token(token):
+            return TokenGrant(project_id=None, scope=Scope.write, service=True)
+        try:
+            claims = jwt.decode(
+                token, self._key, algorithms=[ALGORITHM], audience=AUDIENCE, options={"require": ["exp", "sub", "aud"]}
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenError("token expired") from None
+        except jwt.InvalidTokenError:
+            raise TokenError("invalid token") from None
+        try:
+            scope = Scope(claims.get("scope"))
+        except ValueError:
+            raise TokenError("invalid token scope") from None
+        project_id = claims["sub"]
+        if not isinstance(project_id, str):
+            raise TokenError("invalid token subject")
+        return TokenGrant(project_id=project_id, scope=scope)

@@ -1,0 +1,163 @@
+"""The runtime interface: what a sandbox provider offers the workspace lifecycle.
+
+A provider (local processes, Modal) implements `Runtime` and hands out one `Sandbox` per project.
+Nothing here knows of HTTP, websockets or Redis; the lifecycle turns what a sandbox does into events.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+__all__ = [
+    "INSTALL_MARKER",
+    "PROJECT_ID_PATTERN",
+    "ChangeKind",
+    "DirEntry",
+    "FileChange",
+    "FileUpload",
+    "OutputSink",
+    "Process",
+    "Runtime",
+    "Sandbox",
+    "Stream",
+    "WrittenFile",
+]
+
+Stream = Literal["stdout", "stderr"]
+
+#: Receives decoded output: one or more complete lines (each ending in "\n", except a final
+#: unterminated line at end of stream). Called in order per stream; never with an empty string.
+OutputSink = Callable[[Stream, str], Awaitable[None]]
+
+
+class ChangeKind(enum.StrEnum):
+    added = "added"
+    modified = "modified"
+    deleted = "deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class FileUpload:
+    """A file to write, relative to the workspace root. `content` is the raw bytes."""
+
+    path: str
+    content: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenFile:
+    path: str
+    sha256: str
+    change: ChangeKind
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    name: str
+    type: Literal["file", "dir"]
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileChange:
+    """A change observed in the workspace that the service itself did not make."""
+
+    change: ChangeKind
+    path: str
+
+
+@runtime_checkable
+class Process(Protocol):
+    """A running process (a process group on the local runtime)."""
+
+    async def wait(self) -> int:
+        """Wait for exit; return the exit code (`128 + signal` when killed by a signal)."""
+        ...
+
+    async def kill(self, sig: int) -> None:
+        """Send `sig` to the whole process (group); no error if it already exited."""
+        ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+
+class Sandbox(Protocol):
+    """One project's sandbox: a file tree, processes and a port for the dev server."""
+
+    project_id: str
+
+    async def write_files(self, files: Sequence[FileUpload]) -> list[WrittenFile]:
+        """Write a batch of files all or nothing.
+
+        Raises:
+            runtime.errors.PathError: a path is outside the workspace; nothing was written.
+        """
+        ...
+
+    async def read_file(self, path: str) -> bytes: ...
+
+    async def list_dir(self, path: str) -> list[DirEntry]: ...
+
+    async def is_dir(self, path: str) -> bool: ...
+
+    async def delete(self, path: str) -> bool:
+        """Delete a file or a directory tree; return whether anything was there."""
+        ...
+
+    async def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        on_output: OutputSink,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Process:
+        """Start `argv` in the workspace (cwd relative to its root); output goes to `on_output`.
+
+        The returned process's `wait()` returns only after all its output was delivered.
+        """
+        ...
+
+    def dev_port(self) -> int:
+        """The port the dev server should listen on (passed to it as `PORT`)."""
+        ...
+
+    async def preview_origin(self, port: int) -> str:
+        """Where the preview gateway reaches `port`: `http://127.0.0.1:N` or a provider tunnel."""
+        ...
+
+    def watch(self) -> AsyncIterator[list[FileChange]]:
+        """Debounced file changes made inside the sandbox (not through `write_files`/`delete`)."""
+        ...
+
+    async def terminate(self) -> None:
+        """Kill every process of the sandbox and release it. The files may stay."""
+        ...
+
+
+class Runtime(Protocol):
+    name: str
+
+    async def open(self, project_id: str) -> Sandbox:
+        """Provision a new sandbox for the project, or reconnect to its existing one."""
+        ...
+
+    async def check(self) -> None:
+        """Raise if the provider cannot be used right now (readiness)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Terminate every sandbox this runtime started in this process."""
+        ...
+
+
+#: Project ids, as the contract defines them; runtimes check them again before touching disk.
+PROJECT_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+
+#: Written after a successful dependency install: the sha256 (hex) of the package.json it installed.
+#: Lives under node_modules, so it vanishes with it and file watchers ignore it.
+INSTALL_MARKER = "node_modules/.qai-installed"

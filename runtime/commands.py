@@ -1,0 +1,133 @@
+"""Running one command in a sandbox: output as `log` events, a timeout that kills the group, kill."""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from runtime.base import Process, Sandbox, Stream
+from runtime.errors import RuntimeFailure
+
+__all__ = [
+    "TIMEOUT_EXIT_CODE",
+    "CommandRun",
+    "Emit",
+    "finish_command",
+    "log_sink",
+    "new_command_id",
+    "start_command",
+]
+
+#: The exit code a command gets when its timeout ended it, as coreutils' `timeout` reports it.
+TIMEOUT_EXIT_CODE = 124
+#: Seconds between SIGTERM and SIGKILL when a command is ended.
+KILL_GRACE_S = 3.0
+
+Emit = Callable[[str, Mapping[str, Any]], Awaitable[object]]
+
+
+def new_command_id() -> str:
+    return "cmd_" + secrets.token_hex(6)
+
+
+@dataclass(slots=True)
+class CommandRun:
+    """A command started in a sandbox. `done` is set once its `exited` event was emitted."""
+
+    command_id: str
+    argv: list[str]
+    cwd: str | None
+    started_at: int = field(default_factory=lambda: int(time.time() * 1000))
+    process: Process | None = None
+    exit_code: int | None = None
+    timed_out: bool = False
+    killed: bool = False
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"command_id": self.command_id, "cmd": self.argv, "cwd": self.cwd, "started_at": self.started_at}
+
+    async def kill(self) -> None:
+        """End the command: SIGTERM to its group, SIGKILL after a grace period."""
+        if self.process is None or self.process.returncode is not None:
+            return
+        self.killed = True
+        await self.process.kill(signal.SIGTERM)
+        with anyio.move_on_after(KILL_GRACE_S):
+            await self.done.wait()
+            return
+        if self.process.returncode is None:
+            await self.process.kill(signal.SIGKILL)
+
+
+def log_sink(emit: Emit, source: str, command_id: str | None = None) -> Callable[[Stream, str], Awaitable[None]]:
+    """An output sink that appends each chunk of output as a `log` event."""
+
+    async def sink(stream: Stream, text: str) -> None:
+        data: dict[str, Any] = {"source": source, "stream": stream, "text": text}
+        if command_id is not None:
+            data["command_id"] = command_id
+        await emit("log", data)
+
+    return sink
+
+
+async def start_command(
+    sandbox: Sandbox, run: CommandRun, emit: Emit, *, env: Mapping[str, str] | None
+) -> None:
+    """Emit `started`, then start the process. A command that cannot start exits with 127, as in a shell."""
+    await emit("command", {"command_id": run.command_id, "state": "started", "cmd": run.argv})
+    try:
+        run.process = await sandbox.exec(
+            run.argv, on_output=log_sink(emit, "command", run.command_id), cwd=run.cwd, env=env
+        )
+    except (OSError, RuntimeFailure) as exc:
+        run.exit_code = 127
+        await emit("log", {"source": "command", "command_id": run.command_id, "stream": "stderr",
+                           "text": f"cannot start {run.argv[0]!r}: {exc}\n"})
+        await _exited(run, emit)
+
+
+async def finish_command(run: CommandRun, emit: Emit, *, timeout_s: float) -> int:
+    """Wait for a started command, end it at `timeout_s`, emit its `exited` event after all its output."""
+    process = run.process
+    if process is None:
+        await run.done.wait()
+        return run.exit_code if run.exit_code is not None else 127
+    try:
+        with anyio.move_on_after(timeout_s) as scope:
+            run.exit_code = await process.wait()
+        if scope.cancelled_caught:
+            run.timed_out = True
+            await process.kill(signal.SIGTERM)
+            with anyio.move_on_after(KILL_GRACE_S) as grace:
+                await process.wait()
+            if grace.cancelled_caught:
+                await process.kill(signal.SIGKILL)
+                await process.wait()
+            run.exit_code = TIMEOUT_EXIT_CODE
+    finally:
+        if run.exit_code is None:
+            # Cancelled because the workspace is stopping: end the process, then report it.
+            with anyio.CancelScope(shield=True):
+                await process.kill(signal.SIGKILL)
+                run.exit_code = await process.wait()
+                await _exited(run, emit)
+    await _exited(run, emit)
+    return run.exit_code
+
+
+async def _exited(run: CommandRun, emit: Emit) -> None:
+    if run.done.is_set():
+        return
+    data: dict[str, Any] = {"command_id": run.command_id, "state": "exited", "exit_code": run.exit_code}
+    if run.timed_out:
+        data["timed_out"] = True
+    await emit("command", data)
+    run.done.set()

@@ -1,0 +1,267 @@
+"""The local runtime: a directory per project and real processes, for development and tests.
+
+Layout under `root`:
+
+    workspaces/<project_id>/   the project's files (what its sandbox sees)
+    .staging/                  files being written, workspaces being laid (same filesystem)
+    .pids/<project_id>         pgids of the project's live process groups, one per line
+
+Processes run as the server's user: path confinement guards against bad requests, not against
+the code a sandbox runs.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
+
+import anyio
+
+from runtime.base import PROJECT_ID_PATTERN, DirEntry, FileChange, FileUpload, OutputSink, WrittenFile
+from runtime.errors import FileNotFound, NotADirectory, PathError, ProviderError
+from runtime.files import WorkspaceFiles
+from runtime.groups import PidFile, kill_stale_groups
+from runtime.paths import resolve_in
+from runtime.process import LocalProcess, base_env
+from runtime.template import TemplateCache
+from runtime.watch import EchoSuppression, watch_workspace
+
+__all__ = ["LocalRuntime", "LocalSandbox"]
+
+logger = logging.getLogger(__name__)
+
+_PROJECT_ID = re.compile(PROJECT_ID_PATTERN)
+
+
+class LocalSandbox:
+    """One project's workspace directory and its processes (implements `runtime.base.Sandbox`)."""
+
+    def __init__(self, project_id: str, workspace: Path, staging: Path, pids: PidFile, *,
+                 env: Mapping[str, str] | None = None,
+                 on_close: Callable[[LocalSandbox], None] = lambda _: None) -> None:
+        self.project_id = project_id
+        self.workspace = Path(os.path.realpath(workspace))
+        self._env = dict(env or {})
+        self._pids = pids
+        self._on_close = on_close
+        self._echo = EchoSuppression()
+        self._files = WorkspaceFiles(self.workspace, staging, self._echo)
+        self._processes: set[LocalProcess] = set()
+        self._watch_stops: set[threading.Event] = set()
+        self._closed = False
+
+    @property
+    def processes(self) -> frozenset[LocalProcess]:
+        """The processes that have not finished yet."""
+        return frozenset(self._processes)
+
+    async def write_files(self, files: Sequence[FileUpload]) -> list[WrittenFile]:
+        return await anyio.to_thread.run_sync(self._files.write, list(files))
+
+    async def read_file(self, path: str) -> bytes:
+        return await anyio.to_thread.run_sync(self._files.read, path)
+
+    async def list_dir(self, path: str) -> list[DirEntry]:
+        return await anyio.to_thread.run_sync(self._files.list_dir, path)
+
+    async def is_dir(self, path: str) -> bool:
+        return await anyio.to_thread.run_sync(self._files.is_dir, path)
+
+    async def delete(self, path: str) -> bool:
+        return await anyio.to_thread.run_sync(self._files.delete, path)
+
+    async def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        on_output: OutputSink,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> LocalProcess:
+        """Start `argv` in its own process group, in the workspace (or `cwd` inside it).
+
+        Raises:
+            ValueError: `argv` is empty.
+            PathError, FileNotFound, NotADirectory: `cwd` is refused, missing or not a directory.
+            ProviderError: the sandbox was terminated, or the program cannot be executed.
+        """
+        if self._closed:
+            raise ProviderError(f"sandbox {self.project_id!r} was terminated")
+        if not argv:
+            raise ValueError("argv is empty")
+        workdir = await anyio.to_thread.run_sync(self._workdir, cwd or "")
+        try:
+            proc = LocalProcess.start(argv, cwd=workdir, env=base_env(self.workspace, self._env, env),
+                                      on_output=on_output, on_exit=self._exited)
+        except OSError as exc:
+            raise ProviderError(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from None
+        self._processes.add(proc)
+        self._pids.add(proc.pgid)
+        return proc
+
+    def _workdir(self, cwd: str) -> Path:
+        path = resolve_in(self.workspace, cwd, allow_root=True)
+        if not os.path.exists(path):
+            raise FileNotFound(f"no directory at {cwd!r}")
+        if not os.path.isdir(path):
+            raise NotADirectory(f"cwd {cwd!r} is not a directory")
+        return path
+
+    def _exited(self, proc: LocalProcess) -> None:
+        self._processes.discard(proc)
+        self._pids.discard(proc.pgid)
+
+    def dev_port(self) -> int:
+        """A TCP port free on 127.0.0.1 right now (the OS picks it)."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+    async def preview_origin(self, port: int) -> str:
+        return f"http://127.0.0.1:{port}"
+
+    async def watch(self, *, ready: anyio.Event | None = None) -> AsyncIterator[list[FileChange]]:
+        """Debounced changes made in the workspace by anything but `write_files`/`delete`.
+
+        Ends when the sandbox is terminated. One watcher at a time: a change made by the
+        service is suppressed once, by whichever watcher sees it. `ready` (an extension of the
+        protocol) is set once changes are being watched.
+
+        Raises:
+            RuntimeError: another `watch()` of this sandbox is running.
+        """
+        if self._closed:
+            return
+        if self._watch_stops:
+            raise RuntimeError(f"sandbox {self.project_id!r} is already being watched")
+        stop = threading.Event()  # awatch sets it when cancelled: one per watch, never shared
+        self._watch_stops.add(stop)
+        try:
+            async for changes in watch_workspace(self.workspace, self._echo, stop_event=stop, ready=ready):
+                yield changes
+        finally:
+            self._watch_stops.discard(stop)
+
+    async def terminate(self, grace: float = 3.0) -> None:
+        """Stop every process group of the sandbox (SIGTERM, SIGKILL after `grace`) and the watcher."""
+        self._closed = True
+        for stop in self._watch_stops:
+            stop.set()
+        async with anyio.create_task_group() as tg:
+            for proc in list(self._processes):
+                tg.start_soon(proc.terminate, grace)
+        self._on_close(self)
+
+
+class LocalRuntime:
+    """Workspaces as directories under `root` (implements `runtime.base.Runtime`).
+
+    Args:
+        root: where workspaces, staging and pid files live.
+        template: lays new workspaces; `None` starts them empty.
+        env: environment added to every process of every sandbox.
+    """
+
+    name = "local"
+
+    def __init__(self, root: Path, template: TemplateCache | None, *,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.root = Path(root)
+        self.template = template
+        self._env = dict(env or {})
+        self._sandboxes: dict[str, LocalSandbox] = {}
+        self._locks: dict[str, anyio.Lock] = {}
+
+    def workspace_dir(self, project_id: str) -> Path:
+        """Where `project_id`'s files live (whether or not it exists yet)."""
+        if not isinstance(project_id, str) or not _PROJECT_ID.fullmatch(project_id):
+            raise PathError(f"invalid project id {project_id!r}: must match {PROJECT_ID_PATTERN}")
+        return self.root / "workspaces" / project_id
+
+    async def open(self, project_id: str) -> LocalSandbox:
+        """Return the project's sandbox: the one already open, its existing directory, or a new one.
+
+        On first opening in this process, process groups an earlier (crashed) server recorded
+        for the project are stopped.
+
+        Raises:
+            PathError: the project id is invalid.
+            ProviderError: the workspace could not be laid (template install failed).
+        """
+        workspace = self.workspace_dir(project_id)
+        lock = self._locks.setdefault(project_id, anyio.Lock())
+        async with lock:
+            if (sandbox := self._sandboxes.get(project_id)) is not None:
+                return sandbox
+            if not await anyio.to_thread.run_sync(workspace.is_dir):
+                await self._provision(workspace)
+            pids = PidFile(self.root / ".pids" / project_id)
+            marker = await anyio.to_thread.run_sync(os.path.realpath, workspace)
+            await kill_stale_groups(pids, marker)
+            sandbox = LocalSandbox(project_id, workspace, self.root / ".staging", pids, env=self._env,
+                                   on_close=self._forget)
+            self._sandboxes[project_id] = sandbox
+            return sandbox
+
+    async def _provision(self, workspace: Path) -> None:
+        staging = self.root / ".staging"
+        await anyio.to_thread.run_sync(lambda: staging.mkdir(parents=True, exist_ok=True))
+        await anyio.to_thread.run_sync(lambda: workspace.parent.mkdir(parents=True, exist_ok=True))
+        scratch = Path(await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="lay-", dir=staging)))
+        try:
+            laid = scratch / "workspace"
+            try:
+                if self.template is not None:
+                    await self.template.lay(laid)
+                else:
+                    await anyio.to_thread.run_sync(laid.mkdir)
+                await anyio.to_thread.run_sync(_move_into_place, laid, workspace)
+            except OSError as exc:
+                raise ProviderError(f"cannot create workspace {str(workspace)!r}: {exc}") from exc
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(shutil.rmtree, scratch, True)
+
+    def _forget(self, sandbox: LocalSandbox) -> None:
+        if self._sandboxes.get(sandbox.project_id) is sandbox:
+            del self._sandboxes[sandbox.project_id]
+
+    async def check(self) -> None:
+        """Raises ProviderError unless the root is writable and `node` and `npm` are on PATH."""
+        def probe() -> None:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryFile(dir=self.root):
+                    pass
+            except OSError as exc:
+                raise ProviderError(f"workspace root {str(self.root)!r} is not writable: {exc}") from None
+            path = base_env(self.root, self._env)["PATH"]
+            missing = [tool for tool in ("node", "npm") if shutil.which(tool, path=path) is None]
+            if missing:
+                raise ProviderError(f"{' and '.join(missing)} not found on PATH {path!r}")
+
+        await anyio.to_thread.run_sync(probe)
+
+    async def aclose(self) -> None:
+        """Terminate every sandbox this runtime opened."""
+        async with anyio.create_task_group() as tg:
+            for sandbox in list(self._sandboxes.values()):
+                tg.start_soon(sandbox.terminate)
+
+
+def _move_into_place(laid: Path, workspace: Path) -> None:
+    try:
+        os.rename(laid, workspace)
+    except OSError as exc:
+        # Another server laid it first: theirs is as good as ours.
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not workspace.is_dir():
+            raise
+        logger.info("workspace %s was created concurrently; using the existing one", workspace)

@@ -1,0 +1,108 @@
+"""A real uvicorn server running the app in the test's event loop, and helpers to talk to it."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import httpx
+import uvicorn
+
+from realtime.app import create_app
+from realtime.settings import Settings
+
+FIXTURE_APP = Path(__file__).parent / "fixtures" / "app"
+TOKEN = "test-service-token"
+
+
+def bound_socket() -> socket.socket:
+    """A listening-ready socket on a free loopback port, handed to uvicorn (no port race)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@dataclass
+class Running:
+    url: str
+    settings: Settings
+    client: httpx.AsyncClient
+
+    async def preview_get(self, preview_url: str, path: str = "/", **kwargs: Any) -> httpx.Response:
+        """GET through the preview gateway: connect to loopback, send the preview Host header."""
+        parts = urlsplit(preview_url)
+        return await self.client.get(
+            f"{self.url}{path}", headers={"host": parts.netloc, **kwargs.pop("headers", {})}, **kwargs
+        )
+
+    async def provision(self, project_id: str, files: list[dict[str, Any]] | None = None, **body: Any) -> dict[str, Any]:
+        response = await self.client.post(
+            "/api/workspaces", json={"project_id": project_id, "files": files or [], "wait": True, **body}
+        )
+        assert response.status_code in (200, 201), response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def events(self, project_id: str, since: int = 0) -> list[dict[str, Any]]:
+        response = await self.client.get(f"/api/workspaces/{project_id}/events", params={"since": since})
+        assert response.status_code == 200, response.text
+        events: list[dict[str, Any]] = response.json()["events"]
+        return events
+
+
+def test_settings(root: Path, port: int, template: Path = FIXTURE_APP, **env: str) -> Settings:
+    environ = {
+        "WORKSPACE_TOKEN": TOKEN,
+        "WORKSPACE_SIGNING_KEY": "test-signing-key",
+        "WORKSPACE_ROOT": str(root),
+        "WORKSPACE_TEMPLATE": str(template),
+        "WORKSPACE_START_TIMEOUT_S": "30",
+        "PATH": os.environ.get("PATH", ""),
+        **env,
+    }
+    return Settings.from_env(environ, host="127.0.0.1", port=port)
+
+
+@asynccontextmanager
+async def running_server(settings_for: Any, **app_kwargs: Any) -> AsyncIterator[Running]:
+    """Serve `create_app(settings_for(port))` on a free port until the block ends."""
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    settings: Settings = settings_for(port)
+    config = uvicorn.Config(create_app(settings, **app_kwargs), log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    url = f"http://127.0.0.1:{port}"
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve, [sock])
+        with anyio.fail_after(10):
+            while not server.started:
+                await anyio.sleep(0.01)
+        headers = {"authorization": f"Bearer {settings.token}"}
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
+            try:
+                yield Running(url=url, settings=settings, client=client)
+            finally:
+                server.should_exit = True
+
+
+def fixture_files(message: str | None = None, extra: Mapping[str, str] | None = None) -> list[dict[str, str]]:
+    """The fixture app's files as an upload batch, optionally with another message."""
+    files = []
+    for path in sorted(FIXTURE_APP.rglob("*")):
+        if path.is_file() and "node_modules" not in path.parts:
+            rel = path.relative_to(FIXTURE_APP).as_posix()
+            content = path.read_text()
+            if rel == "message.txt" and message is not None:
+                content = message
+            files.append({"path": rel, "content": content})
+    for rel, content in (extra or {}).items():
+        files.append({"path": rel, "content": content})
+    return files
