@@ -6,7 +6,8 @@ import ipaddress
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import MISSING, dataclass, fields, replace
+from typing import Any
 from pathlib import Path
 
 __all__ = ["ConfigError", "Settings"]
@@ -98,6 +99,7 @@ class Settings:
             ConfigError: a variable is malformed, or a secret is missing off loopback.
         """
         env = os.environ if environ is None else environ
+        d = _DEFAULTS
         loopback = _is_loopback(host)
         token = env.get("WORKSPACE_TOKEN", "")
         generated = False
@@ -128,21 +130,24 @@ class Settings:
             preview_url=preview_url,
             root=Path(env.get("WORKSPACE_ROOT") or ".workspaces"),
             template_dir=Path(env.get("WORKSPACE_TEMPLATE") or DEFAULT_TEMPLATE),
-            install_command=env.get("WORKSPACE_INSTALL_COMMAND") or cls.install_command,
-            dev_command=env.get("WORKSPACE_DEV_COMMAND") or cls.dev_command,
+            install_command=env.get("WORKSPACE_INSTALL_COMMAND") or d["install_command"],
+            dev_command=env.get("WORKSPACE_DEV_COMMAND") or d["dev_command"],
             image=env.get("WORKSPACE_IMAGE") or None,
             callback_url=env.get("WORKSPACE_CALLBACK_URL") or None,
             callback_secret=env.get("WORKSPACE_CALLBACK_SECRET") or None,
             webhook_secret=env.get("WORKSPACE_WEBHOOK_SECRET") or None,
             redis_url=env.get("REDIS_URL") or None,
-            preview_ttl_s=_int(env, "WORKSPACE_PREVIEW_TTL_S", cls.preview_ttl_s),
-            install_timeout_s=_float(env, "WORKSPACE_INSTALL_TIMEOUT_S", cls.install_timeout_s),
-            start_timeout_s=_float(env, "WORKSPACE_START_TIMEOUT_S", cls.start_timeout_s),
-            command_timeout_s=_float(env, "WORKSPACE_COMMAND_TIMEOUT_S", cls.command_timeout_s),
-            max_body_bytes=_int(env, "WORKSPACE_MAX_BODY_BYTES", cls.max_body_bytes),
-            history_events=_int(env, "WORKSPACE_HISTORY_EVENTS", cls.history_events),
-            history_bytes=_int(env, "WORKSPACE_HISTORY_BYTES", cls.history_bytes),
+            preview_ttl_s=_int(env, "WORKSPACE_PREVIEW_TTL_S", d["preview_ttl_s"]),
+            install_timeout_s=_float(env, "WORKSPACE_INSTALL_TIMEOUT_S", d["install_timeout_s"]),
+            start_timeout_s=_float(env, "WORKSPACE_START_TIMEOUT_S", d["start_timeout_s"]),
+            command_timeout_s=_float(env, "WORKSPACE_COMMAND_TIMEOUT_S", d["command_timeout_s"]),
+            max_body_bytes=_int(env, "WORKSPACE_MAX_BODY_BYTES", d["max_body_bytes"]),
+            history_events=_int(env, "WORKSPACE_HISTORY_EVENTS", d["history_events"]),
+            history_bytes=_int(env, "WORKSPACE_HISTORY_BYTES", d["history_bytes"]),
         )
 
     def with_changes(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Settings) if f.default is not MISSING}

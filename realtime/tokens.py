@@ -42,7 +42,8 @@ class SessionTokens:
     """Mints and checks session tokens; also recognises the service token (constant-time)."""
 
     def __init__(self, key: bytes, service_token: str, *, default_ttl_s: int = 3600, max_ttl_s: int = 86400) -> None:
-        self._key = key
+        # A per-purpose subkey: always 32 bytes, and never the same key as preview signing.
+        self._key = hmac.new(key, b"session-tokens", "sha256").digest()
         self._service_token = service_token.encode()
         self.default_ttl_s = default_ttl_s
         self.max_ttl_s = max_ttl_s

@@ -58,7 +58,7 @@ class Running:
         return events
 
 
-def test_settings(root: Path, port: int, template: Path = FIXTURE_APP, **env: str) -> Settings:
+def make_settings(root: Path, port: int, template: Path = FIXTURE_APP, **env: str) -> Settings:
     environ = {
         "WORKSPACE_TOKEN": TOKEN,
         "WORKSPACE_SIGNING_KEY": "test-signing-key",

@@ -11,7 +11,7 @@ import anyio
 import httpx
 import pytest
 
-from tests.harness import Running, fixture_files, running_server, test_settings
+from tests.harness import Running, fixture_files, running_server, make_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -20,7 +20,7 @@ PROJECT = "api-test"
 
 @pytest.fixture
 async def server(tmp_path: Path) -> Any:
-    settings = lambda port: test_settings(tmp_path / "root", port, WORKSPACE_MAX_BODY_BYTES="65536")  # noqa: E731
+    settings = lambda port: make_settings(tmp_path / "root", port, WORKSPACE_MAX_BODY_BYTES="65536")  # noqa: E731
     async with running_server(settings) as running:
         created = await running.provision(PROJECT, fixture_files())
         assert created["state"] == "ready", created
