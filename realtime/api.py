@@ -233,12 +233,14 @@ async def get_events(request: Request) -> Response:
     limit = min(_int_param(request, "limit", 1000), 10_000)
     epoch = request.query_params.get("epoch") or None
     history = await services.broker.read(project_id, since, epoch=epoch, limit=limit)
-    return json_response({
-        "epoch": history.epoch,
-        "seq": history.latest,
-        "resumed": history.complete,
-        "events": [event.as_dict() for event in history.events],
-    })
+    return json_response(
+        {
+            "epoch": history.epoch,
+            "seq": history.latest,
+            "resumed": history.complete,
+            "events": [event.as_dict() for event in history.events],
+        }
+    )
 
 
 async def post_event(request: Request) -> Response:

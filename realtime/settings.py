@@ -7,8 +7,8 @@ import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields, replace
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 __all__ = ["ConfigError", "Settings"]
 

@@ -78,9 +78,7 @@ def log_sink(emit: Emit, source: str, command_id: str | None = None) -> Callable
     return sink
 
 
-async def start_command(
-    sandbox: Sandbox, run: CommandRun, emit: Emit, *, env: Mapping[str, str] | None
-) -> None:
+async def start_command(sandbox: Sandbox, run: CommandRun, emit: Emit, *, env: Mapping[str, str] | None) -> None:
     """Emit `started`, then start the process. A command that cannot start exits with 127, as in a shell."""
     await emit("command", {"command_id": run.command_id, "state": "started", "cmd": run.argv})
     try:
@@ -89,8 +87,15 @@ async def start_command(
         )
     except (OSError, RuntimeFailure) as exc:
         run.exit_code = 127
-        await emit("log", {"source": "command", "command_id": run.command_id, "stream": "stderr",
-                           "text": f"cannot start {run.argv[0]!r}: {exc}\n"})
+        await emit(
+            "log",
+            {
+                "source": "command",
+                "command_id": run.command_id,
+                "stream": "stderr",
+                "text": f"cannot start {run.argv[0]!r}: {exc}\n",
+            },
+        )
         await _exited(run, emit)
 
 

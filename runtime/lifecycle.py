@@ -225,7 +225,7 @@ class Workspace:
         try:
             package = await sandbox.read_file("package.json")
         except FileNotFound:
-            raise _StepFailed("package.json is missing: upload one with a \"dev\" script") from None
+            raise _StepFailed('package.json is missing: upload one with a "dev" script') from None
         try:
             marker = (await sandbox.read_file(INSTALL_MARKER)).decode().strip()
         except FileNotFound:
@@ -341,8 +341,9 @@ class Workspace:
     async def delete(self, path: str, request_id: str) -> bool:
         existed = await self.require_sandbox().delete(path)
         if existed:
-            await self._emit("file", {"change": "deleted", "path": path.strip("/"), "origin": "api",
-                                      "request_id": request_id})
+            await self._emit(
+                "file", {"change": "deleted", "path": path.strip("/"), "origin": "api", "request_id": request_id}
+            )
         return existed
 
     async def start_command(
@@ -376,16 +377,15 @@ class Workspace:
         for item in written:
             if item.path == INSTALL_MARKER:
                 continue
-            await self._emit("file", {"change": item.change.value, "path": item.path, "origin": "api",
-                                      "request_id": request_id})
+            await self._emit(
+                "file", {"change": item.change.value, "path": item.path, "origin": "api", "request_id": request_id}
+            )
 
     async def _watch_files(self, sandbox: Sandbox) -> None:
         try:
             async for changes in sandbox.watch():
                 for change in changes:
-                    await self._emit(
-                        "file", {"change": change.change.value, "path": change.path, "origin": "sandbox"}
-                    )
+                    await self._emit("file", {"change": change.change.value, "path": change.path, "origin": "sandbox"})
         except (RuntimeFailure, OSError):
             # File events are a convenience; losing the watcher must not take the workspace down.
             logger.exception("workspace %s: file watcher stopped", self.project_id)

@@ -43,7 +43,9 @@ class Running:
             f"{self.url}{path}", headers={"host": parts.netloc, **kwargs.pop("headers", {})}, **kwargs
         )
 
-    async def provision(self, project_id: str, files: list[dict[str, Any]] | None = None, **body: Any) -> dict[str, Any]:
+    async def provision(
+        self, project_id: str, files: list[dict[str, Any]] | None = None, **body: Any
+    ) -> dict[str, Any]:
         response = await self.client.post(
             "/api/workspaces", json={"project_id": project_id, "files": files or [], "wait": True, **body}
         )

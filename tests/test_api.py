@@ -11,7 +11,7 @@ import anyio
 import httpx
 import pytest
 
-from tests.harness import Running, fixture_files, running_server, make_settings
+from tests.harness import Running, fixture_files, make_settings, running_server
 
 pytestmark = pytest.mark.anyio
 
@@ -75,8 +75,12 @@ async def test_command_timeout_kills_the_group(server: Running) -> None:
     assert result["exit_code"] == 124
     assert result["timed_out"] is True
     events = await command_events(server, result["command_id"])
-    assert events[-1]["data"] == {"command_id": result["command_id"], "state": "exited", "exit_code": 124,
-                                  "timed_out": True}
+    assert events[-1]["data"] == {
+        "command_id": result["command_id"],
+        "state": "exited",
+        "exit_code": 124,
+        "timed_out": True,
+    }
     assert not any(e["kind"] == "log" and "never" in e["data"]["text"] for e in events)
 
 
@@ -99,8 +103,15 @@ async def test_kill_a_running_command(server: Running) -> None:
 async def test_command_bad_input(server: Running) -> None:
     """Malformed commands are refused with 400 and nothing runs."""
     before = (await server.client.get(f"/api/workspaces/{PROJECT}")).json()["seq"]
-    for body in ({"cmd": ""}, {"cmd": []}, {"cmd": 5}, {"cmd": "ls", "timeout_s": -1},
-                 {"cmd": "ls", "cwd": "../x"}, {"cmd": "ls", "env": {"1BAD": "x"}}, {"cmd": ["a\x00b"]}):
+    for body in (
+        {"cmd": ""},
+        {"cmd": []},
+        {"cmd": 5},
+        {"cmd": "ls", "timeout_s": -1},
+        {"cmd": "ls", "cwd": "../x"},
+        {"cmd": "ls", "env": {"1BAD": "x"}},
+        {"cmd": ["a\x00b"]},
+    ):
         response = await server.client.post(f"/api/workspaces/{PROJECT}/commands", json=body)
         assert response.status_code == 400, (body, response.text)
         assert response.json()["error"]["code"]
@@ -118,8 +129,12 @@ async def test_write_read_list_delete(server: Running) -> None:
     response = await server.client.put(
         f"/api/workspaces/{PROJECT}/files",
         headers={"x-request-id": "req-42"},
-        json={"files": [{"path": "src/a.txt", "content": "héllo"},
-                        {"path": "src/b.bin", "content": base64.b64encode(binary).decode(), "encoding": "base64"}]},
+        json={
+            "files": [
+                {"path": "src/a.txt", "content": "héllo"},
+                {"path": "src/b.bin", "content": base64.b64encode(binary).decode(), "encoding": "base64"},
+            ]
+        },
     )
     assert response.status_code == 200, response.text
     assert response.json()["files"] == [
@@ -132,8 +147,10 @@ async def test_write_read_list_delete(server: Running) -> None:
     assert raw["encoding"] == "base64"
     assert base64.b64decode(raw["content"]) == binary
     listing = (await server.client.get(f"/api/workspaces/{PROJECT}/files", params={"path": "src"})).json()
-    assert listing == {"path": "src", "entries": [{"name": "a.txt", "type": "file", "size": 6},
-                                                  {"name": "b.bin", "type": "file", "size": 256}]}
+    assert listing == {
+        "path": "src",
+        "entries": [{"name": "a.txt", "type": "file", "size": 6}, {"name": "b.bin", "type": "file", "size": 256}],
+    }
     file_events = [e["data"] for e in await server.events(PROJECT) if e["kind"] == "file"]
     assert {"change": "added", "path": "src/a.txt", "origin": "api", "request_id": "req-42"} in file_events
 
@@ -195,10 +212,18 @@ async def test_symlink_escape_refused(server: Running) -> None:
 async def test_auth_failures(server: Running) -> None:
     """Every /api route refuses a missing or wrong bearer token, and a session token, with 401."""
     session = (await server.client.post(f"/api/workspaces/{PROJECT}/tokens", json={"scope": "write"})).json()["token"]
-    for headers in ({"authorization": ""}, {"authorization": "Bearer wrong"}, {"authorization": "Basic abc"},
-                    {"authorization": f"Bearer {session}"}):
-        for method, path in (("GET", f"/api/workspaces/{PROJECT}"), ("POST", "/api/workspaces"),
-                             ("GET", f"/api/workspaces/{PROJECT}/events"), ("DELETE", f"/api/workspaces/{PROJECT}")):
+    for headers in (
+        {"authorization": ""},
+        {"authorization": "Bearer wrong"},
+        {"authorization": "Basic abc"},
+        {"authorization": f"Bearer {session}"},
+    ):
+        for method, path in (
+            ("GET", f"/api/workspaces/{PROJECT}"),
+            ("POST", "/api/workspaces"),
+            ("GET", f"/api/workspaces/{PROJECT}/events"),
+            ("DELETE", f"/api/workspaces/{PROJECT}"),
+        ):
             response = await server.client.request(method, path, headers=headers)
             assert response.status_code == 401, (headers, method, path)
             assert response.json()["error"]["code"] == "unauthorized"
@@ -214,7 +239,11 @@ async def test_bad_bodies(server: Running) -> None:
         ("POST", "/api/workspaces", b'{"project_id": "events"}'),
         ("POST", "/api/workspaces", b'{"project_id": "ok", "files": "nope"}'),
         ("POST", "/api/workspaces", b'{"project_id": "ok", "files": [{"path": "a"}]}'),
-        ("POST", "/api/workspaces", b'{"project_id": "ok", "files": [{"path": "a", "content": "!", "encoding": "base64"}]}'),
+        (
+            "POST",
+            "/api/workspaces",
+            b'{"project_id": "ok", "files": [{"path": "a", "content": "!", "encoding": "base64"}]}',
+        ),
         ("POST", "/api/workspaces", b'{"project_id": "ok", "wait": "yes"}'),
         ("PUT", f"/api/workspaces/{PROJECT}/files", b'{"files": [{"path": "a", "content": 1}]}'),
         ("GET", f"/api/workspaces/{PROJECT}/events?since=-1", b""),

@@ -15,7 +15,13 @@ def test_seq_is_gap_free_and_frames_are_encoded_once() -> None:
     log = ProjectLog(max_events=10, max_bytes=10_000)
     events = [log.append("log", {"text": str(i)}, ts=1000 + i) for i in range(5)]
     assert [e.seq for e in events] == [1, 2, 3, 4, 5]
-    assert orjson.loads(events[2].frame) == {"type": "event", "seq": 3, "ts": 1002, "kind": "log", "data": {"text": "2"}}
+    assert orjson.loads(events[2].frame) == {
+        "type": "event",
+        "seq": 3,
+        "ts": 1002,
+        "kind": "log",
+        "data": {"text": "2"},
+    }
     assert events[2].as_dict() == orjson.loads(events[2].frame)
 
 

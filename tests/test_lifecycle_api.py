@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.harness import Running, fixture_files, running_server, make_settings
+from tests.harness import Running, fixture_files, make_settings, running_server
 from tests.procs import processes_under
 
 pytestmark = pytest.mark.anyio
@@ -74,7 +74,11 @@ async def test_provision_preview_reconnect_and_delete(server: Running) -> None:
 
     again = await server.client.post(
         "/api/workspaces",
-        json={"project_id": "demo_App-1", "files": [{"path": "message.txt", "content": "second message"}], "wait": True},
+        json={
+            "project_id": "demo_App-1",
+            "files": [{"path": "message.txt", "content": "second message"}],
+            "wait": True,
+        },
     )
     assert again.status_code == 200, again.text
     assert again.json()["state"] == "ready"
@@ -82,8 +86,9 @@ async def test_provision_preview_reconnect_and_delete(server: Running) -> None:
     assert "second message" in page.text
     later = await server.events("demo_App-1", last)
     assert states(later) == []  # no second install, no second dev server
-    assert any(e["kind"] == "file" and e["data"]["path"] == "message.txt" and e["data"]["origin"] == "api"
-               for e in later)
+    assert any(
+        e["kind"] == "file" and e["data"]["path"] == "message.txt" and e["data"]["origin"] == "api" for e in later
+    )
 
     directory = workspace_dir(server, "demo_App-1")
     assert processes_under(directory)

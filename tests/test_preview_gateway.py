@@ -53,7 +53,7 @@ async def serve(app: ASGIApp, sock: socket.socket) -> AsyncIterator[None]:
             tg.start_soon(server.serve, [sock])
             with anyio.fail_after(10):
                 # uvicorn offers no "started" event: poll the flag, bounded by the deadline above.
-                while not server.started:  # noqa: ASYNC110
+                while not server.started:
                     await anyio.sleep(0.01)
             try:
                 yield
