@@ -1,0 +1,41 @@
+"""Seconds from `POST /api/workspaces` to a ready preview of the Next.js template, cold and warm.
+
+cold: an empty WORKSPACE_ROOT (no template cache) and an empty npm cache, so npm downloads everything.
+warm: a second project on the same root, laid from the template cache (hard-linked node_modules).
+
+Run: `make bench` (or `.venv/bin/python benchmarks/lifecycle.py`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from realtime.settings import DEFAULT_TEMPLATE  # noqa: E402
+from tests.harness import make_settings, running_server  # noqa: E402
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="qai-bench-") as tmp:
+        os.environ["npm_config_cache"] = str(Path(tmp) / "npm-cache")
+        root = Path(tmp) / "root"
+        async with running_server(lambda port: make_settings(root, port, template=DEFAULT_TEMPLATE)) as server:
+            for label, project in (("cold", "bench-cold"), ("warm", "bench-warm")):
+                started = time.perf_counter()
+                result = await server.provision(project)
+                elapsed = time.perf_counter() - started
+                print(f"{label}: {elapsed:6.2f} s to {result['state']} ({result.get('detail') or 'ok'})", flush=True)
+                page = await server.preview_get(result["preview_url"])
+                assert page.status_code == 200, page.status_code
+                await server.client.delete(f"/api/workspaces/{project}")
+
+
+if __name__ == "__main__":
+    anyio.run(main)
