@@ -18,13 +18,16 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from realtime.settings import DEFAULT_TEMPLATE  # noqa: E402
-from tests.harness import make_settings, running_server  # noqa: E402
+from realtime.settings import DEFAULT_TEMPLATE
+from tests.harness import make_settings, running_server
 
 
 async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="qai-bench-") as tmp:
-        os.environ["npm_config_cache"] = str(Path(tmp) / "npm-cache")
+        # Sandbox processes get the server's HOME (and so npm's cache, ~/.npm): an empty one makes "cold" cold.
+        home = Path(tmp) / "home"
+        home.mkdir()
+        os.environ["HOME"] = str(home)
         root = Path(tmp) / "root"
         async with running_server(lambda port: make_settings(root, port, template=DEFAULT_TEMPLATE)) as server:
             for label, project in (("cold", "bench-cold"), ("warm", "bench-warm")):
