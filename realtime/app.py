@@ -73,15 +73,13 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 class PreviewHosts:
     """Pure ASGI middleware: requests for a preview host go to the gateway, all others on inward."""
 
-    def __init__(self, app: ASGIApp, signer: PreviewSigner) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self._app = app
-        self._signer = signer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
-            host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
-            if host and self._signer.is_preview_host(host):
-                gateway: PreviewGateway = scope["state"]["gateway"]
+            gateway: PreviewGateway = scope["state"]["gateway"]
+            if gateway.is_preview_request(scope):
                 await gateway(scope, receive, send)
                 return
         await self._app(scope, receive, send)
@@ -135,7 +133,7 @@ def create_app(
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(PreviewHosts, signer=signer), Middleware(BearerAuth, tokens=tokens)],
+        middleware=[Middleware(PreviewHosts), Middleware(BearerAuth, tokens=tokens)],
         exception_handlers={
             ApiError: _api_error,
             RuntimeFailure: _runtime_error,

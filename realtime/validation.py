@@ -37,10 +37,8 @@ def parse_path(value: object, *, field: str = "path", allow_root: bool = False) 
     """A workspace-relative path, normalised; `""` is the root where allowed."""
     if not isinstance(value, str):
         raise _bad(f"{field} must be a string, got {type(value).__name__}")
-    if allow_root and value.strip("/.") == "" and "\x00" not in value and not value.startswith("/"):
-        return ""
     try:
-        return normalize(value)
+        return normalize(value, allow_root=allow_root)
     except PathError as exc:
         raise ApiError(400, exc.code, str(exc)) from None
 
