@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from realtime import operations
 from realtime.broker import Broker
 from realtime.errors import ApiError
 from realtime.settings import Settings
@@ -70,10 +70,7 @@ async def read_json(request: Request, *, optional: bool = False) -> dict[str, An
 
 def _workspace(request: Request) -> Workspace:
     project_id = parse_project_id(request.path_params["project_id"])
-    workspace = _services(request).manager.get(project_id)
-    if workspace is None:
-        raise ApiError(404, "not_found", f"no workspace for project {project_id!r}; POST /api/workspaces first")
-    return workspace
+    return operations.require_workspace(_services(request).manager, project_id)
 
 
 def _request_id(request: Request, body: Mapping[str, Any] | None = None) -> str:
@@ -94,9 +91,6 @@ async def _latest(broker: Broker, project_id: str) -> tuple[str, int]:
     return history.epoch, history.latest
 
 
-async def _snapshot(services: Services, workspace: Workspace) -> dict[str, Any]:
-    epoch, seq = await _latest(services.broker, workspace.project_id)
-    return {**workspace.snapshot(), "epoch": epoch, "seq": seq}
 
 
 # -- workspaces --------------------------------------------------------------------------------
@@ -133,7 +127,9 @@ async def create_workspace(request: Request) -> Response:
 
 
 async def get_workspace(request: Request) -> Response:
-    return json_response(await _snapshot(_services(request), _workspace(request)))
+    services = _services(request)
+    workspace = _workspace(request)
+    return json_response(await operations.project_snapshot(services.manager, services.broker, workspace.project_id))
 
 
 async def delete_workspace(request: Request) -> Response:
@@ -149,29 +145,19 @@ async def put_files(request: Request) -> Response:
     workspace = _workspace(request)
     body = await read_json(request)
     files = parse_files(body.get("files"))
-    written = await workspace.write(files, _request_id(request, body))
-    return json_response({"files": [{"path": item.path, "sha256": item.sha256} for item in written]})
+    return json_response(await operations.write_files(workspace, files, _request_id(request, body)))
 
 
 async def get_files(request: Request) -> Response:
-    sandbox = _workspace(request).require_sandbox()
+    workspace = _workspace(request)
     path = parse_path(request.query_params.get("path", ""), allow_root=True)
-    if path == "" or await sandbox.is_dir(path):
-        entries = await sandbox.list_dir(path)
-        listing = [{"name": entry.name, "type": entry.type, "size": entry.size} for entry in entries]
-        return json_response({"path": path, "entries": listing})
-    raw = await sandbox.read_file(path)
-    try:
-        return json_response({"path": path, "content": raw.decode("utf-8"), "encoding": "utf-8"})
-    except UnicodeDecodeError:
-        return json_response({"path": path, "content": base64.b64encode(raw).decode(), "encoding": "base64"})
+    return json_response(await operations.list_or_read(workspace, path))
 
 
 async def delete_files(request: Request) -> Response:
     workspace = _workspace(request)
     path = parse_path(request.query_params.get("path"))
-    if not await workspace.delete(path, _request_id(request)):
-        raise ApiError(404, "not_found", f"no file or directory at {path!r}")
+    await operations.delete_path(workspace, path, _request_id(request))
     return Response(status_code=204)
 
 
@@ -187,7 +173,7 @@ async def post_command(request: Request) -> Response:
         default_timeout_s=services.settings.command_timeout_s,
         max_timeout_s=services.settings.max_command_timeout_s,
     )
-    run = await workspace.start_command(command.argv, cwd=command.cwd, env=command.env, timeout_s=command.timeout_s)
+    run = await operations.start_command(workspace, command)
     result: dict[str, Any] = {"command_id": run.command_id}
     if command.wait:
         await run.done.wait()
@@ -198,12 +184,7 @@ async def post_command(request: Request) -> Response:
 
 async def kill_command(request: Request) -> Response:
     workspace = _workspace(request)
-    run = workspace.commands.get(request.path_params["command_id"])
-    if run is None:
-        raise ApiError(404, "not_found", "no running command with that id")
-    await run.kill()
-    await run.done.wait()
-    return json_response({"command_id": run.command_id, "exit_code": run.exit_code})
+    return json_response(await operations.kill_command(workspace, request.path_params["command_id"]))
 
 
 # -- preview, events, tokens -------------------------------------------------------------------
@@ -216,14 +197,7 @@ async def refresh_preview(request: Request) -> Response:
     revoke = body.get("revoke", False)
     if not isinstance(revoke, bool):
         raise ApiError(400, "bad_request", "revoke must be true or false")
-    if revoke:
-        services.manager.revoke(workspace.project_id)
-    await workspace.refresh()
-    await workspace.wait_settled()
-    preview = workspace.resign_preview()
-    if preview is None:
-        raise ApiError(409, "not_ready", f"the dev server is not running: {workspace.detail or workspace.state}")
-    return json_response({"state": workspace.state, "preview_url": preview["url"], **preview})
+    return json_response(await operations.refresh_preview(services.manager, workspace, revoke=revoke))
 
 
 async def get_events(request: Request) -> Response:
@@ -250,6 +224,9 @@ async def post_event(request: Request) -> Response:
     kind = body.get("type")
     if not isinstance(kind, str) or not 0 < len(kind) <= 128:
         raise ApiError(400, "bad_request", "type must be a non-empty string of at most 128 characters")
+    limit = services.settings.max_event_bytes
+    if len(orjson.dumps(body.get("data"))) > limit:
+        raise ApiError(413, "too_large", f"event data over {limit} bytes (encoded); store big payloads elsewhere")
     event = await services.broker.append(project_id, "custom", {"type": kind, "data": body.get("data")})
     return json_response({"seq": event.seq})
 

@@ -14,12 +14,15 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from realtime.api import Services, json_response, routes
 from realtime.auth import BearerAuth
 from realtime.broker import Broker, MemoryBroker
+from realtime.channel import websocket_endpoint
 from realtime.errors import ApiError, from_runtime
+from realtime.hub import Hub, OutboxLimits
 from realtime.preview import PreviewGateway
 from realtime.settings import Settings
 from realtime.signing import PreviewSigner
@@ -87,15 +90,19 @@ class PreviewHosts:
 
 def create_app(
     settings: Settings, *, runtime_factory: RuntimeFactory = make_runtime, broker: Broker | None = None
-) -> ASGIApp:
-    """Build the ASGI app. Resources are created in its lifespan, not here."""
+) -> Starlette:
+    """Build the ASGI app. Resources that hold connections or tasks are created in its lifespan.
+
+    `app.state.hub` is the app's fan-out hub, which the server drains on shutdown.
+    """
     signer = PreviewSigner(settings.signing_key, settings.preview_url)
     tokens = SessionTokens(settings.signing_key, settings.token)
+    the_broker = broker or MemoryBroker(max_events=settings.history_events, max_bytes=settings.history_bytes)
+    hub = Hub(the_broker, OutboxLimits(queue_events=settings.ws_queue_events, queue_bytes=settings.ws_queue_bytes))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         runtime = runtime_factory(settings)
-        the_broker = broker or MemoryBroker(max_events=settings.history_events, max_bytes=settings.history_bytes)
         config = LifecycleConfig(
             install_command=settings.install_command,
             dev_command=settings.dev_command,
@@ -120,9 +127,14 @@ def create_app(
                 preview_ttl_s=settings.preview_ttl_s,
             )
             await tg.start(manager.run)
+            await tg.start(hub.run)
             services = Services(settings=settings, manager=manager, broker=the_broker, tokens=tokens)
             try:
-                yield {"services": services, "gateway": PreviewGateway(signer, manager.resolve, proxy_http)}
+                yield {
+                    "services": services,
+                    "hub": hub,
+                    "gateway": PreviewGateway(signer, manager.resolve, proxy_http),
+                }
             finally:
                 with anyio.CancelScope(shield=True):
                     await manager.aclose()
@@ -130,8 +142,8 @@ def create_app(
                     await the_broker.aclose()
                 tg.cancel_scope.cancel()
 
-    return Starlette(
-        routes=routes,
+    app = Starlette(
+        routes=[*routes, WebSocketRoute("/ws/projects/{project_id}", websocket_endpoint)],
         lifespan=lifespan,
         middleware=[Middleware(PreviewHosts), Middleware(BearerAuth, tokens=tokens)],
         exception_handlers={
@@ -141,3 +153,5 @@ def create_app(
             Exception: _internal_error,
         },
     )
+    app.state.hub = hub
+    return app

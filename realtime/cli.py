@@ -7,10 +7,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-import uvicorn
 from dotenv import load_dotenv
 
 from realtime.app import create_app
+from realtime.server import Server, uvicorn_config
 from realtime.settings import ConfigError, Settings
 
 __all__ = ["main"]
@@ -26,16 +26,9 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.token_generated:
         print(f"realtime: dev token (WORKSPACE_TOKEN): {settings.token}", flush=True)
     print(f"realtime: serving on http://{args.host}:{args.port} (runtime {settings.runtime})", flush=True)
-    config = uvicorn.Config(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-        proxy_headers=False,
-    )
-    uvicorn.Server(config).run()
+    app = create_app(settings)
+    config = uvicorn_config(app, settings, host=args.host, port=args.port, log_level=args.log_level)
+    Server(config, app.state.hub, settings.drain_timeout_s).run()
     return 0
 
 

@@ -47,13 +47,15 @@ class History:
     """What a reader gets for `since`: the events after it, or word that some are gone.
 
     `complete` is False when `since` is older than what is retained, or from another epoch, or
-    beyond the latest seq: the reader must start over from a snapshot.
+    beyond the latest seq: the reader must start over from a snapshot. `oldest` is the seq of the
+    oldest retained event (`latest + 1` when none is).
     """
 
     epoch: str
     latest: int
     events: list[Event]
     complete: bool
+    oldest: int
 
 
 class ProjectLog:
@@ -88,10 +90,9 @@ class ProjectLog:
 
     def read(self, since: int, *, epoch: str | None = None, limit: int | None = None) -> History:
         """Events with seq > since, oldest first, at most `limit` of them."""
-        if (epoch is not None and epoch != self.epoch) or since < 0 or since > self.latest:
-            return History(self.epoch, self.latest, [], complete=False)
-        if since + 1 < self.oldest:
-            return History(self.epoch, self.latest, [], complete=False)
+        oldest = self.oldest
+        if (epoch is not None and epoch != self.epoch) or since < 0 or since > self.latest or since + 1 < oldest:
+            return History(self.epoch, self.latest, [], complete=False, oldest=oldest)
         start = since + 1 - self.oldest if self._events else 0
         stop = len(self._events) if limit is None else min(len(self._events), start + limit)
         size = len(self._events)
@@ -101,4 +102,4 @@ class ProjectLog:
             events = tail[::-1]
         else:
             events = list(itertools.islice(self._events, start, stop))
-        return History(self.epoch, self.latest, events, complete=True)
+        return History(self.epoch, self.latest, events, complete=True, oldest=oldest)

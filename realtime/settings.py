@@ -49,6 +49,17 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the service is configured with. Build with `from_env`, pass down explicitly."""
@@ -82,6 +93,18 @@ class Settings:
     #: Event history kept per project.
     history_events: int = 100_000
     history_bytes: int = 10 * 1024 * 1024
+    #: Websocket channel: the largest client frame (bigger ones close the socket with 1009), each
+    #: socket's queue of live events (a socket past it catches up from history), keepalive pings
+    #: (0 turns them off), per-message compression, and the seconds sockets get to drain on shutdown.
+    ws_max_frame_bytes: int = 16 * 1024 * 1024
+    ws_queue_events: int = 4096
+    ws_queue_bytes: int = 4 * 1024 * 1024
+    ws_ping_interval_s: float = 20.0
+    ws_ping_timeout_s: float = 20.0
+    ws_deflate: bool = False
+    drain_timeout_s: float = 10.0
+    #: The largest `data` of an app-defined (`custom`) event, encoded.
+    max_event_bytes: int = 256 * 1024
     #: A generated dev token is printed by `serve`; a configured one never is.
     token_generated: bool = False
 
@@ -144,6 +167,14 @@ class Settings:
             max_body_bytes=_int(env, "WORKSPACE_MAX_BODY_BYTES", d["max_body_bytes"]),
             history_events=_int(env, "WORKSPACE_HISTORY_EVENTS", d["history_events"]),
             history_bytes=_int(env, "WORKSPACE_HISTORY_BYTES", d["history_bytes"]),
+            ws_max_frame_bytes=_int(env, "WORKSPACE_WS_MAX_FRAME_BYTES", d["ws_max_frame_bytes"]),
+            ws_queue_events=_int(env, "WORKSPACE_WS_QUEUE_EVENTS", d["ws_queue_events"]),
+            ws_queue_bytes=_int(env, "WORKSPACE_WS_QUEUE_BYTES", d["ws_queue_bytes"]),
+            ws_ping_interval_s=_float(env, "WORKSPACE_WS_PING_INTERVAL_S", d["ws_ping_interval_s"]),
+            ws_ping_timeout_s=_float(env, "WORKSPACE_WS_PING_TIMEOUT_S", d["ws_ping_timeout_s"]),
+            ws_deflate=_bool(env, "WORKSPACE_WS_DEFLATE", d["ws_deflate"]),
+            drain_timeout_s=_float(env, "WORKSPACE_DRAIN_TIMEOUT_S", d["drain_timeout_s"]),
+            max_event_bytes=_int(env, "WORKSPACE_MAX_EVENT_BYTES", d["max_event_bytes"]),
         )
 
 

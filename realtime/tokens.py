@@ -31,6 +31,8 @@ class TokenGrant:
     project_id: str | None
     scope: Scope
     service: bool = False
+    #: Unix seconds after which the grant ends (a session token's `exp`); `None` for the service token.
+    expires_at: int | None = None
 
     def allows(self, project_id: str, scope: Scope) -> bool:
         if self.service:
@@ -84,4 +86,4 @@ class SessionTokens:
         project_id = claims["sub"]
         if not isinstance(project_id, str):
             raise TokenError("invalid token subject")
-        return TokenGrant(project_id=project_id, scope=scope)
+        return TokenGrant(project_id=project_id, scope=scope, expires_at=int(claims["exp"]))

@@ -9,13 +9,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import anyio
 import httpx
-import uvicorn
 
 from realtime.app import create_app
+from realtime.hub import Hub
+from realtime.server import Server, uvicorn_config
 from realtime.settings import Settings
 
 FIXTURE_APP = Path(__file__).parent / "fixtures" / "app"
@@ -35,6 +36,12 @@ class Running:
     url: str
     settings: Settings
     client: httpx.AsyncClient
+    server: Server
+    hub: Hub
+
+    def ws_url(self, project_id: str, **params: str | int) -> str:
+        query = urlencode({key: str(value) for key, value in params.items()})
+        return f"ws://127.0.0.1:{self.url.rsplit(':', 1)[1]}/ws/projects/{project_id}" + (f"?{query}" if query else "")
 
     async def preview_get(self, preview_url: str, path: str = "/", **kwargs: Any) -> httpx.Response:
         """GET through the preview gateway: connect to loopback, send the preview Host header."""
@@ -79,8 +86,8 @@ async def running_server(settings_for: Any, **app_kwargs: Any) -> AsyncIterator[
     sock = bound_socket()
     port = sock.getsockname()[1]
     settings: Settings = settings_for(port)
-    config = uvicorn.Config(create_app(settings, **app_kwargs), log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
+    app = create_app(settings, **app_kwargs)
+    server = Server(uvicorn_config(app, settings, log_level="warning"), app.state.hub, settings.drain_timeout_s)
     url = f"http://127.0.0.1:{port}"
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve, [sock])
@@ -90,7 +97,7 @@ async def running_server(settings_for: Any, **app_kwargs: Any) -> AsyncIterator[
         headers = {"authorization": f"Bearer {settings.token}"}
         async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
             try:
-                yield Running(url=url, settings=settings, client=client)
+                yield Running(url=url, settings=settings, client=client, server=server, hub=app.state.hub)
             finally:
                 server.should_exit = True
 

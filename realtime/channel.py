@@ -1,0 +1,289 @@
+"""The websocket channel `/ws/projects/{project_id}`: authenticate, say hello, stream events, answer ops.
+
+Per socket three tasks run in one task group: the reader parses client frames and starts each op,
+the writer sends replies and the project's events (from the hub's outbox, gap-free by cursor), and
+a watcher ends the socket when its session token expires. When any of them ends, all do.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.abc
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from realtime import operations
+from realtime.api import Services
+from realtime.auth import bearer_token
+from realtime.errors import ApiError, from_runtime
+from realtime.frames import (
+    FrameError,
+    KillArgs,
+    Op,
+    OpArgs,
+    PathArgs,
+    RefreshArgs,
+    WriteArgs,
+    batch_frame,
+    hello_frame,
+    parse_args,
+    parse_frame,
+    reply_error,
+    reply_ok,
+)
+from realtime.hub import Behind, Closing, Hub, Outbox, locate
+from realtime.tokens import Scope, TokenError, TokenGrant
+from realtime.validation import CommandRequest, parse_project_id
+from runtime.errors import RuntimeFailure
+
+__all__ = ["CLOSE_POLICY", "websocket_endpoint"]
+
+logger = logging.getLogger(__name__)
+
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_RESTART = 1012
+#: Ops one socket may have in flight; past it the reader waits (the client is pushed back on).
+MAX_IN_FLIGHT = 32
+#: Seconds a close frame may wait behind a stalled client's unread data.
+CLOSE_WAIT_S = 10.0
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _int_query(websocket: WebSocket, name: str) -> int | None:
+    raw = websocket.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise _Refused(f"{name} must be a non-negative integer")
+    return int(raw)
+
+
+def _authenticate(services: Services, websocket: WebSocket, project_id: str) -> TokenGrant:
+    token = websocket.query_params.get("token") or bearer_token(websocket.scope)
+    if not token:
+        raise _Refused("missing token: pass ?token= or an Authorization header")
+    try:
+        grant = services.tokens.check(token)
+    except TokenError as exc:
+        raise _Refused(str(exc)) from None
+    if not grant.allows(project_id, Scope.read):
+        raise _Refused("token is for another project")
+    return grant
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    services: Services = websocket.state.services
+    hub: Hub = websocket.state.hub
+    await websocket.accept()
+    try:
+        project_id = parse_project_id(websocket.path_params["project_id"])
+        grant = _authenticate(services, websocket, project_id)
+        since = _int_query(websocket, "since")
+    except (_Refused, ApiError) as exc:
+        await websocket.close(CLOSE_POLICY, _reason(getattr(exc, "reason", None) or getattr(exc, "message", "")))
+        return
+    if hub.draining.is_set():
+        await websocket.close(CLOSE_RESTART, "server is restarting; reconnect")
+        return
+    epoch = websocket.query_params.get("epoch") or None
+    start = await locate(services.broker, project_id, since, epoch)
+    session = _Session(services, hub, websocket, project_id, grant)
+    async with hub.subscribe(project_id, start.cursor, start.epoch) as outbox:
+        snapshot = await operations.project_snapshot(services.manager, services.broker, project_id)
+        hello = hello_frame(
+            project_id=project_id,
+            epoch=start.epoch,
+            seq=start.latest,
+            since=start.cursor,
+            resumed=start.resumed,
+            snapshot={**snapshot, "connection_id": session.connection_id},
+        )
+        outbox.push_control(hello)
+        logger.debug(
+            "socket %s on %s: since=%s resumed=%s", session.connection_id, project_id, start.cursor, start.resumed
+        )
+        await session.run(outbox)
+
+
+def _reason(text: str) -> str:
+    """A close reason within the protocol's 123 bytes."""
+    encoded = text.encode()[:123]
+    return encoded.decode("utf-8", errors="ignore")
+
+
+@dataclass
+class _Session:
+    services: Services
+    hub: Hub
+    websocket: WebSocket
+    project_id: str
+    grant: TokenGrant
+
+    def __post_init__(self) -> None:
+        self.connection_id = "c_" + secrets.token_hex(6)
+        self._in_flight = 0
+        self._slots = anyio.Semaphore(MAX_IN_FLIGHT)
+        self._outbox: Outbox | None = None
+
+    async def run(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+        async with anyio.create_task_group() as tg:
+
+            async def until_done(fn: Any) -> None:
+                await fn()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(until_done, self._write)
+            tg.start_soon(until_done, lambda: self._read(tg))
+            if self.grant.expires_at is not None:
+                tg.start_soon(self._expire, self.grant.expires_at)
+
+    # -- the writer ----------------------------------------------------------------------------
+
+    async def _send(self, frame: bytes) -> bool:
+        """Send one text frame; False when the socket is gone or is being closed."""
+        assert self._outbox is not None
+        async with self._outbox.sending() as scope:
+            try:
+                await self.websocket.send_text(frame.decode())
+            except WebSocketDisconnect:
+                return False
+        return not scope.cancelled_caught
+
+    async def _write(self) -> None:
+        outbox = self._outbox
+        assert outbox is not None
+        drain_target: int | None = None
+        while True:
+            outbox.arm()
+            for frame in outbox.control():
+                if not await self._send(frame):
+                    return await self._close(outbox)
+            if outbox.closing is not None:
+                break
+            if self.hub.draining.is_set() and drain_target is None:
+                drain_target = (await self.services.broker.read(self.project_id, 0, limit=0)).latest
+            try:
+                events = await outbox.next_events()
+            except Behind as behind:
+                outbox.close(behind.closing)
+                break
+            if events:
+                if not await self._send(batch_frame(events)):
+                    break
+                continue
+            if drain_target is not None and outbox.cursor >= drain_target and self._in_flight == 0:
+                outbox.close(Closing(CLOSE_RESTART, "server is restarting; reconnect with since"))
+                continue
+            await outbox.wait()
+        await self._close(outbox)
+
+    async def _close(self, outbox: Outbox) -> None:
+        closing = outbox.closing
+        if closing is None:
+            return  # the client went away
+        logger.debug("socket %s on %s: close %s %s", self.connection_id, self.project_id, closing.code, closing.reason)
+        # A stalled client's unread data holds the close frame back: wait for it, but not forever.
+        with anyio.move_on_after(CLOSE_WAIT_S, shield=True), suppress(WebSocketDisconnect, RuntimeError):
+            await self.websocket.close(closing.code, _reason(closing.reason))
+
+    async def _expire(self, expires_at: int) -> None:
+        await anyio.sleep(max(0.0, expires_at - time.time()))
+        assert self._outbox is not None
+        self._outbox.close(Closing(CLOSE_POLICY, "token expired; reconnect with a fresh token and since"))
+
+    # -- the reader ----------------------------------------------------------------------------
+
+    async def _read(self, tg: anyio.abc.TaskGroup) -> None:
+        outbox = self._outbox
+        assert outbox is not None
+        limit = self.services.settings.ws_max_frame_bytes
+        while True:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            raw = message.get("text")
+            if raw is None:
+                raw = message.get("bytes")
+            if outbox.closing is not None:
+                continue  # closing: wait for the client's close
+            if raw is not None and len(raw) > limit:
+                outbox.close(Closing(CLOSE_TOO_BIG, f"frame over {limit} bytes"))
+                continue
+            parsed = self._parse(raw)
+            if parsed is not None:
+                await self._slots.acquire()  # past MAX_IN_FLIGHT ops, stop reading: the client waits
+                self._in_flight += 1
+                tg.start_soon(self._run_op, *parsed)
+
+    def _parse(self, raw: str | bytes | None) -> tuple[Op, OpArgs] | None:
+        """The op and its arguments, or None after queueing the error reply."""
+        assert self._outbox is not None
+        settings = self.services.settings
+        try:
+            op = parse_frame(raw)
+            if not self.grant.allows(self.project_id, op.scope):
+                raise FrameError(op.id, "forbidden", f"a {self.grant.scope.value}-scope token may not {op.op}")
+            if self.hub.draining.is_set():
+                raise FrameError(op.id, "unavailable", "server is restarting; reconnect and retry")
+            args = parse_args(
+                op, default_timeout_s=settings.command_timeout_s, max_timeout_s=settings.max_command_timeout_s
+            )
+        except FrameError as exc:
+            self._outbox.push_control(reply_error(exc.id, exc.code, exc.message))
+            return None
+        return op, args
+
+    async def _run_op(self, op: Op, args: OpArgs) -> None:
+        assert self._outbox is not None
+        try:
+            frame = reply_ok(op.id, await self._perform(op, args))
+        except ApiError as exc:
+            frame = reply_error(op.id, exc.code, exc.message)
+        except RuntimeFailure as exc:
+            error = from_runtime(exc)
+            frame = reply_error(op.id, error.code, error.message)
+        except Exception:
+            # A bug in one op must not take the socket down: answer it and keep serving.
+            logger.exception("socket %s on %s: op %s failed", self.connection_id, self.project_id, op.op)
+            frame = reply_error(op.id, "internal", "internal error; see the server log")
+        finally:
+            self._in_flight -= 1
+            self._slots.release()
+        self._outbox.push_control(frame)
+
+    async def _perform(self, op: Op, args: OpArgs) -> Any:
+        if op.op == "ping":
+            return {"ts": int(time.time() * 1000)}
+        manager = self.services.manager
+        workspace = operations.require_workspace(manager, self.project_id)
+        request_id = f"{self.connection_id}:{op.id}"
+        match args:
+            case CommandRequest():
+                run = await operations.start_command(workspace, args)
+                return {"command_id": run.command_id}
+            case KillArgs(command_id=command_id):
+                return await operations.kill_command(workspace, command_id)
+            case WriteArgs(files=files):
+                return await operations.write_files(workspace, files, request_id)
+            case PathArgs(path=path) if op.op == "read":
+                return await operations.read_path(workspace, path)
+            case PathArgs(path=path) if op.op == "list":
+                return await operations.list_path(workspace, path)
+            case PathArgs(path=path):
+                return await operations.delete_path(workspace, path, request_id)
+            case RefreshArgs(revoke=revoke):
+                return await operations.refresh_preview(manager, workspace, revoke=revoke)
+        raise AssertionError(f"unhandled op {op.op}")
