@@ -13,9 +13,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from realtime import operations
+from realtime.auth import Denied, bearer_token, project_grant
 from realtime.broker import Broker
 from realtime.errors import ApiError
 from realtime.settings import Settings
+from realtime.sse import event_stream, parse_last_event_id, wants_event_stream
 from realtime.tokens import Scope, SessionTokens
 from realtime.validation import parse_command, parse_env, parse_files, parse_path, parse_project_id
 from realtime.workspaces import WorkspaceManager
@@ -201,11 +203,34 @@ async def refresh_preview(request: Request) -> Response:
 
 
 async def get_events(request: Request) -> Response:
+    """A page of the project's history as JSON, or (`Accept: text/event-stream`) the live stream as SSE.
+
+    Takes the service token or a session token of the project, in the Authorization header or
+    the `token` query parameter (browsers' EventSource cannot set headers).
+    """
     services = _services(request)
     project_id = parse_project_id(request.path_params["project_id"])
+    try:
+        project_grant(services.tokens, request.query_params.get("token") or bearer_token(request.scope), project_id)
+    except Denied as exc:
+        raise ApiError(401, "unauthorized", str(exc)) from None
+    epoch = request.query_params.get("epoch") or None
+    if wants_event_stream(request.headers.get("accept")):
+        last_event_id = request.headers.get("last-event-id")
+        if last_event_id:
+            epoch, since_or_none = parse_last_event_id(last_event_id)
+        else:
+            since_or_none = _optional_int_param(request, "since")
+        return event_stream(
+            hub=request.state.hub,
+            broker=services.broker,
+            manager=services.manager,
+            project_id=project_id,
+            since=since_or_none,
+            epoch=epoch,
+        )
     since = _int_param(request, "since", 0)
     limit = min(_int_param(request, "limit", 1000), 10_000)
-    epoch = request.query_params.get("epoch") or None
     history = await services.broker.read(project_id, since, epoch=epoch, limit=limit)
     return json_response(
         {
@@ -247,11 +272,16 @@ async def post_token(request: Request) -> Response:
 
 
 def _int_param(request: Request, name: str, default: int) -> int:
+    value = _optional_int_param(request, name)
+    return default if value is None else value
+
+
+def _optional_int_param(request: Request, name: str) -> int | None:
     raw = request.query_params.get(name)
     if raw is None:
-        return default
-    if not raw.isdigit():
-        raise ApiError(400, "bad_request", f"{name} must be a non-negative integer, got {raw!r}")
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise ApiError(400, "bad_request", f"{name} must be a non-negative integer, got {raw[:40]!r}")
     return int(raw)
 
 

@@ -2,15 +2,41 @@
 
 from __future__ import annotations
 
+import re
+
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from realtime.tokens import SessionTokens
+from realtime.tokens import Scope as TokenScope
+from realtime.tokens import SessionTokens, TokenError, TokenGrant
 
-__all__ = ["BearerAuth", "bearer_token"]
+__all__ = ["BearerAuth", "Denied", "bearer_token", "project_grant"]
 
-#: Routes under /api that authenticate themselves (signed inbound webhooks).
+#: Routes under /api that authenticate themselves: signed inbound webhooks, and the event feed
+#: (which also takes a project's session token, in the query for browsers' EventSource).
 _SELF_AUTHENTICATED = frozenset({("POST", "/api/workspaces/events")})
+_EVENT_FEED = re.compile(r"/api/workspaces/[^/]+/events/?")
+
+
+class Denied(Exception):
+    """No acceptable token; the message says what to fix."""
+
+
+def project_grant(tokens: SessionTokens, token: str | None, project_id: str) -> TokenGrant:
+    """What `token` (the service token, or a session token) allows on `project_id`, at least reading.
+
+    Raises:
+        Denied: no token, a bad or expired one, or one for another project.
+    """
+    if not token:
+        raise Denied("missing token: pass ?token= or an Authorization header")
+    try:
+        grant = tokens.check(token)
+    except TokenError as exc:
+        raise Denied(str(exc)) from None
+    if not grant.allows(project_id, TokenScope.read):
+        raise Denied("token is for another project")
+    return grant
 
 
 def bearer_token(scope: Scope) -> str | None:
@@ -34,6 +60,7 @@ class BearerAuth:
             scope["type"] == "http"
             and scope["path"].startswith("/api/")
             and (scope["method"], scope["path"].rstrip("/")) not in _SELF_AUTHENTICATED
+            and not (scope["method"] in ("GET", "HEAD") and _EVENT_FEED.fullmatch(scope["path"]))
         ):
             token = bearer_token(scope)
             if token is None or not self._tokens.is_service_token(token):

@@ -20,7 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from realtime import operations
 from realtime.api import Services
-from realtime.auth import bearer_token
+from realtime.auth import Denied, bearer_token, project_grant
 from realtime.errors import ApiError, from_runtime
 from realtime.frames import (
     FrameError,
@@ -38,7 +38,7 @@ from realtime.frames import (
     reply_ok,
 )
 from realtime.hub import Behind, Closing, Hub, Outbox, locate
-from realtime.tokens import Scope, TokenError, TokenGrant
+from realtime.tokens import TokenGrant
 from realtime.validation import CommandRequest, parse_project_id
 from runtime.errors import RuntimeFailure
 
@@ -55,32 +55,12 @@ MAX_IN_FLIGHT = 32
 CLOSE_WAIT_S = 10.0
 
 
-class _Refused(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def _int_query(websocket: WebSocket, name: str) -> int | None:
-    raw = websocket.query_params.get(name)
+def _since(raw: str | None) -> int | None:
     if raw is None or raw == "":
         return None
     if not raw.isdigit() or len(raw) > 18:
-        raise _Refused(f"{name} must be a non-negative integer")
+        raise Denied("since must be a non-negative integer")
     return int(raw)
-
-
-def _authenticate(services: Services, websocket: WebSocket, project_id: str) -> TokenGrant:
-    token = websocket.query_params.get("token") or bearer_token(websocket.scope)
-    if not token:
-        raise _Refused("missing token: pass ?token= or an Authorization header")
-    try:
-        grant = services.tokens.check(token)
-    except TokenError as exc:
-        raise _Refused(str(exc)) from None
-    if not grant.allows(project_id, Scope.read):
-        raise _Refused("token is for another project")
-    return grant
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
@@ -89,10 +69,11 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     await websocket.accept()
     try:
         project_id = parse_project_id(websocket.path_params["project_id"])
-        grant = _authenticate(services, websocket, project_id)
-        since = _int_query(websocket, "since")
-    except (_Refused, ApiError) as exc:
-        await websocket.close(CLOSE_POLICY, _reason(getattr(exc, "reason", None) or getattr(exc, "message", "")))
+        token = websocket.query_params.get("token") or bearer_token(websocket.scope)
+        grant = project_grant(services.tokens, token, project_id)
+        since = _since(websocket.query_params.get("since"))
+    except (Denied, ApiError) as exc:
+        await websocket.close(CLOSE_POLICY, _reason(str(exc)))
         return
     if hub.draining.is_set():
         await websocket.close(CLOSE_RESTART, "server is restarting; reconnect")
