@@ -41,6 +41,7 @@ from realtime.hub import Behind, Closing, Hub, Outbox, locate
 from realtime.tokens import TokenGrant
 from realtime.validation import CommandRequest, parse_project_id
 from runtime.errors import RuntimeFailure
+from runtime.lifecycle import Workspace
 
 __all__ = ["CLOSE_POLICY", "websocket_endpoint"]
 
@@ -250,6 +251,14 @@ class _Session:
             return {"ts": int(time.time() * 1000)}
         manager = self.services.manager
         workspace = operations.require_workspace(manager, self.project_id)
+        if isinstance(args, RefreshArgs):
+            return await operations.refresh_preview(manager, workspace, revoke=args.revoke)
+        # The rest change the workspace and are short: a client going away mid-op must not leave
+        # a started process without its supervisor, or a write without its `file` events.
+        with anyio.CancelScope(shield=True):
+            return await self._change(op, args, workspace)
+
+    async def _change(self, op: Op, args: OpArgs, workspace: Workspace) -> Any:
         request_id = f"{self.connection_id}:{op.id}"
         match args:
             case CommandRequest():
@@ -265,6 +274,4 @@ class _Session:
                 return await operations.list_path(workspace, path)
             case PathArgs(path=path):
                 return await operations.delete_path(workspace, path, request_id)
-            case RefreshArgs(revoke=revoke):
-                return await operations.refresh_preview(manager, workspace, revoke=revoke)
         raise AssertionError(f"unhandled op {op.op}")
