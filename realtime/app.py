@@ -108,6 +108,8 @@ def create_app(
             dev_command=settings.dev_command,
             install_timeout_s=settings.install_timeout_s,
             start_timeout_s=settings.start_timeout_s,
+            output_rate_bytes=settings.output_rate_bytes,
+            output_burst_bytes=settings.output_burst_bytes,
         )
         async with (
             httpx.AsyncClient(

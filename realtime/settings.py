@@ -103,6 +103,9 @@ class Settings:
     ws_ping_timeout_s: float = 20.0
     ws_deflate: bool = False
     drain_timeout_s: float = 10.0
+    #: Each workspace's output budget: log bytes admitted at once, and refilled per second.
+    output_burst_bytes: int = 16 * 1024 * 1024
+    output_rate_bytes: float = 1024 * 1024
     #: The largest `data` of an app-defined (`custom`) event, encoded.
     max_event_bytes: int = 256 * 1024
     #: A generated dev token is printed by `serve`; a configured one never is.
@@ -138,6 +141,9 @@ class Settings:
         runtime = env.get("WORKSPACE_RUNTIME", "local") or "local"
         if runtime not in ("local", "modal"):
             raise ConfigError(f"WORKSPACE_RUNTIME must be 'local' or 'modal', got {runtime!r}")
+        for name in ("WORKSPACE_OUTPUT_BURST_BYTES", "WORKSPACE_OUTPUT_RATE_BYTES"):
+            if env.get(name) and not _float(env, name, 1) > 0:
+                raise ConfigError(f"{name} must be positive, got {env[name]!r}")
         public_port = port or 8000
         preview_url = env.get("WORKSPACE_PREVIEW_URL") or f"http://{{slug}}.preview.localhost:{public_port}"
         if "{slug}" not in preview_url:
@@ -175,6 +181,8 @@ class Settings:
             ws_deflate=_bool(env, "WORKSPACE_WS_DEFLATE", d["ws_deflate"]),
             drain_timeout_s=_float(env, "WORKSPACE_DRAIN_TIMEOUT_S", d["drain_timeout_s"]),
             max_event_bytes=_int(env, "WORKSPACE_MAX_EVENT_BYTES", d["max_event_bytes"]),
+            output_burst_bytes=_int(env, "WORKSPACE_OUTPUT_BURST_BYTES", d["output_burst_bytes"]),
+            output_rate_bytes=_float(env, "WORKSPACE_OUTPUT_RATE_BYTES", d["output_rate_bytes"]),
         )
 
 

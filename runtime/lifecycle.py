@@ -6,6 +6,7 @@ act on, or `stopped`. Everything that happens becomes an event through the injec
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import logging
@@ -21,6 +22,7 @@ import anyio.abc
 import httpx
 
 from runtime.base import INSTALL_MARKER, FileUpload, Process, Runtime, Sandbox, Stream, WrittenFile
+from runtime.budget import Dropped, OutputBudget, count_lines
 from runtime.commands import KILL_GRACE_S, CommandRun, Emit, finish_command, log_sink, new_command_id, start_command
 from runtime.errors import FileNotFound, RuntimeFailure
 
@@ -38,6 +40,9 @@ class State(enum.StrEnum):
     failed = "failed"
     stopped = "stopped"
 
+
+#: Seconds between checks of a dropping output budget, for its report.
+BUDGET_CHECK_S = 0.25
 
 SETTLED = frozenset({State.ready, State.failed, State.stopped})
 
@@ -60,6 +65,9 @@ class LifecycleConfig:
     dev_command: str = "npm run dev"
     install_timeout_s: float = 900.0
     start_timeout_s: float = 180.0
+    #: The output budget shared by every log source of the workspace (see `runtime.budget`).
+    output_rate_bytes: float = 1024 * 1024
+    output_burst_bytes: int = 16 * 1024 * 1024
 
 
 #: Builds the preview event's data (`url`, `expires_at`) for a ready dev server on `port`.
@@ -105,6 +113,7 @@ class Workspace:
         self._lock = anyio.Lock()
         self._tg: anyio.abc.TaskGroup | None = None
         self._closed = anyio.Event()
+        self._budget = OutputBudget(config.output_rate_bytes, config.output_burst_bytes)
 
     # -- supervision ---------------------------------------------------------------------------
 
@@ -138,6 +147,7 @@ class Workspace:
         finally:
             self.preview = None
             self.port = None
+            await self._report_dropped(self._budget.flush())
             await self._set_state(State.stopped, None)
             self._settled.set()
             self._closed.set()
@@ -236,7 +246,7 @@ class Workspace:
         await self._set_state(State.installing, None)
         package = await sandbox.read_file("package.json")
         tail: deque[str] = deque(maxlen=20)
-        sink = log_sink(self._emit, "install")
+        sink = log_sink(self._emit_output, "install")
 
         async def capture(stream: Stream, text: str) -> None:
             if stream == "stderr":
@@ -265,7 +275,7 @@ class Workspace:
         env = {**self.env, "PORT": str(port)}
         env.setdefault("HOSTNAME", "127.0.0.1")
         argv = shlex.split(self._config.dev_command)
-        process = await sandbox.exec(argv, on_output=log_sink(self._emit, "dev"), env=env)
+        process = await sandbox.exec(argv, on_output=log_sink(self._emit_output, "dev"), env=env)
         self._dev, self._dev_exited, self.port = process, anyio.Event(), port
         self._spawn(self._watch_dev, process, self._dev_exited)
         origin = await sandbox.preview_origin(port)
@@ -354,7 +364,7 @@ class Workspace:
             raise FileNotFound(f"cwd {cwd!r} is not a directory of the workspace")
         run = CommandRun(command_id=new_command_id(), argv=argv, cwd=cwd)
         self.commands[run.command_id] = run
-        await start_command(sandbox, run, self._emit, env={**self.env, **(env or {})})
+        await start_command(sandbox, run, self._emit_output, env={**self.env, **(env or {})})
         self._spawn(self._finish_command, run, timeout_s)
         return run
 
@@ -372,6 +382,43 @@ class Workspace:
         if detail:
             data["detail"] = detail
         await self._emit("status", data)
+
+    async def _emit_output(self, kind: str, data: Mapping[str, Any]) -> None:
+        """Emit an event, holding `log` events to the output budget (others always pass)."""
+        if kind != "log":
+            await self._emit(kind, data)
+            return
+        text = data["text"]
+        admission = self._budget.admit(len(text.encode()), count_lines(text))
+        await self._report_dropped(admission.ended)
+        if admission.started:
+            budget = self._budget
+            await self._emit_system(
+                f"output over budget ({_size(budget.rate)}/s, burst {_size(budget.burst)}): "
+                "dropping output until it slows down\n"
+            )
+            with contextlib.suppress(WorkspaceBusy):  # stopping: the final flush reports instead
+                self._spawn(self._watch_budget)
+        if admission.admitted:
+            await self._emit(kind, data)
+
+    async def _watch_budget(self) -> None:
+        """While output is being dropped, report the drop as soon as the budget has refilled."""
+        while self._budget.dropping:
+            await anyio.sleep(BUDGET_CHECK_S)
+            await self._report_dropped(self._budget.settle())
+
+    async def _report_dropped(self, dropped: Dropped | None) -> None:
+        if dropped is None:
+            return
+        await self._emit_system(
+            f"output over budget: dropped {dropped.bytes:,} bytes ({dropped.lines:,} lines)\n",
+            dropped_bytes=dropped.bytes,
+            dropped_lines=dropped.lines,
+        )
+
+    async def _emit_system(self, text: str, **extra: Any) -> None:
+        await self._emit("log", {"source": "system", "stream": "stderr", "text": text, **extra})
 
     async def _emit_written(self, written: Sequence[WrittenFile], request_id: str) -> None:
         for item in written:
@@ -398,6 +445,14 @@ class Workspace:
             "preview": self.preview,
             "commands": [run.snapshot() for run in self.commands.values()],
         }
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if count < 1024:
+            return f"{count:g} {unit}"
+        count /= 1024
+    return f"{count:g} GiB"
 
 
 def _touches_package(written: Sequence[WrittenFile]) -> bool:
