@@ -32,11 +32,25 @@ from runtime.base import Runtime
 from runtime.errors import RuntimeFailure
 from runtime.lifecycle import LifecycleConfig
 
-__all__ = ["create_app", "make_runtime"]
+__all__ = ["create_app", "make_broker", "make_runtime"]
 
 logger = logging.getLogger(__name__)
 
 RuntimeFactory = Callable[[Settings], Runtime]
+
+
+def make_broker(settings: Settings) -> Broker:
+    """Redis when `REDIS_URL` is set (instances share every log), else this process's memory."""
+    if settings.redis_url:
+        from realtime.redis_broker import RedisBroker
+
+        return RedisBroker(
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            max_events=settings.history_events,
+            ttl_s=settings.redis_ttl_s,
+        )
+    return MemoryBroker(max_events=settings.history_events, max_bytes=settings.history_bytes)
 
 
 def make_runtime(settings: Settings) -> Runtime:
@@ -97,7 +111,7 @@ def create_app(
     """
     signer = PreviewSigner(settings.signing_key, settings.preview_url)
     tokens = SessionTokens(settings.signing_key, settings.token)
-    the_broker = broker or MemoryBroker(max_events=settings.history_events, max_bytes=settings.history_bytes)
+    the_broker = broker or make_broker(settings)
     hub = Hub(the_broker, OutboxLimits(queue_events=settings.ws_queue_events, queue_bytes=settings.ws_queue_bytes))
 
     @asynccontextmanager
@@ -128,6 +142,7 @@ def create_app(
                 http=probe_http,
                 preview_ttl_s=settings.preview_ttl_s,
             )
+            await tg.start(the_broker.run)
             await tg.start(manager.run)
             await tg.start(hub.run)
             services = Services(settings=settings, manager=manager, broker=the_broker, tokens=tokens)

@@ -6,10 +6,12 @@ several instances share each project's log.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
 import anyio
+import anyio.abc
 
 from realtime.eventlog import Event, History, ProjectLog
 
@@ -26,7 +28,18 @@ class Broker(Protocol):
     ) -> History: ...
 
     async def wait_after(self, project_id: str, seq: int, *, epoch: str) -> None:
-        """Return once the log holds an event after `seq`, or its epoch is no longer `epoch`."""
+        """Return once the log holds an event after `seq`, or its epoch is no longer `epoch`.
+
+        Only inside `follow(project_id)`.
+        """
+        ...
+
+    def follow(self, project_id: str) -> AbstractAsyncContextManager[None]:
+        """Keep this process current on the project's new events while the block runs."""
+        ...
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Own the broker's background tasks (subscriptions, heartbeats) until cancelled."""
         ...
 
     async def check(self) -> None:
@@ -75,6 +88,13 @@ class MemoryBroker:
         project = self._project(project_id)
         while project.log.epoch == epoch and project.log.latest <= seq:
             await project.changed.wait()
+
+    @asynccontextmanager
+    async def follow(self, project_id: str) -> AsyncIterator[None]:
+        yield
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
 
     async def check(self) -> None:
         return None

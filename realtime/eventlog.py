@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Event", "History", "ProjectLog", "encode_event", "new_epoch"]
+__all__ = ["Event", "History", "ProjectLog", "encode_event", "event_body", "frame_for", "new_epoch"]
 
 
 def new_epoch() -> str:
@@ -37,9 +37,18 @@ class Event:
         return {"type": "event", "seq": self.seq, "ts": self.ts, "kind": self.kind, "data": self.data}
 
 
+def event_body(kind: str, data: Mapping[str, Any]) -> bytes:
+    """The part of an event frame that does not depend on its position: `"kind":…,"data":…`."""
+    return b'"kind":' + orjson.dumps(kind) + b',"data":' + orjson.dumps(data)
+
+
+def frame_for(seq: int, ts: int, body: bytes) -> bytes:
+    """An event frame; the Redis broker's append script builds the very same bytes."""
+    return b'{"type":"event","seq":%d,"ts":%d,%s}' % (seq, ts, body)
+
+
 def encode_event(seq: int, ts: int, kind: str, data: Mapping[str, Any]) -> Event:
-    frame = orjson.dumps({"type": "event", "seq": seq, "ts": ts, "kind": kind, "data": data})
-    return Event(seq=seq, ts=ts, kind=kind, data=data, frame=frame)
+    return Event(seq=seq, ts=ts, kind=kind, data=data, frame=frame_for(seq, ts, event_body(kind, data)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -294,6 +294,10 @@ class Hub:
                 channel.ready.set()
 
     async def _pump_events(self, project_id: str, channel: _Channel) -> None:
+        async with self.broker.follow(project_id):
+            await self._follow(project_id, channel)
+
+    async def _follow(self, project_id: str, channel: _Channel) -> None:
         history = await self.broker.read(project_id, 0, limit=0)
         channel.epoch, channel.position = history.epoch, history.latest
         channel.ready.set()

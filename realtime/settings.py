@@ -103,6 +103,9 @@ class Settings:
     ws_ping_timeout_s: float = 20.0
     ws_deflate: bool = False
     drain_timeout_s: float = 10.0
+    #: Redis (with `REDIS_URL`): key prefix, and seconds an idle project's keys live on.
+    redis_prefix: str = "qai"
+    redis_ttl_s: int = 7 * 24 * 3600
     #: Each workspace's output budget: log bytes admitted at once, and refilled per second.
     output_burst_bytes: int = 16 * 1024 * 1024
     output_rate_bytes: float = 1024 * 1024
@@ -166,6 +169,8 @@ class Settings:
             callback_secret=env.get("WORKSPACE_CALLBACK_SECRET") or None,
             webhook_secret=env.get("WORKSPACE_WEBHOOK_SECRET") or None,
             redis_url=env.get("REDIS_URL") or None,
+            redis_prefix=env.get("WORKSPACE_REDIS_PREFIX") or d["redis_prefix"],
+            redis_ttl_s=_int(env, "WORKSPACE_REDIS_TTL_S", d["redis_ttl_s"]),
             preview_ttl_s=_int(env, "WORKSPACE_PREVIEW_TTL_S", d["preview_ttl_s"]),
             install_timeout_s=_float(env, "WORKSPACE_INSTALL_TIMEOUT_S", d["install_timeout_s"]),
             start_timeout_s=_float(env, "WORKSPACE_START_TIMEOUT_S", d["start_timeout_s"]),

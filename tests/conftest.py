@@ -1,9 +1,41 @@
 from __future__ import annotations
 
+import secrets
+from collections.abc import Iterator
+
 import pytest
+import redis
+
+#: The Redis this machine runs (CI starts one when none answers). Tests use their own key prefix.
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     """Run anyio tests on asyncio only: redis.asyncio and Modal are asyncio-only."""
     return "asyncio"
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def broker_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run a test once per broker: servers built by `tests.harness.make_settings` pick it up."""
+    if request.param == "memory":
+        yield "memory"
+        return
+    prefix = "qaitest-" + secrets.token_hex(6)
+    monkeypatch.setenv("QAI_TEST_REDIS_URL", REDIS_URL)
+    monkeypatch.setenv("QAI_TEST_REDIS_PREFIX", prefix)
+    try:
+        yield "redis"
+    finally:
+        delete_prefix(REDIS_URL, prefix)

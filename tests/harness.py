@@ -68,7 +68,15 @@ class Running:
 
 
 def make_settings(root: Path, port: int, template: Path = FIXTURE_APP, **env: str) -> Settings:
+    """Test settings; with the `broker_kind` fixture on "redis" they point at Redis, under the test's prefix."""
+    redis_env = {}
+    if os.environ.get("QAI_TEST_REDIS_URL"):
+        redis_env = {
+            "REDIS_URL": os.environ["QAI_TEST_REDIS_URL"],
+            "WORKSPACE_REDIS_PREFIX": os.environ["QAI_TEST_REDIS_PREFIX"],
+        }
     environ = {
+        **redis_env,
         "WORKSPACE_TOKEN": TOKEN,
         "WORKSPACE_SIGNING_KEY": "test-signing-key",
         "WORKSPACE_ROOT": str(root),

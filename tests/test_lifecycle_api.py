@@ -12,7 +12,7 @@ import pytest
 from tests.harness import Running, fixture_files, make_settings, running_server
 from tests.procs import processes_under
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("broker_kind")]
 
 
 @pytest.fixture

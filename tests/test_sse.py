@@ -15,7 +15,7 @@ import pytest
 from tests.harness import Running, fixture_files, make_settings, running_server
 from tests.wsclient import assert_contiguous
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("broker_kind")]
 
 
 @pytest.fixture
