@@ -38,7 +38,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from realtime.eventlog import Event, History, event_body, frame_for, new_epoch
 
-__all__ = ["RedisBroker", "RedisKeys"]
+__all__ = ["RedisAppender", "RedisBroker", "RedisKeys", "retrying"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,43 @@ class RedisKeys:
         return f"{self.prefix}:heartbeat:{instance}"
 
 
+class RedisAppender:
+    """Appends events to project logs in Redis: the one write path, shared by the broker and `Publisher`."""
+
+    def __init__(self, client: redis.Redis, keys: RedisKeys, *, max_events: int, ttl_s: int, retry_s: float) -> None:
+        self._script = client.register_script(APPEND)
+        self._keys = keys
+        self._max_events = max_events
+        self._ttl_s = ttl_s
+        self._retry_s = retry_s
+
+    async def append(self, project_id: str, kind: str, data: Mapping[str, Any]) -> Event:
+        body = event_body(kind, data)
+        ts = int(time.time() * 1000)
+        keys = list(self._keys.project(project_id))
+        args = [new_epoch(), ts, body, self._max_events, self._ttl_s, self._keys.events(project_id)]
+        seq, _epoch = await retrying(lambda: self._script(keys=keys, args=args), self._retry_s)
+        return Event(seq=int(seq), ts=ts, kind=kind, data=data, frame=frame_for(int(seq), ts, body))
+
+
+async def retrying(fn: Callable[[], Awaitable[T]], retry_s: float) -> T:
+    """Call `fn`, retrying connection failures with capped, jittered exponential backoff for `retry_s`.
+
+    An append whose reply was lost may be applied twice: delivery is at-least-once across outages.
+    """
+    delay = 0.05
+    deadline = time.monotonic() + retry_s
+    while True:
+        try:
+            return await fn()
+        except TRANSIENT as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("redis unavailable (%s); retrying in %.2fs", exc, delay)
+            await anyio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 2.0)
+
+
 class _Follow:
     """A followed project's window of recent events, kept current by the subscription."""
 
@@ -165,7 +202,7 @@ class RedisBroker:
         self._redis = redis.Redis.from_url(
             url, socket_connect_timeout=2, socket_timeout=10, client_name=f"{prefix}:{self.instance}"
         )
-        self._append = self._redis.register_script(APPEND)
+        self._appender = RedisAppender(self._redis, self.keys, max_events=max_events, ttl_s=ttl_s, retry_s=retry_s)
         self._read = self._redis.register_script(READ)
         self._max_events = max_events
         self._ttl_s = ttl_s
@@ -181,30 +218,10 @@ class RedisBroker:
         self._refresh_needed = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
 
-    # -- commands, retried through short outages -----------------------------------------------
-
-    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        delay = 0.05
-        deadline = time.monotonic() + self._retry_s
-        while True:
-            try:
-                return await fn()
-            except TRANSIENT as exc:
-                if time.monotonic() + delay > deadline:
-                    raise
-                logger.warning("redis unavailable (%s); retrying in %.2fs", exc, delay)
-                await anyio.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, 2.0)
-
     # -- the Broker protocol ---------------------------------------------------------------------
 
     async def append(self, project_id: str, kind: str, data: Mapping[str, Any]) -> Event:
-        body = event_body(kind, data)
-        ts = int(time.time() * 1000)
-        keys = self.keys.project(project_id)
-        args = [new_epoch(), ts, body, self._max_events, self._ttl_s, self.keys.events(project_id)]
-        seq, _epoch = await self._call(lambda: self._append(keys=list(keys), args=args))
-        return Event(seq=int(seq), ts=ts, kind=kind, data=data, frame=frame_for(int(seq), ts, body))
+        return await self._appender.append(project_id, kind, data)
 
     async def read(
         self, project_id: str, since: int, *, epoch: str | None = None, limit: int | None = None
@@ -232,7 +249,9 @@ class RedisBroker:
         keys = self.keys.project(project_id)
         count = self._max_events if limit is None else limit
         args = [new_epoch(), max(since, 0), count, self._ttl_s]
-        raw_epoch, latest, oldest, entries = await self._call(lambda: self._read(keys=list(keys), args=args))
+        raw_epoch, latest, oldest, entries = await retrying(
+            lambda: self._read(keys=list(keys), args=args), self._retry_s
+        )
         current = raw_epoch.decode() if isinstance(raw_epoch, bytes) else str(raw_epoch)
         latest, oldest = int(latest), int(oldest)
         complete = (epoch is None or epoch == current) and 0 <= since <= latest and since + 1 >= oldest
