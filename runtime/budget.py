@@ -41,9 +41,10 @@ class Admission:
 class OutputBudget:
     """Admit up to `burst_bytes` at once and `rate_bytes_per_s` on average.
 
-    Once a chunk is refused the budget drops everything until it has refilled to a second's worth
-    of rate (or half the burst, if smaller) — so output comes back in whole stretches, not as a
-    trickle of single chunks — and then reports what it dropped, exactly once.
+    A refused chunk empties the bucket, and the budget drops everything until it has refilled to a
+    second's worth of rate (or half the burst, if smaller) — so output comes back in whole
+    stretches, a flood stopping is known within about a second, and a dropping period cannot end
+    at the very next chunk — and then reports what it dropped, exactly once.
     """
 
     def __init__(self, rate_bytes_per_s: float, burst_bytes: int, *, clock: Callable[[], float] = time.monotonic):
@@ -81,6 +82,7 @@ class OutputBudget:
             self._tokens -= size
             return Admission(admitted=True, ended=ended)
         self._dropping = True
+        self._tokens = 0.0
         self._count(size, lines)
         return Admission(admitted=False, started=True, ended=ended)
 

@@ -114,6 +114,7 @@ class Workspace:
         self._tg: anyio.abc.TaskGroup | None = None
         self._closed = anyio.Event()
         self._budget = OutputBudget(config.output_rate_bytes, config.output_burst_bytes)
+        self._budget_watched = False
 
     # -- supervision ---------------------------------------------------------------------------
 
@@ -397,16 +398,25 @@ class Workspace:
                 f"output over budget ({_size(budget.rate)}/s, burst {_size(budget.burst)}): "
                 "dropping output until it slows down\n"
             )
-            with contextlib.suppress(WorkspaceBusy):  # stopping: the final flush reports instead
-                self._spawn(self._watch_budget)
+            if not self._budget_watched:
+                with contextlib.suppress(WorkspaceBusy):  # stopping: the final flush reports instead
+                    self._spawn(self._watch_budget)
+                    self._budget_watched = True
         if admission.admitted:
             await self._emit(kind, data)
 
     async def _watch_budget(self) -> None:
-        """While output is being dropped, report the drop as soon as the budget has refilled."""
-        while self._budget.dropping:
-            await anyio.sleep(BUDGET_CHECK_S)
-            await self._report_dropped(self._budget.settle())
+        """While output is being dropped, report the drop as soon as the budget has refilled.
+
+        One such task at a time: under a sustained flood one dropping period follows another, and
+        the same task reports them all.
+        """
+        try:
+            while self._budget.dropping:
+                await anyio.sleep(BUDGET_CHECK_S)
+                await self._report_dropped(self._budget.settle())
+        finally:
+            self._budget_watched = False
 
     async def _report_dropped(self, dropped: Dropped | None) -> None:
         if dropped is None:
@@ -450,9 +460,9 @@ class Workspace:
 def _size(count: float) -> str:
     for unit in ("B", "KiB", "MiB"):
         if count < 1024:
-            return f"{count:g} {unit}"
+            return f"{count:.4g} {unit}"
         count /= 1024
-    return f"{count:g} GiB"
+    return f"{count:.4g} GiB"
 
 
 def _touches_package(written: Sequence[WrittenFile]) -> bool:
