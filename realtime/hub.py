@@ -65,9 +65,10 @@ class Behind(Exception):
 class _Channel:
     """One project's pump state: how far it has read, and the outboxes it feeds."""
 
-    __slots__ = ("epoch", "outboxes", "position", "ready", "scope")
+    __slots__ = ("epoch", "failed", "outboxes", "position", "ready", "scope")
 
     def __init__(self) -> None:
+        self.failed = False
         self.outboxes: set[Outbox] = set()
         self.epoch = ""
         self.position = 0
@@ -160,6 +161,9 @@ class Outbox:
         Raises:
             Behind: the events after the cursor are no longer retained, or the epoch changed.
         """
+        if self._channel.epoch and self._channel.epoch != self.epoch:
+            # The log this socket was placed in is gone: whatever the new one holds is not its continuation.
+            raise Behind(Closing(CLOSE_RESTART, "the event log was reset; reconnect with since to get a snapshot"))
         events = self._take(self._backlog)
         if events:
             return events
@@ -225,6 +229,7 @@ class Hub:
         self.limits = limits or OutboxLimits()
         self.draining = anyio.Event()
         self._channels: dict[str, _Channel] = {}
+        self._sockets = 0
         self._left = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -236,7 +241,8 @@ class Hub:
 
     @property
     def sockets(self) -> int:
-        return sum(len(channel.outboxes) for channel in self._channels.values())
+        """Subscriptions open in this process (sockets and SSE streams)."""
+        return self._sockets
 
     def outboxes(self, project_id: str) -> list[Outbox]:
         channel = self._channels.get(project_id)
@@ -251,26 +257,28 @@ class Hub:
 
     async def drained(self) -> None:
         """Return once no socket is left (after `drain()`)."""
-        while self.sockets:
-            self._left = anyio.Event()
+        while self._sockets:
             await self._left.wait()
 
     @asynccontextmanager
     async def subscribe(self, project_id: str, cursor: int, epoch: str) -> AsyncIterator[Outbox]:
         """An outbox that receives the project's events after `cursor`, for as long as the block runs."""
         channel = self._channels.get(project_id)
-        if channel is None:
+        if channel is None or channel.failed:
             channel = self._channels[project_id] = _Channel()
             assert self._tg is not None, "Hub.run() must be started first"
             self._tg.start_soon(self._pump, project_id, channel)
         outbox = Outbox(self, project_id, channel, cursor, epoch)
         channel.outboxes.add(outbox)
+        self._sockets += 1
         try:
             await channel.ready.wait()
             yield outbox
         finally:
             channel.outboxes.discard(outbox)
-            self._left.set()
+            self._sockets -= 1
+            left, self._left = self._left, anyio.Event()
+            left.set()
             if not channel.outboxes and self._channels.get(project_id) is channel:
                 del self._channels[project_id]
                 if channel.scope is not None:
@@ -287,8 +295,7 @@ class Hub:
                 # The broker failed in a way it does not retry itself: close the project's sockets
                 # (they reconnect and resume) rather than leave them silently stalled.
                 logger.exception("event pump for project %s failed", project_id)
-                if self._channels.get(project_id) is channel:
-                    del self._channels[project_id]
+                channel.failed = True  # new sockets get a new channel; these ones are closed
                 for outbox in list(channel.outboxes):
                     outbox.close(Closing(CLOSE_INTERNAL, "event delivery failed; reconnect with since"))
                 channel.ready.set()

@@ -249,11 +249,6 @@ async def test_a_cursor_from_a_lost_log_is_behind_1012() -> None:
         assert behind.value.closing.code == 1012
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (realtime/hub.py): an outbox's epoch is only checked on a history read; when the new "
-    "epoch's queue happens to continue its cursor it is fed the new log's events as if they followed the old",
-)
 async def test_a_cursor_from_a_lost_log_is_never_fed_the_new_log() -> None:
     """Same reset, but the new log is no further than the socket's cursor when it subscribes: it
     must still be told 1012 (or Behind), never handed seqs of another epoch as if they were its own."""
@@ -591,11 +586,6 @@ async def test_a_failing_pump_closes_its_sockets_1011(caplog: pytest.LogCaptureF
     assert "event pump for project p failed" in caplog.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (realtime/hub.py): a failed pump removes its channel while the sockets' subscription "
-    "blocks still run, so `sockets` drops to 0 and `drained()` returns before they have exited",
-)
 async def test_drained_waits_for_sockets_of_a_failed_pump() -> None:
     """`drained()` returns only once every subscription block has exited, even after a pump failure."""
     broker = WatchedBroker()
@@ -620,11 +610,6 @@ async def test_drained_waits_for_sockets_of_a_failed_pump() -> None:
         assert still_waiting  # actual: drained() returned, and hub.sockets == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="latent BUG (realtime/hub.py): each drained() call replaces hub._left, so of two concurrent "
-    "callers only the last is woken; the other waits forever (today only Server.shutdown calls it)",
-)
 async def test_two_concurrent_drained_calls_both_return() -> None:
     """Two tasks awaiting `drained()` at once both return when the last socket leaves."""
     broker = MemoryBroker()
