@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -16,6 +17,7 @@ from realtime import operations
 from realtime.auth import Denied, bearer_token, project_grant
 from realtime.broker import Broker
 from realtime.errors import ApiError
+from realtime.metrics import render
 from realtime.settings import Settings
 from realtime.sse import event_stream, parse_last_event_id, wants_event_stream
 from realtime.tokens import Scope, SessionTokens
@@ -292,6 +294,12 @@ async def healthz(request: Request) -> Response:
     return json_response({"ok": True})
 
 
+async def metrics(request: Request) -> Response:
+    services = _services(request)
+    body = render(request.state.hub, services.manager, services.broker)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
 async def readyz(request: Request) -> Response:
     services = _services(request)
     problems: dict[str, str] = {}
@@ -308,6 +316,7 @@ async def readyz(request: Request) -> Response:
 routes = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
     Route("/api/workspaces", create_workspace, methods=["POST"]),
     Route("/api/workspaces/{project_id}", get_workspace, methods=["GET"]),
     Route("/api/workspaces/{project_id}", delete_workspace, methods=["DELETE"]),

@@ -19,6 +19,9 @@ __all__ = ["Broker", "MemoryBroker"]
 
 
 class Broker(Protocol):
+    #: The last measured trip of a heartbeat through the broker, in seconds (None: not measured).
+    round_trip_s: float | None
+
     async def append(self, project_id: str, kind: str, data: Mapping[str, Any]) -> Event:
         """Assign the next seq to an event, retain it and wake every reader of the project."""
         ...
@@ -59,6 +62,8 @@ class _Project:
 
 class MemoryBroker:
     """Each project's log in this process's memory; readers wake on an event that each append sets."""
+
+    round_trip_s: float | None = None
 
     def __init__(self, *, max_events: int = 100_000, max_bytes: int = 10 * 1024 * 1024) -> None:
         self._max_events = max_events

@@ -165,6 +165,10 @@ class _Session:
             if events:
                 if not await self._send(batch_frame(events)):
                     break
+                stats = self.hub.stats
+                stats.events_delivered += len(events)
+                stats.frames_sent += 1
+                stats.batches_sent += len(events) > 1
                 continue
             if drain_target is not None and outbox.cursor >= drain_target and self._in_flight == 0:
                 outbox.close(Closing(CLOSE_RESTART, "server is restarting; reconnect with since"))

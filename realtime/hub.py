@@ -23,7 +23,7 @@ import anyio.abc
 from realtime.broker import Broker
 from realtime.eventlog import Event
 
-__all__ = ["Behind", "Closing", "Hub", "Outbox", "OutboxLimits", "Start", "locate"]
+__all__ = ["Behind", "Closing", "Hub", "HubStats", "Outbox", "OutboxLimits", "Start", "locate"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,17 @@ class OutboxLimits:
     queue_bytes: int = 4 * 1024 * 1024
     frame_events: int = 1000
     frame_bytes: int = 256 * 1024
+
+
+@dataclass(slots=True)
+class HubStats:
+    """Counters of this process's fan-out, read by the metrics collector."""
+
+    events_delivered: int = 0
+    frames_sent: int = 0
+    batches_sent: int = 0
+    queue_overflows: int = 0
+    slow_client_closes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +124,7 @@ class Outbox:
         ):
             self.overflowed = True
             self.drops += 1
+            self._hub.stats.queue_overflows += 1
             self._queue.clear()
             self._queued_bytes = 0
         else:
@@ -129,6 +141,8 @@ class Outbox:
         """Ask the socket to close now, interrupting a send that is blocked on a stalled client."""
         if self.closing is None:
             self.closing = closing
+            if closing.code == CLOSE_TOO_SLOW:
+                self._hub.stats.slow_client_closes += 1
         if self._send_scope is not None:
             self._send_scope.cancel()
         self._wake()
@@ -228,6 +242,7 @@ class Hub:
         self.broker = broker
         self.limits = limits or OutboxLimits()
         self.draining = anyio.Event()
+        self.stats = HubStats()
         self._channels: dict[str, _Channel] = {}
         self._sockets = 0
         self._left = anyio.Event()

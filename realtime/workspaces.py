@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,6 +21,17 @@ from runtime.lifecycle import LifecycleConfig, State, Workspace
 __all__ = ["WorkspaceManager"]
 
 logger = logging.getLogger(__name__)
+
+
+def _outcome(data: Mapping[str, Any]) -> str:
+    if data.get("timed_out"):
+        return "timed_out"
+    code = data.get("exit_code")
+    if code == 0:
+        return "ok"
+    if isinstance(code, int) and code > 128:
+        return "signalled"
+    return "failed"
 
 
 class WorkspaceManager:
@@ -42,6 +54,9 @@ class WorkspaceManager:
         self._http = http
         self._preview_ttl_s = preview_ttl_s
         self._workspaces: dict[str, Workspace] = {}
+        #: Counters for the metrics collector: events this process appended, commands by outcome.
+        self.events_appended: Counter[str] = Counter()
+        self.commands_ended: Counter[str] = Counter()
         self._generations: dict[str, int] = {}
         self._keys: dict[str, str] = {}
         self._tg: anyio.abc.TaskGroup | None = None
@@ -103,6 +118,9 @@ class WorkspaceManager:
     def _emitter(self, project_id: str) -> Any:
         async def emit(kind: str, data: Mapping[str, Any]) -> None:
             await self.broker.append(project_id, kind, data)
+            self.events_appended[kind] += 1
+            if kind == "command" and data.get("state") == "exited":
+                self.commands_ended[_outcome(data)] += 1
 
         return emit
 
