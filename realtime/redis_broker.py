@@ -19,6 +19,7 @@ stops arriving the subscription is rebuilt and every followed project is re-read
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import secrets
@@ -198,7 +199,6 @@ class RedisBroker:
     ) -> None:
         self.keys = RedisKeys(prefix)
         self.instance = instance or secrets.token_hex(6)
-        self._url = url
         self._redis = redis.Redis.from_url(
             url, socket_connect_timeout=2, socket_timeout=10, client_name=f"{prefix}:{self.instance}"
         )
@@ -240,7 +240,7 @@ class RedisBroker:
             return None
         start = since + 1 - follow.oldest
         stop = len(follow.events) if limit is None else min(len(follow.events), start + limit)
-        events = [follow.events[i] for i in range(start, stop)]
+        events = list(itertools.islice(follow.events, start, stop))
         # What Redis still retains (its stream is capped at max_events), not just the window.
         oldest = max(follow.retained_from, follow.latest - self._max_events + 1, 1)
         return History(follow.epoch, follow.latest, events, complete=True, oldest=oldest)
