@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from realtime.api import Services, json_response, routes
 from realtime.auth import BearerAuth
-from realtime.broker import Broker, MemoryBroker
+from realtime.broker import Broker, BrokerUnavailable, MemoryBroker
 from realtime.channel import websocket_endpoint
 from realtime.errors import ApiError, from_runtime
 from realtime.hub import Hub, OutboxLimits
@@ -49,6 +49,7 @@ def make_broker(settings: Settings) -> Broker:
             prefix=settings.redis_prefix,
             max_events=settings.history_events,
             ttl_s=settings.redis_ttl_s,
+            retry_s=settings.redis_retry_s,
         )
     return MemoryBroker(max_events=settings.history_events, max_bytes=settings.history_bytes)
 
@@ -74,6 +75,10 @@ async def _runtime_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RuntimeFailure)
     error = from_runtime(exc)
     return json_response(error.body(), error.status)
+
+
+async def _broker_unavailable(request: Request, exc: Exception) -> Response:
+    return json_response({"error": {"code": "unavailable", "message": str(exc)}}, 503)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -166,6 +171,7 @@ def create_app(
         exception_handlers={
             ApiError: _api_error,
             RuntimeFailure: _runtime_error,
+            BrokerUnavailable: _broker_unavailable,
             HTTPException: _http_error,
             Exception: _internal_error,
         },

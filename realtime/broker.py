@@ -15,10 +15,16 @@ import anyio.abc
 
 from realtime.eventlog import Event, History, ProjectLog
 
-__all__ = ["Broker", "MemoryBroker"]
+__all__ = ["Broker", "BrokerUnavailable", "MemoryBroker"]
+
+
+class BrokerUnavailable(Exception):
+    """The broker stayed unreachable through its retries; nothing was appended."""
 
 
 class Broker(Protocol):
+    """Where events are appended and read. Raises `BrokerUnavailable` when it cannot answer."""
+
     #: The last measured trip of a heartbeat through the broker, in seconds (None: not measured).
     round_trip_s: float | None
 

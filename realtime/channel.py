@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from realtime import operations
 from realtime.api import Services
 from realtime.auth import Denied, bearer_token, project_grant
+from realtime.broker import BrokerUnavailable
 from realtime.errors import ApiError, from_runtime
 from realtime.frames import (
     FrameError,
@@ -241,6 +242,8 @@ class _Session:
         except RuntimeFailure as exc:
             error = from_runtime(exc)
             frame = reply_error(op.id, error.code, error.message)
+        except BrokerUnavailable as exc:
+            frame = reply_error(op.id, "unavailable", str(exc))
         except Exception:
             # A bug in one op must not take the socket down: answer it and keep serving.
             logger.exception("socket %s on %s: op %s failed", self.connection_id, self.project_id, op.op)

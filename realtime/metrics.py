@@ -45,6 +45,12 @@ class ServiceCollector(Collector):
         for kind, count in sorted(self._manager.events_appended.items()):
             appended.add_metric([kind], count)
         yield appended
+        lost = CounterMetricFamily(
+            "realtime_events_lost", "Events dropped because the broker stayed unreachable", labels=["kind"]
+        )
+        for kind, count in sorted(self._manager.events_lost.items()):
+            lost.add_metric([kind], count)
+        yield lost
         commands = CounterMetricFamily("realtime_commands", "Commands that ended, by outcome", labels=["outcome"])
         for outcome, count in sorted(self._manager.commands_ended.items()):
             commands.add_metric([outcome], count)

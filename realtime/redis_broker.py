@@ -37,6 +37,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from realtime.broker import BrokerUnavailable
 from realtime.eventlog import Event, History, event_body, frame_for, new_epoch
 
 __all__ = ["RedisAppender", "RedisBroker", "RedisKeys", "retrying"]
@@ -139,7 +140,7 @@ async def retrying(fn: Callable[[], Awaitable[T]], retry_s: float) -> T:
             return await fn()
         except TRANSIENT as exc:
             if time.monotonic() + delay > deadline:
-                raise
+                raise BrokerUnavailable(f"redis unreachable for {retry_s:g}s: {exc}") from exc
             logger.warning("redis unavailable (%s); retrying in %.2fs", exc, delay)
             await anyio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, 2.0)

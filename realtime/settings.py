@@ -106,6 +106,8 @@ class Settings:
     #: Redis (with `REDIS_URL`): key prefix, and seconds an idle project's keys live on.
     redis_prefix: str = "qai"
     redis_ttl_s: int = 7 * 24 * 3600
+    #: Seconds a Redis command is retried through an outage before the caller is told (503).
+    redis_retry_s: float = 30.0
     #: Each workspace's output budget: log bytes admitted at once, and refilled per second.
     output_burst_bytes: int = 16 * 1024 * 1024
     output_rate_bytes: float = 1024 * 1024
@@ -171,6 +173,7 @@ class Settings:
             redis_url=env.get("REDIS_URL") or None,
             redis_prefix=env.get("WORKSPACE_REDIS_PREFIX") or d["redis_prefix"],
             redis_ttl_s=_int(env, "WORKSPACE_REDIS_TTL_S", d["redis_ttl_s"]),
+            redis_retry_s=_float(env, "WORKSPACE_REDIS_RETRY_S", d["redis_retry_s"]),
             preview_ttl_s=_int(env, "WORKSPACE_PREVIEW_TTL_S", d["preview_ttl_s"]),
             install_timeout_s=_float(env, "WORKSPACE_INSTALL_TIMEOUT_S", d["install_timeout_s"]),
             start_timeout_s=_float(env, "WORKSPACE_START_TIMEOUT_S", d["start_timeout_s"]),

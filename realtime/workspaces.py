@@ -12,7 +12,7 @@ import anyio
 import anyio.abc
 import httpx
 
-from realtime.broker import Broker
+from realtime.broker import Broker, BrokerUnavailable
 from realtime.preview import PreviewTarget
 from realtime.signing import PreviewSigner
 from runtime.base import FileUpload, Runtime
@@ -57,6 +57,7 @@ class WorkspaceManager:
         #: Counters for the metrics collector: events this process appended, commands by outcome.
         self.events_appended: Counter[str] = Counter()
         self.commands_ended: Counter[str] = Counter()
+        self.events_lost: Counter[str] = Counter()
         self._generations: dict[str, int] = {}
         self._keys: dict[str, str] = {}
         self._tg: anyio.abc.TaskGroup | None = None
@@ -117,7 +118,14 @@ class WorkspaceManager:
 
     def _emitter(self, project_id: str) -> Any:
         async def emit(kind: str, data: Mapping[str, Any]) -> None:
-            await self.broker.append(project_id, kind, data)
+            try:
+                await self.broker.append(project_id, kind, data)
+            except BrokerUnavailable as exc:
+                # A long broker outage must not take the workspace (and its dev server) down with
+                # it: the event is lost (no seq was assigned, so no reader sees a hole), and said so.
+                self.events_lost[kind] += 1
+                logger.error("project %s: %s event lost: %s", project_id, kind, exc)
+                return
             self.events_appended[kind] += 1
             if kind == "command" and data.get("state") == "exited":
                 self.commands_ended[_outcome(data)] += 1

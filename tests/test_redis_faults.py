@@ -127,3 +127,31 @@ async def test_a_redis_restart_turns_readyz_red_then_green_and_clients_are_told(
             assert body["epoch"] != epoch
         finally:
             await peer_cm.__aexit__(None, None, None)
+
+
+async def test_a_long_outage_is_refused_clearly_and_never_takes_a_workspace_down(tmp_path: Path, port: int) -> None:
+    url = f"redis://127.0.0.1:{port}/0"
+    settings = lambda p: make_settings(tmp_path / "root", p, REDIS_URL=url, WORKSPACE_REDIS_RETRY_S="0.5")  # noqa: E731
+    async with AsyncExitStack() as stack:
+        first = await stack.enter_async_context(redis_server(port))
+        second = AsyncExitStack()
+        stack.push_async_callback(second.aclose)
+        server = await stack.enter_async_context(running_server(settings))
+        body = await server.provision("steady", fixture_files())
+        first.terminate()
+        await first.wait()
+        refused = await server.client.post("/api/workspaces/steady/events", json={"type": "x", "data": 1})
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "unavailable"
+        # The workspace keeps working: a command runs (its events are lost, and counted), the
+        # preview still answers.
+        ran = await server.client.post("/api/workspaces/steady/commands", json={"cmd": "true", "wait": True})
+        assert ran.status_code == 200 and ran.json()["exit_code"] == 0
+        assert (await server.preview_get(body["preview_url"])).status_code == 200
+        metrics = (await server.client.get("/metrics")).text
+        assert 'realtime_events_lost_total{kind="command"} 2.0' in metrics
+        await second.enter_async_context(redis_server(port))
+        await until_ready_status(server, 200)
+        assert (await server.client.get("/api/workspaces/steady")).json()["state"] == "ready"
+        again = await server.client.post("/api/workspaces/steady/events", json={"type": "x", "data": 2})
+        assert again.status_code == 200
