@@ -95,8 +95,6 @@ async def _latest(broker: Broker, project_id: str) -> tuple[str, int]:
     return history.epoch, history.latest
 
 
-
-
 # -- workspaces --------------------------------------------------------------------------------
 
 

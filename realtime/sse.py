@@ -82,6 +82,7 @@ def event_stream(
                     return  # the client reconnects with Last-Event-ID and is told resumed: false
                 if events:
                     yield _events_chunk(start.epoch, events)
+                    hub.stats.events_delivered += len(events)
                     continue
                 if drain_target is not None and outbox.cursor >= drain_target:
                     return
