@@ -14,10 +14,9 @@ from types import TracebackType
 from typing import Any
 
 import orjson
-import redis.asyncio as redis
 
 from realtime.errors import ApiError
-from realtime.redis_broker import RedisAppender, RedisKeys
+from realtime.redis_broker import RedisAppender, RedisKeys, connect
 from realtime.validation import parse_project_id
 
 __all__ = ["Publisher"]
@@ -42,7 +41,7 @@ class Publisher:
         max_event_bytes: int = 256 * 1024,
         retry_s: float = 30.0,
     ) -> None:
-        self._redis = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10)
+        self._redis = connect(url)
         self._appender = RedisAppender(
             self._redis, RedisKeys(prefix), max_events=max_events, ttl_s=ttl_s, retry_s=retry_s
         )

@@ -40,7 +40,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from realtime.broker import BrokerUnavailable
 from realtime.eventlog import Event, History, event_body, frame_for, new_epoch
 
-__all__ = ["RedisAppender", "RedisBroker", "RedisKeys", "retrying"]
+__all__ = ["RedisAppender", "RedisBroker", "RedisKeys", "connect", "retrying"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,24 @@ class RedisAppender:
         return Event(seq=int(seq), ts=ts, kind=kind, data=data, frame=frame_for(int(seq), ts, body))
 
 
+#: Connections one process opens to Redis at most; beyond, callers wait for one (never an error).
+MAX_CONNECTIONS = 64
+
+
+def connect(url: str, *, client_name: str | None = None) -> redis.Redis:
+    """A client whose pool makes callers wait for a free connection instead of failing when busy
+    (a thousand rooms joining at once must not be a thousand connections, nor errors)."""
+    pool = redis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=10,
+        socket_connect_timeout=2,
+        socket_timeout=10,
+        client_name=client_name,
+    )
+    return redis.Redis(connection_pool=pool)
+
+
 async def retrying(fn: Callable[[], Awaitable[T]], retry_s: float) -> T:
     """Call `fn`, retrying connection failures with capped, jittered exponential backoff for `retry_s`.
 
@@ -200,9 +218,7 @@ class RedisBroker:
     ) -> None:
         self.keys = RedisKeys(prefix)
         self.instance = instance or secrets.token_hex(6)
-        self._redis = redis.Redis.from_url(
-            url, socket_connect_timeout=2, socket_timeout=10, client_name=f"{prefix}:{self.instance}"
-        )
+        self._redis = connect(url, client_name=f"{prefix}:{self.instance}")
         self._appender = RedisAppender(self._redis, self.keys, max_events=max_events, ttl_s=ttl_s, retry_s=retry_s)
         self._read = self._redis.register_script(READ)
         self._max_events = max_events

@@ -3,6 +3,10 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 
+# Imported here, at a shallow stack: the hypothesis plugin otherwise imports its internals lazily
+# from deep inside pytest's terminal summary, where CPython 3.11.7's parser can fail with
+# "SystemError: AST constructor recursion depth mismatch" under pytest's assertion rewriting.
+import hypothesis.internal.conjecture.providers  # noqa: F401
 import pytest
 import redis
 
