@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup run test test-fast lint bench test-deps clean
+.PHONY: setup run test test-fast lint bench bench-fanout test-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/lifecycle.py
+
+bench-fanout: test-deps
+	$(BIN)/python benchmarks/fanout.py
 
 clean:
 	rm -rf $(VENV) .workspaces .pytest_cache
