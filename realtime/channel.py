@@ -136,36 +136,41 @@ class _Session:
     # -- the writer ----------------------------------------------------------------------------
 
     async def _send(self, frame: bytes) -> bool:
-        """Send one text frame; False when the socket is gone or is being closed."""
-        assert self._outbox is not None
-        async with self._outbox.sending() as scope:
-            try:
-                await self.websocket.send_text(frame.decode())
-            except WebSocketDisconnect:
-                return False
-        return not scope.cancelled_caught
+        """Send one text frame; False when the socket is gone."""
+        try:
+            await self.websocket.send_text(frame.decode())
+        except WebSocketDisconnect:
+            return False
+        return True
 
     async def _write(self) -> None:
         outbox = self._outbox
         assert outbox is not None
+        # One scope for all the sending (not one per frame): `close()` cancels it, so neither a
+        # send blocked on a stalled client nor a wait holds a close back.
+        async with outbox.sending():
+            await self._write_frames(outbox)
+        await self._close(outbox)
+
+    async def _write_frames(self, outbox: Outbox) -> None:
         drain_target: int | None = None
         while True:
             outbox.arm()
             for frame in outbox.control():
                 if not await self._send(frame):
-                    return await self._close(outbox)
+                    return
             if outbox.closing is not None:
-                break
+                return
             if self.hub.draining.is_set() and drain_target is None:
                 drain_target = (await self.services.broker.read(self.project_id, 0, limit=0)).latest
             try:
                 events = await outbox.next_events()
             except Behind as behind:
                 outbox.close(behind.closing)
-                break
+                return
             if events:
                 if not await self._send(batch_frame(events)):
-                    break
+                    return
                 stats = self.hub.stats
                 stats.events_delivered += len(events)
                 stats.frames_sent += 1
@@ -173,9 +178,8 @@ class _Session:
                 continue
             if drain_target is not None and outbox.cursor >= drain_target and self._in_flight == 0:
                 outbox.close(Closing(CLOSE_RESTART, "server is restarting; reconnect with since"))
-                continue
+                return
             await outbox.wait()
-        await self._close(outbox)
 
     async def _close(self, outbox: Outbox) -> None:
         closing = outbox.closing

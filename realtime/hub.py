@@ -154,7 +154,8 @@ class Outbox:
 
     def arm(self) -> None:
         """Start a round: anything that happens from now on wakes the next `wait()`."""
-        self._woken = anyio.Event()
+        if self._woken.is_set():  # an unset event is as good as a new one, and cheaper
+            self._woken = anyio.Event()
 
     async def wait(self) -> None:
         await self._woken.wait()
@@ -224,7 +225,7 @@ class Outbox:
 
     @asynccontextmanager
     async def sending(self) -> AsyncIterator[anyio.CancelScope]:
-        """Scope of one send: `close()` cancels it, so a stalled client never holds a close back."""
+        """Scope of the socket's sending: `close()` cancels it, so a stalled client never holds a close back."""
         with anyio.CancelScope() as scope:
             self._send_scope = scope
             if self.closing is not None:
