@@ -32,7 +32,7 @@ from realtime.frames import (
     RefreshArgs,
     WriteArgs,
     batch_frame,
-    hello_frame,
+    hello_for,
     parse_args,
     parse_frame,
     reply_error,
@@ -85,15 +85,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     session = _Session(services, hub, websocket, project_id, grant)
     async with hub.subscribe(project_id, start.cursor, start.epoch) as outbox:
         snapshot = await operations.project_snapshot(services.manager, services.broker, project_id)
-        hello = hello_frame(
-            project_id=project_id,
-            epoch=start.epoch,
-            seq=start.latest,
-            since=start.cursor,
-            resumed=start.resumed,
-            snapshot={**snapshot, "connection_id": session.connection_id},
-        )
-        outbox.push_control(hello)
+        outbox.push_control(hello_for(project_id, start, {**snapshot, "connection_id": session.connection_id}))
         logger.debug(
             "socket %s on %s: since=%s resumed=%s", session.connection_id, project_id, start.cursor, start.resumed
         )

@@ -15,6 +15,7 @@ import orjson
 
 from realtime.errors import ApiError
 from realtime.eventlog import Event
+from realtime.hub import Start
 from realtime.tokens import Scope
 from realtime.validation import CommandRequest, parse_command, parse_files, parse_path
 from runtime.base import FileUpload
@@ -25,6 +26,7 @@ __all__ = [
     "Op",
     "OpId",
     "batch_frame",
+    "hello_for",
     "hello_frame",
     "parse_args",
     "parse_frame",
@@ -190,6 +192,18 @@ def _parse_args(op: Op, *, default_timeout_s: float, max_timeout_s: float) -> Op
 
 
 # -- server frames -----------------------------------------------------------------------------
+
+
+def hello_for(project_id: str, start: Start, snapshot: Mapping[str, Any]) -> bytes:
+    """The `hello` for a socket (or SSE stream) that `locate` placed at `start`."""
+    return hello_frame(
+        project_id=project_id,
+        epoch=start.epoch,
+        seq=start.latest,
+        since=start.cursor,
+        resumed=start.resumed,
+        snapshot=snapshot,
+    )
 
 
 def hello_frame(

@@ -15,7 +15,7 @@ from starlette.responses import StreamingResponse
 from realtime.broker import Broker
 from realtime.errors import ApiError
 from realtime.eventlog import Event
-from realtime.frames import hello_frame
+from realtime.frames import hello_for
 from realtime.hub import Behind, Hub, locate
 from realtime.operations import project_snapshot
 from realtime.workspaces import WorkspaceManager
@@ -62,14 +62,7 @@ def event_stream(
         start = await locate(broker, project_id, since, epoch)
         async with hub.subscribe(project_id, start.cursor, start.epoch) as outbox:
             snapshot = await project_snapshot(manager, broker, project_id)
-            hello = hello_frame(
-                project_id=project_id,
-                epoch=start.epoch,
-                seq=start.latest,
-                since=start.cursor,
-                resumed=start.resumed,
-                snapshot=snapshot,
-            )
+            hello = hello_for(project_id, start, snapshot)
             yield f"retry: {RETRY_MS}\n".encode() + b"event: hello\ndata: " + hello + b"\n\n"
             drain_target: int | None = None
             while outbox.closing is None:
