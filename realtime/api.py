@@ -16,6 +16,7 @@ from starlette.routing import Route
 from realtime import operations
 from realtime.auth import Denied, bearer_token, project_grant
 from realtime.broker import Broker
+from realtime.cluster import Cluster
 from realtime.errors import ApiError
 from realtime.metrics import render
 from realtime.settings import Settings
@@ -23,7 +24,6 @@ from realtime.sse import event_stream, parse_last_event_id, wants_event_stream
 from realtime.tokens import Scope, SessionTokens
 from realtime.validation import parse_command, parse_env, parse_files, parse_path, parse_project_id
 from realtime.workspaces import WorkspaceManager
-from runtime.lifecycle import Workspace
 
 __all__ = ["Services", "json_response", "routes"]
 
@@ -36,6 +36,7 @@ class Services:
     manager: WorkspaceManager
     broker: Broker
     tokens: SessionTokens
+    cluster: Cluster
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -72,9 +73,8 @@ async def read_json(request: Request, *, optional: bool = False) -> dict[str, An
     return body
 
 
-def _workspace(request: Request) -> Workspace:
-    project_id = parse_project_id(request.path_params["project_id"])
-    return operations.require_workspace(_services(request).manager, project_id)
+def _project(request: Request) -> str:
+    return parse_project_id(request.path_params["project_id"])
 
 
 def _request_id(request: Request, body: Mapping[str, Any] | None = None) -> str:
@@ -107,16 +107,15 @@ async def create_workspace(request: Request) -> Response:
     wait = body.get("wait", False)
     if not isinstance(wait, bool):
         raise ApiError(400, "bad_request", "wait must be true or false")
-    workspace, created = await services.manager.ensure(project_id, files, env, _request_id(request, body))
-    if wait:
-        await workspace.wait_settled()
+    args = {"files": files, "env": env, "request_id": _request_id(request, body), "wait": wait}
+    workspace = await services.cluster.call(project_id, "ensure", args)
     epoch, seq = await _latest(services.broker, project_id)
     token, expires_at = services.tokens.mint(project_id, Scope.write)
-    preview = workspace.preview
+    preview = workspace["preview"]
     result = {
         "project_id": project_id,
-        "state": workspace.state.value if workspace.state else None,
-        "detail": workspace.detail,
+        "state": workspace["state"],
+        "detail": workspace["detail"],
         "epoch": epoch,
         "seq": seq,
         "preview_url": preview["url"] if preview else None,
@@ -125,18 +124,20 @@ async def create_workspace(request: Request) -> Response:
         "session_token_expires_at": expires_at,
         "ws_url": _ws_url(services.settings, project_id),
     }
-    return json_response(result, 201 if created else 200)
+    return json_response(result, 201 if workspace["created"] else 200)
 
 
 async def get_workspace(request: Request) -> Response:
     services = _services(request)
-    workspace = _workspace(request)
-    return json_response(await operations.project_snapshot(services.manager, services.broker, workspace.project_id))
+    project_id = _project(request)
+    snapshot = await operations.project_snapshot(services.cluster, services.broker, project_id)
+    if snapshot["state"] is None:
+        raise operations.no_workspace(project_id)
+    return json_response(snapshot)
 
 
 async def delete_workspace(request: Request) -> Response:
-    workspace = _workspace(request)
-    await _services(request).manager.stop(workspace.project_id)
+    await _services(request).cluster.call(_project(request), "stop", {})
     return Response(status_code=204)
 
 
@@ -144,22 +145,24 @@ async def delete_workspace(request: Request) -> Response:
 
 
 async def put_files(request: Request) -> Response:
-    workspace = _workspace(request)
+    project_id = _project(request)
     body = await read_json(request)
     files = parse_files(body.get("files"))
-    return json_response(await operations.write_files(workspace, files, _request_id(request, body)))
+    args = {"files": files, "request_id": _request_id(request, body)}
+    return json_response(await _services(request).cluster.call(project_id, "write", args))
 
 
 async def get_files(request: Request) -> Response:
-    workspace = _workspace(request)
+    project_id = _project(request)
     path = parse_path(request.query_params.get("path", ""), allow_root=True)
-    return json_response(await operations.list_or_read(workspace, path))
+    return json_response(await _services(request).cluster.call(project_id, "list_or_read", {"path": path}))
 
 
 async def delete_files(request: Request) -> Response:
-    workspace = _workspace(request)
+    project_id = _project(request)
     path = parse_path(request.query_params.get("path"))
-    await operations.delete_path(workspace, path, _request_id(request))
+    args = {"path": path, "request_id": _request_id(request)}
+    await _services(request).cluster.call(project_id, "delete", args)
     return Response(status_code=204)
 
 
@@ -168,38 +171,31 @@ async def delete_files(request: Request) -> Response:
 
 async def post_command(request: Request) -> Response:
     services = _services(request)
-    workspace = _workspace(request)
+    project_id = _project(request)
     body = await read_json(request)
     command = parse_command(
         body,
         default_timeout_s=services.settings.command_timeout_s,
         max_timeout_s=services.settings.max_command_timeout_s,
     )
-    run = await operations.start_command(workspace, command)
-    result: dict[str, Any] = {"command_id": run.command_id}
-    if command.wait:
-        await run.done.wait()
-        result["exit_code"] = run.exit_code
-        result["timed_out"] = run.timed_out
-    return json_response(result)
+    return json_response(await services.cluster.call(project_id, "exec", {"command": command}))
 
 
 async def kill_command(request: Request) -> Response:
-    workspace = _workspace(request)
-    return json_response(await operations.kill_command(workspace, request.path_params["command_id"]))
+    args = {"command_id": request.path_params["command_id"]}
+    return json_response(await _services(request).cluster.call(_project(request), "kill", args))
 
 
 # -- preview, events, tokens -------------------------------------------------------------------
 
 
 async def refresh_preview(request: Request) -> Response:
-    services = _services(request)
-    workspace = _workspace(request)
+    project_id = _project(request)
     body = await read_json(request, optional=True)
     revoke = body.get("revoke", False)
     if not isinstance(revoke, bool):
         raise ApiError(400, "bad_request", "revoke must be true or false")
-    return json_response(await operations.refresh_preview(services.manager, workspace, revoke=revoke))
+    return json_response(await _services(request).cluster.call(project_id, "refresh", {"revoke": revoke}))
 
 
 async def get_events(request: Request) -> Response:
@@ -224,7 +220,7 @@ async def get_events(request: Request) -> Response:
         return event_stream(
             hub=request.state.hub,
             broker=services.broker,
-            manager=services.manager,
+            cluster=services.cluster,
             project_id=project_id,
             since=since_or_none,
             epoch=epoch,
@@ -289,12 +285,12 @@ def _optional_int_param(request: Request, name: str) -> int | None:
 
 
 async def healthz(request: Request) -> Response:
-    return json_response({"ok": True})
+    return json_response({"ok": True, "instance": _services(request).cluster.instance})
 
 
 async def metrics(request: Request) -> Response:
     services = _services(request)
-    body = render(request.state.hub, services.manager, services.broker)
+    body = render(request.state.hub, services.manager, services.broker, services.cluster)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

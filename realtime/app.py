@@ -21,6 +21,7 @@ from realtime.api import Services, json_response, routes
 from realtime.auth import BearerAuth
 from realtime.broker import Broker, BrokerUnavailable, MemoryBroker
 from realtime.channel import websocket_endpoint
+from realtime.cluster import Cluster, RedisCluster, SoloCluster
 from realtime.errors import ApiError, from_runtime
 from realtime.hub import Hub, OutboxLimits
 from realtime.preview import PreviewGateway
@@ -32,7 +33,7 @@ from runtime.base import Runtime
 from runtime.errors import RuntimeFailure
 from runtime.lifecycle import LifecycleConfig
 
-__all__ = ["create_app", "make_broker", "make_runtime"]
+__all__ = ["create_app", "make_broker", "make_cluster", "make_runtime"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,20 @@ def make_broker(settings: Settings) -> Broker:
             max_events=settings.history_events,
             ttl_s=settings.redis_ttl_s,
             retry_s=settings.redis_retry_s,
+            instance=settings.instance_id,
         )
     return MemoryBroker(max_events=settings.history_events, max_bytes=settings.history_bytes)
+
+
+def make_cluster(settings: Settings, broker: Broker, manager: WorkspaceManager) -> Cluster:
+    """Instances share ownership through Redis when the broker is Redis; alone, one process owns all."""
+    from realtime.redis_broker import RedisBroker
+
+    if isinstance(broker, RedisBroker):
+        return RedisCluster(
+            broker, manager, lease_ms=settings.lease_ms, ttl_s=settings.redis_ttl_s, retry_s=settings.redis_retry_s
+        )
+    return SoloCluster(manager, settings.instance_id)
 
 
 def make_runtime(settings: Settings) -> Runtime:
@@ -147,19 +160,24 @@ def create_app(
                 http=probe_http,
                 preview_ttl_s=settings.preview_ttl_s,
             )
+            cluster = make_cluster(settings, the_broker, manager)
             await tg.start(the_broker.run)
             await tg.start(manager.run)
+            await tg.start(cluster.run)
             await tg.start(hub.run)
-            services = Services(settings=settings, manager=manager, broker=the_broker, tokens=tokens)
+            services = Services(
+                settings=settings, manager=manager, broker=the_broker, tokens=tokens, cluster=cluster
+            )
             try:
                 yield {
                     "services": services,
                     "hub": hub,
-                    "gateway": PreviewGateway(signer, manager.resolve, proxy_http),
+                    "gateway": PreviewGateway(signer, cluster.resolve, proxy_http),
                 }
             finally:
                 with anyio.CancelScope(shield=True):
                     await manager.aclose()
+                    await cluster.aclose()
                     await runtime.aclose()
                     await the_broker.aclose()
                 tg.cancel_scope.cancel()

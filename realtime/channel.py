@@ -42,7 +42,6 @@ from realtime.hub import Behind, Closing, Hub, Outbox, locate
 from realtime.tokens import TokenGrant
 from realtime.validation import CommandRequest, parse_project_id
 from runtime.errors import RuntimeFailure
-from runtime.lifecycle import Workspace
 
 __all__ = ["CLOSE_POLICY", "websocket_endpoint"]
 
@@ -84,7 +83,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     start = await locate(services.broker, project_id, since, epoch)
     session = _Session(services, hub, websocket, project_id, grant)
     async with hub.subscribe(project_id, start.cursor, start.epoch) as outbox:
-        snapshot = await operations.project_snapshot(services.manager, services.broker, project_id)
+        snapshot = await operations.project_snapshot(services.cluster, services.broker, project_id)
         outbox.push_control(hello_for(project_id, start, {**snapshot, "connection_id": session.connection_id}))
         logger.debug(
             "socket %s on %s: since=%s resumed=%s", session.connection_id, project_id, start.cursor, start.resumed
@@ -252,29 +251,26 @@ class _Session:
     async def _perform(self, op: Op, args: OpArgs) -> Any:
         if op.op == "ping":
             return {"ts": int(time.time() * 1000)}
-        manager = self.services.manager
-        workspace = operations.require_workspace(manager, self.project_id)
+        cluster = self.services.cluster
         if isinstance(args, RefreshArgs):
-            return await operations.refresh_preview(manager, workspace, revoke=args.revoke)
+            return await cluster.call(self.project_id, "refresh", {"revoke": args.revoke})
         # The rest change the workspace and are short: a client going away mid-op must not leave
         # a started process without its supervisor, or a write without its `file` events.
         with anyio.CancelScope(shield=True):
-            return await self._change(op, args, workspace)
+            return await cluster.call(self.project_id, *self._wire(op, args))
 
-    async def _change(self, op: Op, args: OpArgs, workspace: Workspace) -> Any:
+    def _wire(self, op: Op, args: OpArgs) -> tuple[str, dict[str, Any]]:
+        """The op's name and arguments as the cluster forwards them to the project's owner."""
         request_id = f"{self.connection_id}:{op.id}"
         match args:
             case CommandRequest():
-                run = await operations.start_command(workspace, args)
-                return {"command_id": run.command_id}
+                return "exec", {"command": args}
             case KillArgs(command_id=command_id):
-                return await operations.kill_command(workspace, command_id)
+                return "kill", {"command_id": command_id}
             case WriteArgs(files=files):
-                return await operations.write_files(workspace, files, request_id)
-            case PathArgs(path=path) if op.op == "read":
-                return await operations.read_path(workspace, path)
-            case PathArgs(path=path) if op.op == "list":
-                return await operations.list_path(workspace, path)
+                return "write", {"files": files, "request_id": request_id}
+            case PathArgs(path=path) if op.op in ("read", "list"):
+                return op.op, {"path": path}
             case PathArgs(path=path):
-                return await operations.delete_path(workspace, path, request_id)
+                return "delete", {"path": path, "request_id": request_id}
         raise AssertionError(f"unhandled op {op.op}")

@@ -9,6 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from realtime.broker import Broker
+from realtime.cluster import Cluster
 from realtime.hub import Hub
 from realtime.workspaces import WorkspaceManager
 from runtime.lifecycle import State
@@ -19,7 +20,8 @@ __all__ = ["ServiceCollector", "render"]
 class ServiceCollector(Collector):
     """Reads counters and gauges at scrape time; nothing on the hot path touches prometheus."""
 
-    def __init__(self, hub: Hub, manager: WorkspaceManager, broker: Broker) -> None:
+    def __init__(self, hub: Hub, manager: WorkspaceManager, broker: Broker, cluster: Cluster) -> None:
+        self._cluster = cluster
         self._hub = hub
         self._manager = manager
         self._broker = broker
@@ -63,6 +65,10 @@ class ServiceCollector(Collector):
         for state, count in counts.items():
             states.add_metric([state], count)
         yield states
+        yield GaugeMetricFamily(
+            "realtime_leases_held", "Workspace ownership leases this instance holds (Redis)",
+            value=self._cluster.leases_held,
+        )
         round_trip = self._broker.round_trip_s
         if round_trip is not None:
             yield GaugeMetricFamily(
@@ -70,7 +76,7 @@ class ServiceCollector(Collector):
             )
 
 
-def render(hub: Hub, manager: WorkspaceManager, broker: Broker) -> bytes:
+def render(hub: Hub, manager: WorkspaceManager, broker: Broker, cluster: Cluster) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServiceCollector(hub, manager, broker))
+    registry.register(ServiceCollector(hub, manager, broker, cluster))
     return generate_latest(registry)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from realtime.broker import Broker
 from realtime.errors import ApiError
@@ -18,11 +18,15 @@ from runtime.base import FileUpload
 from runtime.commands import CommandRun
 from runtime.lifecycle import Workspace
 
+if TYPE_CHECKING:
+    from realtime.cluster import Cluster
+
 __all__ = [
     "delete_path",
     "kill_command",
     "list_or_read",
     "list_path",
+    "no_workspace",
     "project_snapshot",
     "read_path",
     "refresh_preview",
@@ -32,21 +36,26 @@ __all__ = [
 ]
 
 
-async def project_snapshot(manager: WorkspaceManager, broker: Broker, project_id: str) -> dict[str, Any]:
-    """The project's state as `GET /api/workspaces/{id}` and `hello` show it, with the log's position."""
+async def project_snapshot(cluster: Cluster, broker: Broker, project_id: str) -> dict[str, Any]:
+    """The project's state as `GET /api/workspaces/{id}` and `hello` show it, with the log's position.
+
+    `state` is None when the project never had a workspace (or its record expired).
+    """
     history = await broker.read(project_id, 0, limit=0)
-    workspace = manager.get(project_id)
-    if workspace is not None:
-        state = workspace.snapshot()
-    else:
-        state = {"project_id": project_id, "state": None, "detail": None, "preview": None, "commands": []}
+    state = await cluster.snapshot(project_id) or {
+        "project_id": project_id, "state": None, "detail": None, "preview": None, "commands": [], "owner": None,
+    }
     return {**state, "epoch": history.epoch, "seq": history.latest}
+
+
+def no_workspace(project_id: str) -> ApiError:
+    return ApiError(404, "not_found", f"no workspace for project {project_id!r}; POST /api/workspaces first")
 
 
 def require_workspace(manager: WorkspaceManager, project_id: str) -> Workspace:
     workspace = manager.get(project_id)
     if workspace is None:
-        raise ApiError(404, "not_found", f"no workspace for project {project_id!r}; POST /api/workspaces first")
+        raise no_workspace(project_id)
     return workspace
 
 

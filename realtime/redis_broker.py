@@ -234,6 +234,13 @@ class RedisBroker:
         self.round_trip_s: float | None = None
         self._refresh_needed = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
+        #: Other channels this process listens on (command routing), with their handlers.
+        self._handlers: dict[bytes, Callable[[bytes], None]] = {}
+
+    @property
+    def redis(self) -> redis.Redis:
+        """The process's client (its pool), for the cluster's lease and registry commands."""
+        return self._redis
 
     # -- the Broker protocol ---------------------------------------------------------------------
 
@@ -327,9 +334,12 @@ class RedisBroker:
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                channels = [self.keys.heartbeat(self.instance), *(self.keys.events(p) for p in self._follows)]
+                channels = self._channels()
                 await pubsub.subscribe(*channels)
                 self._pubsub = pubsub
+                # Projects followed and channels listened to while that subscribe was on its way.
+                if late := self._channels() - channels:
+                    await pubsub.subscribe(*late)
                 self._last_beat = time.monotonic()
                 self._subscribed.set()
                 delay = 0.05
@@ -348,6 +358,14 @@ class RedisBroker:
             await anyio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, 2.0)
 
+    def _channels(self) -> set[bytes]:
+        """Every channel the subscription must hold."""
+        return {
+            self.keys.heartbeat(self.instance).encode(),
+            *(self.keys.events(p).encode() for p in self._follows),
+            *self._handlers,
+        }
+
     async def _listen(self, pubsub: Any) -> None:
         heartbeat = self.keys.heartbeat(self.instance).encode()
         while True:
@@ -362,6 +380,10 @@ class RedisBroker:
             if channel == heartbeat:
                 self._last_beat = now
                 self.round_trip_s = now - self._beat_sent
+                continue
+            handler = self._handlers.get(channel)
+            if handler is not None:
+                handler(message["data"])
                 continue
             project_id = self.keys.project_of(channel.decode())
             if project_id is not None:
@@ -446,6 +468,32 @@ class RedisBroker:
                 await pubsub.unsubscribe(self.keys.events(project_id))
             except Exception as exc:  # noqa: BLE001 - best effort: a closing or broken connection is rebuilt anyway
                 logger.debug("unsubscribe from %s failed: %s", project_id, exc)
+
+    async def listen(self, channel: str, handler: Callable[[bytes], None]) -> None:
+        """Hand every message on `channel` to `handler` (on the one subscription; kept across rebuilds).
+
+        `handler` runs inside the subscription's reader: it must not block.
+        """
+        key = channel.encode()
+        self._handlers[key] = handler
+        if self._pubsub is not None:
+            try:
+                await self._pubsub.subscribe(key)
+            except TRANSIENT as exc:
+                logger.warning("subscribe to %s failed (%s); the subscription will be rebuilt", channel, exc)
+
+    async def unlisten(self, channel: str) -> None:
+        key = channel.encode()
+        if self._handlers.pop(key, None) is None:
+            return
+        pubsub = self._pubsub
+        if pubsub is None:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            try:
+                await pubsub.unsubscribe(key)
+            except Exception as exc:  # noqa: BLE001 - best effort: a broken connection is rebuilt anyway
+                logger.debug("unsubscribe from %s failed: %s", channel, exc)
 
     async def _heartbeat(self) -> None:
         channel = self.keys.heartbeat(self.instance)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
@@ -108,6 +109,11 @@ class Settings:
     redis_ttl_s: int = 7 * 24 * 3600
     #: Seconds a Redis command is retried through an outage before the caller is told (503).
     redis_retry_s: float = 30.0
+    #: This instance's name in Redis (leases, replies); random per start when unset.
+    instance_id: str | None = None
+    #: Milliseconds an owner's lease on a workspace lasts without renewal: how soon another
+    #: instance adopts the workspace of one that died.
+    lease_ms: int = 15_000
     #: Each workspace's output budget: log bytes admitted at once, and refilled per second.
     output_burst_bytes: int = 16 * 1024 * 1024
     output_rate_bytes: float = 1024 * 1024
@@ -174,6 +180,8 @@ class Settings:
             redis_prefix=env.get("WORKSPACE_REDIS_PREFIX") or d["redis_prefix"],
             redis_ttl_s=_int(env, "WORKSPACE_REDIS_TTL_S", d["redis_ttl_s"]),
             redis_retry_s=_float(env, "WORKSPACE_REDIS_RETRY_S", d["redis_retry_s"]),
+            instance_id=_instance_id(env.get("WORKSPACE_INSTANCE_ID")),
+            lease_ms=_lease_ms(env),
             preview_ttl_s=_int(env, "WORKSPACE_PREVIEW_TTL_S", d["preview_ttl_s"]),
             install_timeout_s=_float(env, "WORKSPACE_INSTALL_TIMEOUT_S", d["install_timeout_s"]),
             start_timeout_s=_float(env, "WORKSPACE_START_TIMEOUT_S", d["start_timeout_s"]),
@@ -193,6 +201,21 @@ class Settings:
             output_rate_bytes=_float(env, "WORKSPACE_OUTPUT_RATE_BYTES", d["output_rate_bytes"]),
         )
 
+
+
+def _instance_id(raw: str | None) -> str | None:
+    if not raw:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", raw):
+        raise ConfigError(f"WORKSPACE_INSTANCE_ID must be 1-64 of A-Z a-z 0-9 _ . -, got {raw!r}")
+    return raw
+
+
+def _lease_ms(env: Mapping[str, str]) -> int:
+    lease = _int(env, "WORKSPACE_LEASE_MS", _DEFAULTS["lease_ms"])
+    if lease < 500:
+        raise ConfigError(f"WORKSPACE_LEASE_MS must be at least 500, got {lease}")
+    return lease
 
 
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Settings) if f.default is not MISSING}

@@ -13,12 +13,12 @@ import anyio
 from starlette.responses import StreamingResponse
 
 from realtime.broker import Broker
+from realtime.cluster import Cluster
 from realtime.errors import ApiError
 from realtime.eventlog import Event
 from realtime.frames import hello_for
 from realtime.hub import Behind, Hub, locate
 from realtime.operations import project_snapshot
-from realtime.workspaces import WorkspaceManager
 
 __all__ = ["KEEPALIVE_S", "event_stream", "parse_last_event_id", "wants_event_stream"]
 
@@ -53,7 +53,7 @@ def event_stream(
     *,
     hub: Hub,
     broker: Broker,
-    manager: WorkspaceManager,
+    cluster: Cluster,
     project_id: str,
     since: int | None,
     epoch: str | None,
@@ -61,7 +61,7 @@ def event_stream(
     async def body() -> AsyncIterator[bytes]:
         start = await locate(broker, project_id, since, epoch)
         async with hub.subscribe(project_id, start.cursor, start.epoch) as outbox:
-            snapshot = await project_snapshot(manager, broker, project_id)
+            snapshot = await project_snapshot(cluster, broker, project_id)
             hello = hello_for(project_id, start, snapshot)
             yield f"retry: {RETRY_MS}\n".encode() + b"event: hello\ndata: " + hello + b"\n\n"
             drain_target: int | None = None

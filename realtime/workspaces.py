@@ -6,7 +6,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -18,7 +18,7 @@ from realtime.signing import PreviewSigner
 from runtime.base import FileUpload, Runtime
 from runtime.lifecycle import LifecycleConfig, State, Workspace
 
-__all__ = ["WorkspaceManager"]
+__all__ = ["WorkspaceManager", "WorkspaceObserver"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,26 @@ def _outcome(data: Mapping[str, Any]) -> str:
     if isinstance(code, int) and code > 128:
         return "signalled"
     return "failed"
+
+
+#: Event kinds after which a workspace's snapshot (state, preview, commands) has changed.
+SNAPSHOT_KINDS = frozenset({"status", "preview", "command"})
+
+
+class WorkspaceObserver(Protocol):
+    """Told when a workspace's snapshot changed and when it ended (the cluster keeps its registry)."""
+
+    def changed(self, project_id: str) -> None: ...
+
+    def ended(self, workspace: Workspace) -> None: ...
+
+
+class _Unobserved:
+    def changed(self, project_id: str) -> None:
+        pass
+
+    def ended(self, workspace: Workspace) -> None:
+        pass
 
 
 class WorkspaceManager:
@@ -62,6 +82,7 @@ class WorkspaceManager:
         self._keys: dict[str, str] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._lock = anyio.Lock()
+        self.observer: WorkspaceObserver = _Unobserved()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
@@ -109,12 +130,20 @@ class WorkspaceManager:
         await workspace.stop()
         return True
 
+    async def detach(self, project_id: str) -> None:
+        """Stop driving the project's workspace here, quietly: another instance has taken it over."""
+        workspace = self._workspaces.get(project_id)
+        if workspace is not None and workspace.state is not State.stopped:
+            await workspace.detach()
+
     async def _supervise(self, workspace: Workspace, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         try:
             await workspace.run(task_status=task_status)
         except Exception:
             # One workspace's bug must not take the server down; it ends stopped and logged.
             logger.exception("workspace %s crashed", workspace.project_id)
+        finally:
+            self.observer.ended(workspace)
 
     def _emitter(self, project_id: str) -> Any:
         async def emit(kind: str, data: Mapping[str, Any]) -> None:
@@ -129,6 +158,8 @@ class WorkspaceManager:
             self.events_appended[kind] += 1
             if kind == "command" and data.get("state") == "exited":
                 self.commands_ended[_outcome(data)] += 1
+            if kind in SNAPSHOT_KINDS:
+                self.observer.changed(project_id)
 
         return emit
 
@@ -139,6 +170,14 @@ class WorkspaceManager:
         generation = self._generations.setdefault(project_id, 0)
         self._keys[self.signer.project_key(project_id)] = project_id
         return {"url": self.signer.url(project_id, generation, expires_at), "expires_at": expires_at}
+
+    def generation(self, project_id: str) -> int:
+        """How many times the project's preview URLs were revoked (signed URLs carry it)."""
+        return self._generations.get(project_id, 0)
+
+    def restore_generation(self, project_id: str, generation: int) -> None:
+        """Carry revocations over from the project's previous owner."""
+        self._generations[project_id] = max(generation, self._generations.get(project_id, 0))
 
     def revoke(self, project_id: str) -> None:
         """Invalidate every preview URL signed for the project so far."""

@@ -115,6 +115,8 @@ class Workspace:
         self._closed = anyio.Event()
         self._budget = OutputBudget(config.output_rate_bytes, config.output_burst_bytes)
         self._budget_watched = False
+        #: Stopped because another instance now drives the sandbox: ends quietly, no `stopped` event.
+        self.detached = False
 
     # -- supervision ---------------------------------------------------------------------------
 
@@ -135,6 +137,11 @@ class Workspace:
             self._tg.cancel_scope.cancel()
         await self._closed.wait()
 
+    async def detach(self) -> None:
+        """Stop driving the workspace here without announcing it stopped (its new owner goes on)."""
+        self.detached = True
+        await self.stop()
+
     async def _shutdown(self) -> None:
         try:
             for run in list(self.commands.values()):
@@ -148,8 +155,11 @@ class Workspace:
         finally:
             self.preview = None
             self.port = None
-            await self._report_dropped(self._budget.flush())
-            await self._set_state(State.stopped, None)
+            if self.detached:
+                self.state, self.detail = State.stopped, "detached: another instance owns the workspace"
+            else:
+                await self._report_dropped(self._budget.flush())
+                await self._set_state(State.stopped, None)
             self._settled.set()
             self._closed.set()
 

@@ -282,7 +282,7 @@ async def test_oversize_body_is_413(server: Running) -> None:
 async def test_health_and_readiness(server: Running) -> None:
     """/healthz and /readyz answer without a token; readiness checks the broker and the runtime."""
     async with httpx.AsyncClient(base_url=server.url) as anonymous:
-        assert (await anonymous.get("/healthz")).json() == {"ok": True}
+        assert (await anonymous.get("/healthz")).json() == {"ok": True, "instance": "solo"}
         assert (await anonymous.get("/readyz")).status_code == 200
 
 
