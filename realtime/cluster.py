@@ -547,6 +547,9 @@ class RedisCluster:
             return None
         for name in (*PRIVATE, "updated_at"):
             entry.pop(name, None)
+        # Who holds the lease now (None between an owner's death and the adoption).
+        owner = await retrying(lambda: self._redis.get(self._key(project_id, "owner")), self._retry_s)
+        entry["owner"] = owner.decode() if owner is not None else None
         return entry
 
     async def resolve(self, project_key: str) -> PreviewTarget | None:

@@ -1,0 +1,196 @@
+"""Two instances in this process on one Redis: ownership, op routing, the registry, fencing, adoption.
+
+(`test_scaleout.py` does the same with real `realtime serve` processes and SIGKILL.)
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from tests.conftest import REDIS_URL, delete_prefix
+from tests.harness import Running, fixture_files, make_settings, running_server
+
+pytestmark = pytest.mark.anyio
+
+PREVIEW_URL = "http://{slug}.preview.localhost:8999"
+
+
+@asynccontextmanager
+async def instances(tmp_path: Path, *names: str) -> AsyncIterator[tuple[str, list[Running], aioredis.Redis]]:
+    """Servers named `names` sharing one Redis prefix and one workspace root, and a Redis client."""
+    prefix = "qaitest-" + secrets.token_hex(6)
+    env = {
+        "REDIS_URL": REDIS_URL,
+        "WORKSPACE_REDIS_PREFIX": prefix,
+        "WORKSPACE_LEASE_MS": "1000",
+        "WORKSPACE_PREVIEW_URL": PREVIEW_URL,
+    }
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        async with AsyncExitStack() as stack:
+            servers = [
+                await stack.enter_async_context(
+                    running_server(
+                        lambda port, name=name: make_settings(
+                            tmp_path / "root", port, WORKSPACE_INSTANCE_ID=name, **env
+                        )
+                    )
+                )
+                for name in names
+            ]
+            yield prefix, servers, client
+    finally:
+        await client.aclose()
+        delete_prefix(REDIS_URL, prefix)
+
+
+async def metric(server: Running, name: str) -> float:
+    text = (await server.client.get("/metrics")).text
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+async def snapshot(server: Running, project_id: str) -> dict[str, Any]:
+    response = await server.client.get(f"/api/workspaces/{project_id}")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def until(check: Any, within_s: float = 30) -> Any:
+    with anyio.fail_after(within_s):
+        while not (result := await check()):
+            await anyio.sleep(0.05)
+    return result
+
+
+async def test_ops_on_any_instance_run_on_the_owner(tmp_path: Path) -> None:
+    async with instances(tmp_path, "a", "b") as (prefix, (a, b), redis):
+        created = await b.provision("demo", fixture_files())
+        assert created["state"] == "ready"
+        assert await redis.get(f"{prefix}:{{demo}}:owner") == b"b"
+
+        # Both instances describe the workspace alike; only the owner holds the lease.
+        from_a, from_b = await snapshot(a, "demo"), await snapshot(b, "demo")
+        assert from_a["owner"] == from_b["owner"] == "b"
+        assert from_a == from_b
+        assert (await metric(a, "realtime_leases_held"), await metric(b, "realtime_leases_held")) == (0, 1)
+
+        # Files and commands through A act on B's workspace.
+        written = await a.client.put("/api/workspaces/demo/files", json={"files": [{"path": "x.txt", "content": "hi"}]})
+        assert written.status_code == 200, written.text
+        read = await a.client.get("/api/workspaces/demo/files", params={"path": "x.txt"})
+        assert read.json()["content"] == "hi"
+        ran = await a.client.post("/api/workspaces/demo/commands", json={"cmd": "cat x.txt; exit 3", "wait": True})
+        assert ran.status_code == 200, ran.text
+        assert ran.json()["exit_code"] == 3
+        assert await metric(b, 'realtime_commands_total{outcome="failed"}') == 1
+        assert 'realtime_commands_total{outcome="failed"}' not in (await a.client.get("/metrics")).text
+
+        # The owner's refusals come back as they are.
+        missing = await a.client.get("/api/workspaces/demo/files", params={"path": "nope.txt"})
+        assert (missing.status_code, missing.json()["error"]["code"]) == (404, "not_found")
+        killed = await a.client.delete("/api/workspaces/demo/commands/cmd_000000000000")
+        assert killed.status_code == 404
+
+        # The preview is served by any instance's gateway.
+        preview = await a.preview_get(created["preview_url"], "/")
+        assert preview.status_code == 200, preview.text
+        assert 'id="message"' in preview.text
+
+        # Stopping through A stops B's workspace, records it and gives the lease up.
+        assert (await a.client.delete("/api/workspaces/demo")).status_code == 204
+        await until(lambda: _state_is(a, "demo", "stopped"))
+        await until(lambda: _missing(redis, f"{prefix}:{{demo}}:owner"))
+        assert await metric(b, "realtime_leases_held") == 0
+
+
+async def _state_is(server: Running, project_id: str, state: str) -> bool:
+    return bool((await snapshot(server, project_id))["state"] == state)
+
+
+async def _missing(redis: aioredis.Redis, key: str) -> bool:
+    return not await redis.exists(key)
+
+
+async def test_unknown_project_is_claimed_by_nobody(tmp_path: Path) -> None:
+    async with instances(tmp_path, "a", "b") as (prefix, (a, _b), redis):
+        assert (await a.client.get("/api/workspaces/ghost")).status_code == 404
+        exec_ = await a.client.post("/api/workspaces/ghost/commands", json={"cmd": "true"})
+        assert (exec_.status_code, exec_.json()["error"]["code"]) == (404, "not_found")
+        assert not await redis.exists(f"{prefix}:{{ghost}}:owner")
+        assert await metric(a, "realtime_leases_held") == 0
+
+
+async def test_a_request_sent_twice_runs_once(tmp_path: Path) -> None:
+    async with instances(tmp_path, "a") as (prefix, (a,), redis):
+        await a.provision("demo", fixture_files())
+        reply_channel = f"{prefix}:reply:test"
+        request = orjson.dumps({
+            "id": "test:1", "op": "exec", "reply": reply_channel,
+            "args": {"command": {"argv": ["true"], "cwd": None, "env": None, "timeout_s": 30, "wait": True}},
+        })
+        async with redis.pubsub() as pubsub:
+            await pubsub.subscribe(reply_channel)
+            for _ in range(2):
+                assert await redis.publish(f"{prefix}:{{demo}}:commands", request) == 1
+            results = []
+            with anyio.fail_after(30):
+                while len(results) < 2:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                    if message is not None and orjson.loads(message["data"])["type"] == "ok":
+                        results.append(orjson.loads(message["data"])["result"])
+        assert results[0] == results[1]
+        assert results[0]["exit_code"] == 0
+        started = [e for e in await a.events("demo") if e["kind"] == "command" and e["data"]["state"] == "started"]
+        assert [e["data"]["command_id"] for e in started] == [results[0]["command_id"]]
+
+
+async def test_an_owner_that_lost_its_lease_detaches_and_another_adopts(tmp_path: Path) -> None:
+    async with instances(tmp_path, "a", "b") as (prefix, (a, b), redis):
+        await b.provision("demo", fixture_files())
+        seq = (await snapshot(b, "demo"))["seq"]
+        owner_key = f"{prefix}:{{demo}}:owner"
+        # Someone else holds the lease now (as after a partition): B must stop driving the workspace.
+        await redis.set(owner_key, "intruder", px=60_000)
+        await until(lambda: _leases(b, 0))
+        events = await b.events("demo", since=seq)
+        assert not [e for e in events if e["kind"] == "status" and e["data"]["state"] == "stopped"], events
+
+        # The intruder vanishes without a word: an instance finds the workspace orphaned and adopts it.
+        await redis.delete(owner_key)
+        adopted = await until(lambda: _adopted(a, "demo", seq))
+        owner = await until(lambda: _owner_when_ready(a, "demo"))
+        assert owner in ("a", "b")
+        assert f"instance {owner} takes the workspace over from b" in adopted[0]["data"]["text"]
+        after = await a.events("demo", since=seq)
+        assert [e["seq"] for e in after] == list(range(seq + 1, seq + 1 + len(after)))
+        assert [e["data"]["state"] for e in after if e["kind"] == "status"][-1] == "ready"
+        ran = await a.client.post("/api/workspaces/demo/commands", json={"cmd": "echo again", "wait": True})
+        assert ran.json()["exit_code"] == 0
+
+
+async def _leases(server: Running, count: int) -> bool:
+    return await metric(server, "realtime_leases_held") == count
+
+
+async def _owner_when_ready(server: Running, project_id: str) -> str | None:
+    current = await snapshot(server, project_id)
+    return current["owner"] if current["state"] == "ready" else None
+
+
+async def _adopted(server: Running, project_id: str, since: int) -> list[dict[str, Any]]:
+    """The takeover notes in the log after `since` (empty until an instance adopted the workspace)."""
+    events = await server.events(project_id, since=since)
+    return [e for e in events if e["kind"] == "log" and "takes the workspace over" in e["data"]["text"]]
