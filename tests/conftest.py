@@ -6,6 +6,8 @@ from collections.abc import Iterator
 # Imported here, at a shallow stack: the hypothesis plugin otherwise imports its internals lazily
 # from deep inside pytest's terminal summary, where CPython 3.11.7's parser can fail with
 # "SystemError: AST constructor recursion depth mismatch" under pytest's assertion rewriting.
+# The same for anyio's file helpers (anyio is a pytest plugin, so its modules are rewritten too).
+import anyio._core._fileio  # noqa: F401
 import hypothesis.internal.conjecture.providers  # noqa: F401
 import pytest
 import redis

@@ -288,7 +288,7 @@ async def test_owner_killed_survivor_adopts(cluster: Cluster) -> None:
 
 
 async def test_op_sent_after_the_owner_died_runs_on_the_survivor(cluster: Cluster) -> None:
-    """An op that reaches the survivor while the dead owner still holds its lease is answered, run by the survivor."""
+    """An op sent to the survivor right after the owner died (its lease not yet lapsed) is run by the survivor."""
     a = await cluster.start("a")
     b = await cluster.start("b")
     created = await b.provision(PROJECT)
