@@ -235,6 +235,7 @@ class RedisCluster:
         # Long enough for a dead owner's lease to lapse and someone (maybe us) to take over.
         deadline = time.monotonic() + self._lease_ms / 1000 * 2 + ACK_S
         delay = 0.02
+        unanswered = False
         try:
             while True:
                 if project_id in self._owned:
@@ -247,8 +248,11 @@ class RedisCluster:
                     try:
                         return await self._await_reply(project_id, op, receive)
                     except _Retry:
-                        pass
+                        unanswered = True
                 if time.monotonic() > deadline:
+                    if unanswered:
+                        raise ApiError(503, "unavailable", f"the owner of {project_id!r} did not answer; "
+                                       "the op may or may not have taken effect (the event log says)")
                     raise ApiError(503, "unavailable", f"no instance could take project {project_id!r} over")
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 0.5)
@@ -356,6 +360,8 @@ class RedisCluster:
             adopting = self._adopting.get(project_id)
             if adopting is not None:
                 await adopting.wait()
+                if project_id not in self._owned:
+                    raise ApiError(503, "unavailable", f"project {project_id!r} changed owner; try again")
             else:
                 entry = await self._entry(project_id)
                 if entry is not None and entry.get("state") != State.stopped:
@@ -443,6 +449,8 @@ class RedisCluster:
                 continue
             key = self._key(project_id, "owner")
             if await self._redis.set(key, self.instance, nx=True, px=self._lease_ms):
+                # Marked before anything can wait, so an op arriving meanwhile waits for this adoption.
+                self._adopting[project_id] = anyio.Event()
                 await self._hold(project_id)
                 assert self._tg is not None
                 self._tg.start_soon(self._adopt_quietly, project_id, entry)
@@ -455,7 +463,7 @@ class RedisCluster:
 
     async def _adopt(self, project_id: str, entry: dict[str, Any]) -> None:
         """Drive a workspace another instance left: reconnect to its sandbox and start it again."""
-        done = self._adopting[project_id] = anyio.Event()
+        done = self._adopting.setdefault(project_id, anyio.Event())
         try:
             previous = entry.get("owner")
             logger.info("instance %s adopts project %s from %s", self.instance, project_id, previous)
