@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from realtime import operations
+from realtime import logs, operations
 from realtime.auth import Denied, bearer_token, project_grant
 from realtime.broker import Broker
 from realtime.cluster import Cluster
@@ -74,7 +74,9 @@ async def read_json(request: Request, *, optional: bool = False) -> dict[str, An
 
 
 def _project(request: Request) -> str:
-    return parse_project_id(request.path_params["project_id"])
+    project_id = parse_project_id(request.path_params["project_id"])
+    logs.bind(project_id=project_id)
+    return project_id
 
 
 def _request_id(request: Request, body: Mapping[str, Any] | None = None) -> str:
@@ -102,6 +104,7 @@ async def create_workspace(request: Request) -> Response:
     services = _services(request)
     body = await read_json(request)
     project_id = parse_project_id(body.get("project_id"))
+    logs.bind(project_id=project_id)
     files = parse_files(body.get("files", []))
     env = parse_env(body.get("env"))
     wait = body.get("wait", False)

@@ -18,7 +18,7 @@ import anyio
 import anyio.abc
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from realtime import operations
+from realtime import logs, operations
 from realtime.api import Services
 from realtime.auth import Denied, bearer_token, project_grant
 from realtime.broker import BrokerUnavailable
@@ -82,6 +82,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     epoch = websocket.query_params.get("epoch") or None
     start = await locate(services.broker, project_id, since, epoch)
     session = _Session(services, hub, websocket, project_id, grant)
+    logs.bind(project_id=project_id, connection_id=session.connection_id)
     async with hub.subscribe(project_id, start.cursor, start.epoch) as outbox:
         snapshot = await operations.project_snapshot(services.cluster, services.broker, project_id)
         outbox.push_control(hello_for(project_id, start, {**snapshot, "connection_id": session.connection_id}))

@@ -36,7 +36,7 @@ import anyio.abc
 import orjson
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from realtime import dispatch, operations
+from realtime import dispatch, logs, operations
 from realtime.errors import ApiError
 from realtime.preview import PreviewTarget
 from realtime.redis_broker import RedisBroker, retrying
@@ -319,6 +319,7 @@ class RedisCluster:
         return handle
 
     async def _serve(self, project_id: str, call_id: str, op: str, args: dict[str, Any], reply: str) -> None:
+        logs.bind(project_id=project_id)
         async def send(message: dict[str, Any] | bytes) -> None:
             payload = message if isinstance(message, bytes) else orjson.dumps({"id": call_id, **message})
             try:
@@ -370,7 +371,17 @@ class RedisCluster:
                 elif op != "ensure":
                     await self._give_up(project_id)
                     raise operations.no_workspace(project_id)
-        return await _execute(self._manager, project_id, op, args)
+        try:
+            return await _execute(self._manager, project_id, op, args)
+        finally:
+            # Read your writes: whoever asked may ask any instance next, which reads the registry.
+            if project_id in self._dirty:
+                self._dirty.discard(project_id)
+                try:
+                    await self._record(project_id)
+                except Exception as exc:  # noqa: BLE001 - the writer tries again
+                    logger.warning("workspace registry not written: %s", exc)
+                    self.changed(project_id)
 
     # -- leases ----------------------------------------------------------------------------------
 
@@ -456,6 +467,7 @@ class RedisCluster:
                 self._tg.start_soon(self._adopt_quietly, project_id, entry)
 
     async def _adopt_quietly(self, project_id: str, entry: dict[str, Any]) -> None:
+        logs.bind(project_id=project_id)
         try:
             await self._adopt(project_id, entry)
         except Exception:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import anyio
 import anyio.abc
 
+from realtime import logs
 from realtime.broker import Broker
 from realtime.eventlog import Event
 
@@ -301,6 +302,7 @@ class Hub:
                     channel.scope.cancel()
 
     async def _pump(self, project_id: str, channel: _Channel) -> None:
+        logs.bind(project_id=project_id)
         with anyio.CancelScope() as scope:
             channel.scope = scope
             if not channel.outboxes:

@@ -12,6 +12,7 @@ import anyio
 import anyio.abc
 import httpx
 
+from realtime import logs
 from realtime.broker import Broker, BrokerUnavailable
 from realtime.preview import PreviewTarget
 from realtime.signing import PreviewSigner
@@ -137,6 +138,7 @@ class WorkspaceManager:
             await workspace.detach()
 
     async def _supervise(self, workspace: Workspace, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        logs.bind(project_id=workspace.project_id)  # for every task of the workspace
         try:
             await workspace.run(task_status=task_status)
         except Exception:

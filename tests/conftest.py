@@ -1,16 +1,29 @@
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import secrets
 from collections.abc import Iterator
 
 # Imported here, at a shallow stack: the hypothesis plugin otherwise imports its internals lazily
 # from deep inside pytest's terminal summary, where CPython 3.11.7's parser can fail with
 # "SystemError: AST constructor recursion depth mismatch" under pytest's assertion rewriting.
-# The same for anyio's file helpers (anyio is a pytest plugin, so its modules are rewritten too).
-import anyio._core._fileio  # noqa: F401
 import hypothesis.internal.conjecture.providers  # noqa: F401
 import pytest
 import redis
+
+
+def _import_anyio_eagerly() -> None:
+    """The same for anyio: it is a pytest plugin, so its modules are rewritten too, and it imports
+    several (`open_process`, `Path`, …) lazily, deep inside a test."""
+    import anyio
+
+    for module in pkgutil.walk_packages(anyio.__path__, "anyio."):
+        if "trio" not in module.name and "pytest_plugin" not in module.name:
+            importlib.import_module(module.name)
+
+
+_import_anyio_eagerly()
 
 #: The Redis this machine runs (CI starts one when none answers). Tests use their own key prefix.
 REDIS_URL = "redis://127.0.0.1:6379/0"
