@@ -1,14 +1,16 @@
-"""The `realtime` command line: `realtime serve [--host] [--port]`."""
+"""The `realtime` command line: `realtime serve [--host] [--port]`, `realtime check [--host] [--port]`."""
 
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import sys
 from collections.abc import Sequence
 
+import anyio
 from dotenv import load_dotenv
 
+from realtime import logs
 from realtime.app import create_app
 from realtime.server import Server, uvicorn_config
 from realtime.settings import ConfigError, Settings
@@ -22,7 +24,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"realtime: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_level, args.log_format, settings.instance_id)
     if settings.token_generated:
         print(f"realtime: dev token (WORKSPACE_TOKEN): {settings.token}", flush=True)
     print(f"realtime: serving on http://{args.host}:{args.port} (runtime {settings.runtime})", flush=True)
@@ -30,6 +32,20 @@ def _serve(args: argparse.Namespace) -> int:
     config = uvicorn_config(app, settings, host=args.host, port=args.port, log_level=args.log_level)
     Server(config, app.state.hub, settings.drain_timeout_s).run()
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Print the effective configuration (secrets masked) and the checks; 0 if none failed, 1, or 2."""
+    from realtime.check import effective_config, exit_code, format_report, run_checks
+
+    try:
+        settings = Settings.from_env(host=args.host, port=args.port)
+    except ConfigError as exc:
+        print(f"realtime: configuration error: {exc}", file=sys.stderr)
+        return 2
+    findings = anyio.run(run_checks, settings)
+    print(format_report(effective_config(settings), findings), flush=True)
+    return exit_code(findings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,7 +56,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-format", default=os.environ.get("WORKSPACE_LOG_FORMAT") or "text", choices=["text", "json"],
+        help="json: one object per line with instance, project_id and connection_id (WORKSPACE_LOG_FORMAT)",
+    )
     serve.set_defaults(handler=_serve)
+    check = commands.add_parser("check", help="print the effective configuration and check it")
+    check.add_argument("--host", default="127.0.0.1", help="as for serve: off loopback, secrets are required")
+    check.add_argument("--port", type=int, default=8000)
+    check.set_defaults(handler=_check)
     args = parser.parse_args(argv)
     return int(args.handler(args))
 
