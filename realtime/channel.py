@@ -1,8 +1,9 @@
 """The websocket channel `/ws/projects/{project_id}`: authenticate, say hello, stream events, answer ops.
 
-Per socket three tasks run in one task group: the reader parses client frames and starts each op,
-the writer sends replies and the project's events (from the hub's outbox, gap-free by cursor), and
-a watcher ends the socket when its session token expires. When any of them ends, all do.
+Per socket, in one task group: the socket's own task reads (parses client frames and starts each
+op), a second task writes (replies and the project's events from the hub's outbox, gap-free by
+cursor), and with a session token a third ends the socket when the token expires. When any of
+them ends, all do.
 """
 
 from __future__ import annotations
@@ -121,9 +122,11 @@ class _Session:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(until_done, self._write)
-            tg.start_soon(until_done, lambda: self._read(tg))
             if self.grant.expires_at is not None:
                 tg.start_soon(self._expire, self.grant.expires_at)
+            # The reader runs in this task (one task fewer per socket than a reader of its own).
+            await self._read(tg)
+            tg.cancel_scope.cancel()
 
     # -- the writer ----------------------------------------------------------------------------
 
@@ -148,9 +151,8 @@ class _Session:
         drain_target: int | None = None
         while True:
             outbox.arm()
-            for frame in outbox.control():
-                if not await self._send(frame):
-                    return
+            if not await self._send_control(outbox):
+                return
             if outbox.closing is not None:
                 return
             if self.hub.draining.is_set() and drain_target is None:
@@ -172,6 +174,13 @@ class _Session:
                 outbox.close(Closing(CLOSE_RESTART, "server is restarting; reconnect with since"))
                 return
             await outbox.wait()
+
+    async def _send_control(self, outbox: Outbox) -> bool:
+        """Send the queued replies and hello; a function of its own so no frame outlives its sending."""
+        for frame in outbox.control():
+            if not await self._send(frame):
+                return False
+        return True
 
     async def _close(self, outbox: Outbox) -> None:
         closing = outbox.closing

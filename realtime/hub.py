@@ -37,6 +37,10 @@ CLOSE_RESTART = 1012
 CLOSE_INTERNAL = 1011
 
 
+#: The shared empty deque of idle outboxes: never appended to (each outbox replaces it with its own).
+_EMPTY: deque[Event] = deque(maxlen=0)
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxLimits:
     """Bounds of one socket's queue, and of the frames its events are coalesced into."""
@@ -105,10 +109,12 @@ class Outbox:
         self._hub = hub
         self._channel = channel
         self._limits = hub.limits
-        self._queue: deque[Event] = deque()
+        # An idle socket holds no deque of its own (an empty one is 760 bytes): it takes one when
+        # events arrive and hands it back when drained.
+        self._queue: deque[Event] = _EMPTY
         self._queued_bytes = 0
-        self._backlog: deque[Event] = deque()
-        self._control: deque[bytes] = deque()
+        self._backlog: deque[Event] = _EMPTY
+        self._control: list[bytes] = []
         self._woken = anyio.Event()
         self._send_scope: anyio.CancelScope | None = None
 
@@ -126,10 +132,13 @@ class Outbox:
             self.overflowed = True
             self.drops += 1
             self._hub.stats.queue_overflows += 1
-            self._queue.clear()
+            self._queue = _EMPTY
             self._queued_bytes = 0
         else:
-            self._queue.extend(events)
+            if self._queue is _EMPTY:
+                self._queue = deque(events)
+            else:
+                self._queue.extend(events)
             self._queued_bytes += size
         self._wake()
 
@@ -162,8 +171,7 @@ class Outbox:
         await self._woken.wait()
 
     def control(self) -> list[bytes]:
-        frames = list(self._control)
-        self._control.clear()
+        frames, self._control = self._control, []
         return frames
 
     @property
@@ -204,7 +212,10 @@ class Outbox:
             raise Behind(Closing(CLOSE_RESTART, "the event log was reset; reconnect with since to get a snapshot"))
         if not history.complete:
             raise Behind(Closing(CLOSE_TOO_SLOW, "fell behind the retained history; reconnect with since"))
-        self._backlog.extend(history.events)
+        if self._backlog:
+            self._backlog.extend(history.events)
+        else:
+            self._backlog = deque(history.events)
 
     def _take(self, source: deque[Event]) -> list[Event]:
         """Contiguous events from the front of `source`, within the frame limits (at least one)."""
@@ -222,6 +233,11 @@ class Outbox:
             taken.append(event)
             size += len(event.frame)
             self.cursor = event.seq
+        if not source:
+            if source is self._queue:
+                self._queue = _EMPTY
+            elif source is self._backlog:
+                self._backlog = _EMPTY
         return taken
 
     @asynccontextmanager
