@@ -110,7 +110,8 @@ class _Session:
     def __post_init__(self) -> None:
         self.connection_id = "c_" + secrets.token_hex(6)
         self._in_flight = 0
-        self._slots = anyio.Semaphore(MAX_IN_FLIGHT)
+        #: Made at the first op: most sockets only listen, and a semaphore costs ~1 KiB.
+        self._slots: anyio.Semaphore | None = None
         self._outbox: Outbox | None = None
 
     async def run(self, outbox: Outbox) -> None:
@@ -216,6 +217,8 @@ class _Session:
                 continue
             parsed = self._parse(raw)
             if parsed is not None:
+                if self._slots is None:
+                    self._slots = anyio.Semaphore(MAX_IN_FLIGHT)
                 await self._slots.acquire()  # past MAX_IN_FLIGHT ops, stop reading: the client waits
                 self._in_flight += 1
                 tg.start_soon(self._run_op, *parsed)
@@ -255,6 +258,7 @@ class _Session:
             frame = reply_error(op.id, "internal", "internal error; see the server log")
         finally:
             self._in_flight -= 1
+            assert self._slots is not None
             self._slots.release()
         self._outbox.push_control(frame)
 
