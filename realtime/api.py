@@ -130,6 +130,15 @@ async def create_workspace(request: Request) -> Response:
     return json_response(result, 201 if workspace["created"] else 200)
 
 
+async def list_workspaces(request: Request) -> Response:
+    """The workspaces this instance runs, as snapshots (the console's list)."""
+    services = _services(request)
+    snapshots = []
+    for workspace in sorted(services.manager.all(), key=lambda w: w.project_id):
+        snapshots.append(await operations.project_snapshot(services.cluster, services.broker, workspace.project_id))
+    return json_response({"workspaces": snapshots})
+
+
 async def get_workspace(request: Request) -> Response:
     services = _services(request)
     project_id = _project(request)
@@ -293,7 +302,8 @@ async def healthz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     services = _services(request)
-    body = render(request.state.hub, services.manager, services.broker, services.cluster)
+    sources = getattr(request.state, "metric_sources", ())
+    body = render(request.state.hub, services.manager, services.broker, services.cluster, sources)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
@@ -315,6 +325,7 @@ routes = [
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
     Route("/api/workspaces", create_workspace, methods=["POST"]),
+    Route("/api/workspaces", list_workspaces, methods=["GET"]),
     Route("/api/workspaces/{project_id}", get_workspace, methods=["GET"]),
     Route("/api/workspaces/{project_id}", delete_workspace, methods=["DELETE"]),
     Route("/api/workspaces/{project_id}/files", put_files, methods=["PUT"]),

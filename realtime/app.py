@@ -22,12 +22,14 @@ from realtime.auth import BearerAuth
 from realtime.broker import Broker, BrokerUnavailable, MemoryBroker
 from realtime.channel import websocket_endpoint
 from realtime.cluster import Cluster, RedisCluster, SoloCluster
+from realtime.console import console_routes
 from realtime.errors import ApiError, from_runtime
 from realtime.hub import Hub, OutboxLimits
 from realtime.preview import PreviewGateway
 from realtime.settings import Settings
 from realtime.signing import PreviewSigner
 from realtime.tokens import SessionTokens
+from realtime.webhook_routes import check_settings, make_callbacks, make_inbound, webhook_routes
 from realtime.workspaces import WorkspaceManager
 from runtime.base import Runtime
 from runtime.errors import RuntimeFailure
@@ -76,6 +78,19 @@ def make_runtime(settings: Settings) -> Runtime:
         root = settings.root.resolve()
         template = TemplateCache(settings.template_dir, root / ".template-cache")
         return LocalRuntime(root, template)
+    if settings.runtime == "modal":
+        from runtime.modal import ModalConfig, ModalRuntime
+
+        return ModalRuntime(
+            ModalConfig(
+                app_name=settings.modal_app_name,
+                image=settings.image,
+                registry_secret=settings.modal_registry_secret,
+                template_dir=settings.template_dir,
+                sandbox_timeout_s=settings.modal_sandbox_timeout_s,
+                idle_timeout_s=settings.modal_idle_timeout_s,
+            )
+        )
     raise ValueError(f"runtime {settings.runtime!r} is not available in this build")
 
 
@@ -127,6 +142,7 @@ def create_app(
 
     `app.state.hub` is the app's fan-out hub, which the server drains on shutdown.
     """
+    check_settings(settings)  # webhook secrets and retry settings: refused before anything starts
     signer = PreviewSigner(settings.signing_key, settings.preview_url)
     tokens = SessionTokens(settings.signing_key, settings.token)
     the_broker = broker or make_broker(settings)
@@ -161,10 +177,13 @@ def create_app(
                 preview_ttl_s=settings.preview_ttl_s,
             )
             cluster = make_cluster(settings, the_broker, manager)
+            callbacks, inbound = make_callbacks(settings), make_inbound(settings)
+            manager.notify = callbacks.notify
             await tg.start(the_broker.run)
             await tg.start(manager.run)
             await tg.start(cluster.run)
             await tg.start(hub.run)
+            await tg.start(callbacks.run)
             services = Services(
                 settings=settings, manager=manager, broker=the_broker, tokens=tokens, cluster=cluster
             )
@@ -173,17 +192,24 @@ def create_app(
                     "services": services,
                     "hub": hub,
                     "gateway": PreviewGateway(signer, cluster.resolve, proxy_http),
+                    "callbacks": callbacks,
+                    "inbound": inbound,
+                    "metric_sources": (callbacks, inbound),
                 }
             finally:
                 with anyio.CancelScope(shield=True):
                     await manager.aclose()
                     await cluster.aclose()
+                    await callbacks.aclose()  # after the workspaces stopped: their callbacks are stored
+                    await inbound.aclose()
                     await runtime.aclose()
                     await the_broker.aclose()
                 tg.cancel_scope.cancel()
 
     app = Starlette(
-        routes=[*routes, WebSocketRoute("/ws/projects/{project_id}", websocket_endpoint)],
+        routes=[
+            *webhook_routes, *routes, WebSocketRoute("/ws/projects/{project_id}", websocket_endpoint), *console_routes()
+        ],
         lifespan=lifespan,
         middleware=[Middleware(PreviewHosts), Middleware(BearerAuth, tokens=tokens)],
         exception_handlers={

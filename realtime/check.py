@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
 
-from realtime.settings import DEFAULT_TEMPLATE, Settings
+from realtime.settings import DEFAULT_TEMPLATE, ConfigError, Settings
 
 __all__ = [
     "Finding",
@@ -448,15 +448,27 @@ async def run_checks(
     callback = check_callback_url(settings.callback_url)
     findings.append(callback)
     if settings.callback_url and not settings.callback_secret:
-        detail = "unset (warning: WORKSPACE_CALLBACK_URL is set; receivers cannot verify unsigned callbacks)"
-        findings.append(Finding("callback secret", True, detail))
+        detail = "unset, but WORKSPACE_CALLBACK_URL is set: serve refuses to start (callbacks are always signed)"
+        findings.append(Finding("callback secret", False, detail))
     else:
         findings.append(check_webhook_secret("WORKSPACE_CALLBACK_SECRET", settings.callback_secret))
     findings.append(check_webhook_secret("WORKSPACE_WEBHOOK_SECRET", settings.webhook_secret))
+    findings.append(_serve_accepts_webhooks(settings))
     findings.append(await check_redis(settings.redis_url))
     if settings.runtime == "local":
         findings.extend(check_local_runtime(settings, which))
     return findings
+
+
+def _serve_accepts_webhooks(settings: Settings) -> Finding:
+    """What `serve` itself refuses at start (the same function decides)."""
+    from realtime.webhook_routes import check_settings
+
+    try:
+        check_settings(settings)
+    except ConfigError as exc:
+        return Finding("webhook settings", False, str(exc))
+    return Finding("webhook settings", True, "accepted by serve")
 
 
 def format_report(config: list[tuple[str, str]], findings: list[Finding]) -> str:

@@ -1,4 +1,5 @@
-"""The `realtime` command line: `realtime serve [--host] [--port]`, `realtime check [--host] [--port]`."""
+"""The `realtime` command line: `realtime serve [--host] [--port]`, `realtime check [--host] [--port]`,
+and the clients `realtime tail|exec|token|status` (in `realtime.client._cli`)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,12 @@ def _serve(args: argparse.Namespace) -> int:
     logs.configure(args.log_level, args.log_format, settings.instance_id)
     if settings.token_generated:
         print(f"realtime: dev token (WORKSPACE_TOKEN): {settings.token}", flush=True)
+    try:
+        app = create_app(settings)
+    except ConfigError as exc:
+        print(f"realtime: configuration error: {exc}", file=sys.stderr)
+        return 2
     print(f"realtime: serving on http://{args.host}:{args.port} (runtime {settings.runtime})", flush=True)
-    app = create_app(settings)
     config = uvicorn_config(app, settings, host=args.host, port=args.port, log_level=args.log_level)
     Server(config, app.state.hub, settings.drain_timeout_s).run()
     return 0
@@ -65,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("--host", default="127.0.0.1", help="as for serve: off loopback, secrets are required")
     check.add_argument("--port", type=int, default=8000)
     check.set_defaults(handler=_check)
+    from realtime.client._cli import add_client_commands  # tail, exec, token, status
+
+    add_client_commands(commands)
     args = parser.parse_args(argv)
     return int(args.handler(args))
 

@@ -490,7 +490,9 @@ class RedisCluster:
                     "command_id": command["command_id"], "state": "exited", "exit_code": None, "lost": True,
                 })
             self._manager.restore_generation(project_id, int(entry.get("generation") or 0))
-            await self._manager.ensure(project_id, [], entry.get("env"), "adopt")
+            workspace, _ = await self._manager.ensure(project_id, [], entry.get("env"), "adopt")
+            # Ops waiting for the adoption need the sandbox it reconnects to: let it settle first.
+            await workspace.wait_settled()
         finally:
             del self._adopting[project_id]
             done.set()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -14,13 +15,23 @@ from realtime.hub import Hub
 from realtime.workspaces import WorkspaceManager
 from runtime.lifecycle import State
 
-__all__ = ["ServiceCollector", "render"]
+__all__ = ["CounterSource", "ServiceCollector", "render"]
+
+
+class CounterSource(Protocol):
+    """Counters kept elsewhere (the webhook services): (name, help, labels, value) at scrape time."""
+
+    def counters(self) -> Iterable[tuple[str, str, dict[str, str], float]]: ...
 
 
 class ServiceCollector(Collector):
     """Reads counters and gauges at scrape time; nothing on the hot path touches prometheus."""
 
-    def __init__(self, hub: Hub, manager: WorkspaceManager, broker: Broker, cluster: Cluster) -> None:
+    def __init__(
+        self, hub: Hub, manager: WorkspaceManager, broker: Broker, cluster: Cluster,
+        sources: Sequence[CounterSource] = (),
+    ) -> None:
+        self._sources = sources
         self._cluster = cluster
         self._hub = hub
         self._manager = manager
@@ -69,14 +80,27 @@ class ServiceCollector(Collector):
             "realtime_leases_held", "Workspace ownership leases this instance holds (Redis)",
             value=self._cluster.leases_held,
         )
+        yield from self._source_counters()
         round_trip = self._broker.round_trip_s
         if round_trip is not None:
             yield GaugeMetricFamily(
                 "realtime_broker_round_trip_seconds", "Last heartbeat's trip through the broker", value=round_trip
             )
 
+    def _source_counters(self) -> Iterator[Metric]:
+        families: dict[str, CounterMetricFamily] = {}
+        for source in self._sources:
+            for name, help_text, labels, value in source.counters():
+                family = families.get(name)
+                if family is None:
+                    family = families[name] = CounterMetricFamily(name, help_text, labels=sorted(labels))
+                family.add_metric([labels[key] for key in sorted(labels)], value)
+        yield from families.values()
 
-def render(hub: Hub, manager: WorkspaceManager, broker: Broker, cluster: Cluster) -> bytes:
+
+def render(
+    hub: Hub, manager: WorkspaceManager, broker: Broker, cluster: Cluster, sources: Sequence[CounterSource] = ()
+) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServiceCollector(hub, manager, broker, cluster))
+    registry.register(ServiceCollector(hub, manager, broker, cluster, sources))
     return generate_latest(registry)

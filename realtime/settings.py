@@ -119,8 +119,22 @@ class Settings:
     output_rate_bytes: float = 1024 * 1024
     #: The largest `data` of an app-defined (`custom`) event, encoded.
     max_event_bytes: int = 256 * 1024
+    #: Outbound webhooks: one attempt's timeout, attempts before a dead letter, the first retry's
+    #: delay (doubling from there, with jitter) and its cap, and how often the queue is polled.
+    callback_timeout_s: float = 10.0
+    callback_max_attempts: int = 10
+    callback_base_delay_s: float = 1.0
+    callback_max_delay_s: float = 300.0
+    callback_poll_s: float = 1.0
     #: A generated dev token is printed by `serve`; a configured one never is.
     token_generated: bool = False
+    #: The Modal runtime (`WORKSPACE_RUNTIME=modal`): the app sandboxes live in, their lifetime and
+    #: idle timeout in seconds (Modal's default lifetime is only 300 s), and the Modal secret with
+    #: REGISTRY_USERNAME/REGISTRY_PASSWORD for a private `WORKSPACE_IMAGE` (e.g. on GHCR).
+    modal_app_name: str = "qai-workspaces"
+    modal_sandbox_timeout_s: int = 4 * 3600
+    modal_idle_timeout_s: int = 1800
+    modal_registry_secret: str | None = None
 
     @classmethod
     def from_env(
@@ -199,6 +213,15 @@ class Settings:
             max_event_bytes=_int(env, "WORKSPACE_MAX_EVENT_BYTES", d["max_event_bytes"]),
             output_burst_bytes=_int(env, "WORKSPACE_OUTPUT_BURST_BYTES", d["output_burst_bytes"]),
             output_rate_bytes=_float(env, "WORKSPACE_OUTPUT_RATE_BYTES", d["output_rate_bytes"]),
+            callback_timeout_s=_float(env, "WORKSPACE_CALLBACK_TIMEOUT_S", d["callback_timeout_s"]),
+            callback_max_attempts=_int(env, "WORKSPACE_CALLBACK_MAX_ATTEMPTS", d["callback_max_attempts"]),
+            callback_base_delay_s=_float(env, "WORKSPACE_CALLBACK_BASE_DELAY_S", d["callback_base_delay_s"]),
+            callback_max_delay_s=_float(env, "WORKSPACE_CALLBACK_MAX_DELAY_S", d["callback_max_delay_s"]),
+            callback_poll_s=_float(env, "WORKSPACE_CALLBACK_POLL_S", d["callback_poll_s"]),
+            modal_app_name=env.get("WORKSPACE_MODAL_APP_NAME") or d["modal_app_name"],
+            modal_sandbox_timeout_s=_int(env, "WORKSPACE_MODAL_SANDBOX_TIMEOUT_S", d["modal_sandbox_timeout_s"]),
+            modal_idle_timeout_s=_int(env, "WORKSPACE_MODAL_IDLE_TIMEOUT_S", d["modal_idle_timeout_s"]),
+            modal_registry_secret=env.get("WORKSPACE_MODAL_REGISTRY_SECRET") or None,
         )
 
 

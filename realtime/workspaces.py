@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import anyio
@@ -55,6 +55,10 @@ class _Unobserved:
         pass
 
 
+def _no_notify(project_id: str, kind: str, data: Mapping[str, Any]) -> None:
+    pass
+
+
 class WorkspaceManager:
     """Owns every workspace of this process. `run()` holds their tasks; `aclose()` stops them all."""
 
@@ -84,6 +88,9 @@ class WorkspaceManager:
         self._tg: anyio.abc.TaskGroup | None = None
         self._lock = anyio.Lock()
         self.observer: WorkspaceObserver = _Unobserved()
+        #: Told (project_id, kind, data) after every event appended here; synchronous and cheap
+        #: (outbound webhooks queue their callback in memory). A no-op until the app sets it.
+        self.notify: Callable[[str, str, Mapping[str, Any]], None] = _no_notify
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
@@ -158,6 +165,7 @@ class WorkspaceManager:
                 logger.error("project %s: %s event lost: %s", project_id, kind, exc)
                 return
             self.events_appended[kind] += 1
+            self.notify(project_id, kind, data)
             if kind == "command" and data.get("state") == "exited":
                 self.commands_ended[_outcome(data)] += 1
             if kind in SNAPSHOT_KINDS:
