@@ -131,11 +131,11 @@ async def create_workspace(request: Request) -> Response:
 
 
 async def list_workspaces(request: Request) -> Response:
-    """The workspaces this instance runs, as snapshots (the console's list)."""
+    """Every workspace of the service (with Redis: of every instance), as snapshots (the console's list)."""
     services = _services(request)
     snapshots = []
-    for workspace in sorted(services.manager.all(), key=lambda w: w.project_id):
-        snapshots.append(await operations.project_snapshot(services.cluster, services.broker, workspace.project_id))
+    for project_id in sorted(await services.cluster.projects()):
+        snapshots.append(await operations.project_snapshot(services.cluster, services.broker, project_id))
     return json_response({"workspaces": snapshots})
 
 

@@ -93,6 +93,10 @@ class Cluster(Protocol):
         """The project's workspace as its owner last described it, with `owner`; None if it has none."""
         ...
 
+    async def projects(self) -> set[str]:
+        """The projects with a workspace: not stopped on any instance, or known to this one."""
+        ...
+
     async def resolve(self, project_key: str) -> PreviewTarget | None:
         """Where the gateway reaches the preview a hostname's project key names."""
         ...
@@ -120,6 +124,9 @@ class SoloCluster:
 
     async def resolve(self, project_key: str) -> PreviewTarget | None:
         return await self._manager.resolve(project_key)
+
+    async def projects(self) -> set[str]:
+        return {workspace.project_id for workspace in self._manager.all()}
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -573,6 +580,10 @@ class RedisCluster:
         owner = await retrying(lambda: self._redis.get(self._key(project_id, "owner")), self._retry_s)
         entry["owner"] = owner.decode() if owner is not None else None
         return entry
+
+    async def projects(self) -> set[str]:
+        active = await retrying(lambda: self._redis.smembers(self._active), self._retry_s)
+        return {p.decode() for p in active} | {workspace.project_id for workspace in self._manager.all()}
 
     async def resolve(self, project_key: str) -> PreviewTarget | None:
         local = await self._manager.resolve(project_key)

@@ -87,6 +87,11 @@ async def test_ops_on_any_instance_run_on_the_owner(tmp_path: Path) -> None:
         assert from_a == from_b
         assert (await metric(a, "realtime_leases_held"), await metric(b, "realtime_leases_held")) == (0, 1)
 
+        # Either instance lists it.
+        for server in (a, b):
+            listed = (await server.client.get("/api/workspaces")).json()["workspaces"]
+            assert [(w["project_id"], w["owner"]) for w in listed] == [("demo", "b")]
+
         # Files and commands through A act on B's workspace.
         written = await a.client.put("/api/workspaces/demo/files", json={"files": [{"path": "x.txt", "content": "hi"}]})
         assert written.status_code == 200, written.text
