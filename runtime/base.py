@@ -15,6 +15,7 @@ __all__ = [
     "INSTALL_MARKER",
     "PROJECT_ID_PATTERN",
     "ChangeKind",
+    "DevReattach",
     "DirEntry",
     "FileChange",
     "FileUpload",
@@ -136,6 +137,42 @@ class Sandbox(Protocol):
 
     async def terminate(self) -> None:
         """Kill every process of the sandbox and release it. The files may stay."""
+        ...
+
+    async def detach(self) -> None:
+        """Stop driving the sandbox here because another instance took the workspace over.
+
+        Ends what only this instance can follow or reach (the local runtime: its processes, as
+        `terminate`); a sandbox the new owner reconnects to (Modal) is left running.
+        """
+        ...
+
+
+@runtime_checkable
+class DevReattach(Protocol):
+    """Optional sandbox capability: a dev server that outlives the instance driving it.
+
+    A sandbox that offers it (Modal) keeps running when its owner dies or hands over; the next
+    owner follows the same dev server instead of starting another. Sandboxes without it (local:
+    a dead owner's process groups are killed on `open`) start the dev server with `exec`.
+    """
+
+    async def start_dev(self, argv: Sequence[str], *, on_output: OutputSink, env: Mapping[str, str]) -> Process:
+        """Start the dev server (like `exec`) and record it as the sandbox's dev server.
+
+        Its output is checkpointed in the sandbox as it is delivered to `on_output`, so that
+        `reattach_dev` from another instance continues exactly where the delivered output ended.
+        """
+        ...
+
+    async def reattach_dev(
+        self, argv: Sequence[str], *, on_output: OutputSink, env: Mapping[str, str]
+    ) -> Process | None:
+        """Follow the recorded dev server if it still runs with this very `argv` and `env`.
+
+        Output resumes after the last checkpointed delivery. None when there is no such dev
+        server (none recorded, it ended, or it runs another command or environment).
+        """
         ...
 
 

@@ -21,7 +21,7 @@ import anyio
 import anyio.abc
 import httpx
 
-from runtime.base import INSTALL_MARKER, FileUpload, Process, Runtime, Sandbox, Stream, WrittenFile
+from runtime.base import INSTALL_MARKER, DevReattach, FileUpload, Process, Runtime, Sandbox, Stream, WrittenFile
 from runtime.budget import Dropped, OutputBudget, count_lines
 from runtime.commands import KILL_GRACE_S, CommandRun, Emit, finish_command, log_sink, new_command_id, start_command
 from runtime.errors import FileNotFound, RuntimeFailure
@@ -147,9 +147,16 @@ class Workspace:
             for run in list(self.commands.values()):
                 if run.process is not None and run.process.returncode is None:
                     await run.process.kill(signal.SIGKILL)
-            await self._stop_dev()
-            if self.sandbox is not None:
-                await self.sandbox.terminate()
+            if self.detached:
+                # The new owner goes on with the sandbox (and, where it can, with the dev server):
+                # only let go of it here.
+                self._dev = None
+                if self.sandbox is not None:
+                    await self.sandbox.detach()
+            else:
+                await self._stop_dev()
+                if self.sandbox is not None:
+                    await self.sandbox.terminate()
         except Exception:
             logger.exception("error while stopping workspace %s", self.project_id)
         finally:
@@ -234,12 +241,16 @@ class Workspace:
             await self._emit_written(await sandbox.write_files(pending), "provision")
         restart = self._restart_dev
         self._restart_dev = False
+        # A dev server this workspace does not drive may still run in the sandbox (its previous
+        # owner's): follow it, unless the dependencies change under it. (A changed environment
+        # is another dev server: `reattach_dev` declines it.)
+        reattach = self._dev is None
         if await self._install_needed(sandbox):
             await self._stop_dev()
             await self._install(sandbox)
-            restart = True
+            restart, reattach = True, False
         if restart or self._dev is None or self._dev.returncode is not None:
-            await self._start_dev(sandbox)
+            await self._start_dev(sandbox, reattach=reattach)
         await self._set_state(State.ready, None)
 
     async def _install_needed(self, sandbox: Sandbox) -> bool:
@@ -279,14 +290,21 @@ class Workspace:
 
     # -- the dev server ------------------------------------------------------------------------
 
-    async def _start_dev(self, sandbox: Sandbox) -> None:
+    async def _start_dev(self, sandbox: Sandbox, *, reattach: bool = False) -> None:
+        """Start the dev server, or with `reattach` follow the one the sandbox still runs, until it answers."""
         await self._stop_dev()
         await self._set_state(State.starting, None)
         port = self.port or sandbox.dev_port()
         env = {**self.env, "PORT": str(port)}
         env.setdefault("HOSTNAME", "127.0.0.1")
         argv = shlex.split(self._config.dev_command)
-        process = await sandbox.exec(argv, on_output=log_sink(self._emit_output, "dev"), env=env)
+        sink = log_sink(self._emit_output, "dev")
+        if isinstance(sandbox, DevReattach):
+            process = await sandbox.reattach_dev(argv, on_output=sink, env=env) if reattach else None
+            if process is None:
+                process = await sandbox.start_dev(argv, on_output=sink, env=env)
+        else:
+            process = await sandbox.exec(argv, on_output=sink, env=env)
         self._dev, self._dev_exited, self.port = process, anyio.Event(), port
         self._spawn(self._watch_dev, process, self._dev_exited)
         origin = await sandbox.preview_origin(port)

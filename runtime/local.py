@@ -160,6 +160,13 @@ class LocalSandbox:
                 tg.start_soon(proc.terminate, grace)
         self._on_close(self)
 
+    async def detach(self) -> None:
+        """Another instance took the workspace over: end this instance's processes, as `terminate`.
+
+        Its processes cannot be followed from another server (whose `open` kills what they left).
+        """
+        await self.terminate()
+
 
 class LocalRuntime:
     """Workspaces as directories under `root` (implements `runtime.base.Runtime`).

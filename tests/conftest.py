@@ -4,6 +4,7 @@ import importlib
 import pkgutil
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 
 # Imported here, at a shallow stack: the hypothesis plugin otherwise imports its internals lazily
 # from deep inside pytest's terminal summary, where CPython 3.11.7's parser can fail with
@@ -24,6 +25,12 @@ def _import_anyio_eagerly() -> None:
 
 
 _import_anyio_eagerly()
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", 'runtime(*kinds, reason=...): run only on these runtimes of the `runtime_kind` fixture'
+    )
+
 
 #: The Redis this machine runs (CI starts one when none answers). Tests use their own key prefix.
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -58,3 +65,30 @@ def broker_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
         yield "redis"
     finally:
         delete_prefix(REDIS_URL, prefix)
+
+
+@pytest.fixture(params=["local", "modal"])
+def runtime_kind(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """Run a test once per runtime: servers started by `tests.harness.running_server` pick it up.
+
+    "modal" is `runtime.modal.ModalRuntime` over the offline fake of `modal` (tests/fake_modal),
+    whose sandboxes are real directories and processes, and whose tunnels reach them on loopback.
+    A test that only makes sense on one runtime marks itself `@pytest.mark.runtime("local")`.
+    """
+    marker = request.node.get_closest_marker("runtime")
+    if marker is not None and request.param not in marker.args:
+        pytest.skip(f"{request.param} runtime: {marker.kwargs.get('reason', 'not applicable')}")
+    if request.param == "local":
+        yield "local"
+        return
+    from tests.fake_modal import CLOUD
+
+    root: Path = tmp_path_factory.mktemp("modal-cloud")
+    CLOUD.reset(root)
+    monkeypatch.setenv("QAI_TEST_RUNTIME", "modal")
+    try:
+        yield "modal"
+    finally:
+        CLOUD.shutdown()

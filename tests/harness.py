@@ -18,6 +18,7 @@ from realtime.app import create_app
 from realtime.hub import Hub
 from realtime.server import Server, uvicorn_config
 from realtime.settings import Settings
+from runtime.base import Runtime
 
 FIXTURE_APP = Path(__file__).parent / "fixtures" / "app"
 TOKEN = "test-service-token"
@@ -88,12 +89,41 @@ def make_settings(root: Path, port: int, template: Path = FIXTURE_APP, **env: st
     return Settings.from_env(environ, host="127.0.0.1", port=port)
 
 
+def fake_modal_runtime(settings: Settings) -> Runtime:
+    """The Modal runtime as `realtime.app.make_runtime` configures it, over the offline fake of `modal`."""
+    from runtime.modal import ModalConfig, ModalRuntime, RetryPolicy
+    from tests import fake_modal
+
+    retry = RetryPolicy(attempts=4, wait_initial=0.001, wait_max=0.002, wait_jitter=0.0, timeout=60.0)
+    config = ModalConfig(
+        app_name=settings.modal_app_name,
+        image=settings.image,
+        registry_secret=settings.modal_registry_secret,
+        template_dir=settings.template_dir,
+        sandbox_timeout_s=settings.modal_sandbox_timeout_s,
+        idle_timeout_s=settings.modal_idle_timeout_s,
+        retry=retry,
+    )
+    return ModalRuntime(config, modal_module=fake_modal)  # type: ignore[arg-type]
+
+
+def runtime_kind() -> str:
+    """The runtime the `runtime_kind` fixture chose ("local" when the test does not use it)."""
+    return os.environ.get("QAI_TEST_RUNTIME", "local")
+
+
 @asynccontextmanager
 async def running_server(settings_for: Any, **app_kwargs: Any) -> AsyncIterator[Running]:
-    """Serve `create_app(settings_for(port))` on a free port until the block ends."""
+    """Serve `create_app(settings_for(port))` on a free port until the block ends.
+
+    With the `runtime_kind` fixture on "modal" (and no `runtime_factory` given), the app runs the
+    Modal runtime over the offline fake of `modal`.
+    """
     sock = bound_socket()
     port = sock.getsockname()[1]
     settings: Settings = settings_for(port)
+    if runtime_kind() == "modal":
+        app_kwargs.setdefault("runtime_factory", fake_modal_runtime)
     app = create_app(settings, **app_kwargs)
     server = Server(uvicorn_config(app, settings, log_level="warning"), app.state.hub, settings.drain_timeout_s)
     url = f"http://127.0.0.1:{port}"

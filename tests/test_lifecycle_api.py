@@ -1,4 +1,7 @@
-"""The workspace lifecycle over HTTP on the local runtime, with the zero-dependency fixture app."""
+"""The workspace lifecycle over HTTP with the zero-dependency fixture app, on each runtime.
+
+Local processes, and Modal through the offline fake of `modal` (tests/fake_modal).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +12,11 @@ from typing import Any
 import anyio
 import pytest
 
+from runtime.modal import sandbox_name
 from tests.harness import Running, fixture_files, make_settings, running_server
 from tests.procs import processes_under
 
-pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("broker_kind")]
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("broker_kind", "runtime_kind")]
 
 
 @pytest.fixture
@@ -21,7 +25,14 @@ async def server(tmp_path: Path) -> Any:
         yield running
 
 
-def workspace_dir(server: Running, project_id: str) -> Path:
+def workspace_dir(server: Running, project_id: str, runtime_kind: str) -> Path:
+    """Where the project's files (and the working directories of its processes) are."""
+    if runtime_kind == "modal":
+        from tests.fake_modal import CLOUD
+
+        sandbox = CLOUD.running(server.settings.modal_app_name, sandbox_name(project_id))
+        assert sandbox is not None
+        return sandbox.root
     return server.settings.root / "workspaces" / project_id
 
 
@@ -41,7 +52,7 @@ async def wait_for_event(server: Running, project_id: str, predicate: Any, since
             await anyio.sleep(0.05)
 
 
-async def test_provision_preview_reconnect_and_delete(server: Running) -> None:
+async def test_provision_preview_reconnect_and_delete(server: Running, runtime_kind: str) -> None:
     """A workspace reaches ready, serves its page and assets through the signed preview, reconnects, and stops clean."""
     response = await server.client.post(
         "/api/workspaces", json={"project_id": "demo_App-1", "files": fixture_files("first message"), "wait": True}
@@ -67,8 +78,11 @@ async def test_provision_preview_reconnect_and_delete(server: Running) -> None:
     assert denied.status_code == 403
 
     events = await server.events("demo_App-1")
-    # package.json is the template's own, whose install the template cache already did: no install step.
-    assert states(events) == ["provisioning", "uploading", "starting", "ready"]
+    if runtime_kind == "local":
+        # package.json is the template's own, whose install the template cache already did: no install step.
+        assert states(events) == ["provisioning", "uploading", "starting", "ready"]
+    else:  # a new Modal sandbox is the image, which holds no record of an install: one runs
+        assert states(events) == ["provisioning", "uploading", "installing", "starting", "ready"]
     assert [e["data"]["source"] for e in events if e["kind"] == "log"].count("dev") >= 1
     last = events[-1]["seq"]
 
@@ -90,7 +104,7 @@ async def test_provision_preview_reconnect_and_delete(server: Running) -> None:
         e["kind"] == "file" and e["data"]["path"] == "message.txt" and e["data"]["origin"] == "api" for e in later
     )
 
-    directory = workspace_dir(server, "demo_App-1")
+    directory = workspace_dir(server, "demo_App-1", runtime_kind)
     assert processes_under(directory)
     deleted = await server.client.delete("/api/workspaces/demo_App-1")
     assert deleted.status_code == 204

@@ -1,4 +1,8 @@
-"""The preview gateway end to end: a real dev-server stand-in and the gateway, each under uvicorn on loopback."""
+"""The preview gateway end to end: a real dev-server stand-in and the gateway, each under uvicorn on loopback.
+
+The last test runs the whole service in front of each runtime's sandbox (`runtime_kind`): local, and
+Modal through the offline fake, whose tunnel reaches the sandbox's dev server on loopback.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -27,6 +32,7 @@ from websockets.typing import Origin, Subprotocol
 
 from realtime.preview import PreviewGateway, PreviewTarget
 from realtime.signing import PreviewSigner
+from tests.harness import fixture_files, make_settings, running_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
@@ -462,3 +468,29 @@ def test_preview_target_needs_a_bare_origin(origin: str) -> None:
     """A preview target's origin must be a bare http(s) origin."""
     with pytest.raises(ValueError, match="origin"):
         PreviewTarget(PROJECT, origin, generation=1)
+
+
+# -- end to end: the gateway in the service, in front of each runtime's sandbox ----------------------
+
+
+@pytest.mark.usefixtures("runtime_kind")
+async def test_the_service_gateway_reaches_the_sandbox_dev_server(tmp_path: Path) -> None:
+    """Through the service's own gateway the sandbox's dev server (on Modal, behind its tunnel) serves
+    the page and its assets, relays its own 404s, and stops answering once the workspace is gone."""
+    async with running_server(lambda port: make_settings(tmp_path / "root", port)) as server:
+        body = await server.provision("gw-e2e", fixture_files("through the gateway"))
+        assert body["state"] == "ready", body
+        preview = body["preview_url"]
+        page = await server.preview_get(preview)
+        assert page.status_code == 200 and "through the gateway" in page.text
+        css = await server.preview_get(preview, "/static/app.css")
+        assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+        missing = await server.preview_get(preview, "/nowhere?x=1")
+        assert missing.status_code == 404 and missing.text == "not found\n"
+        # The dev server logged what the gateway forwarded, path and query as received.
+        with anyio.fail_after(20):
+            while not any(e["kind"] == "log" and "GET /nowhere?x=1 " in e["data"]["text"]
+                          for e in await server.events("gw-e2e")):
+                await anyio.sleep(0.05)
+        assert (await server.client.delete("/api/workspaces/gw-e2e")).status_code == 204
+        assert_refused(await server.preview_get(preview), "not available")

@@ -1,0 +1,5 @@
+"""`modal.sandbox`."""
+
+from . import sandbox
+
+__all__ = ["sandbox"]

@@ -1,0 +1,7 @@
+"""`modal.sandbox.sandbox`."""
+
+from __future__ import annotations
+
+from .._impl import SandboxFilesystem
+
+__all__ = ["SandboxFilesystem"]
