@@ -16,8 +16,9 @@ number of instances through Redis (keys hash-tagged per project, like the event 
 - `…:preview:<key>` which project a preview hostname's key names, for every instance's gateway.
 
 When an owner dies its lease lapses; the next sweep of any instance finds a live project without
-an owner, claims it and adopts the workspace (the runtime reconnects to the sandbox, kills what
-the dead owner left running, starts the dev server again), and the event log goes on from the
+an owner, claims it and adopts the workspace (the runtime reconnects to the sandbox; the local
+runtime kills what the dead owner left running and the dev server is started again, on Modal the
+running dev server is followed from where its log left off), and the event log goes on from the
 same seq. An owner that finds its lease taken stops driving the workspace quietly (fencing).
 """
 
@@ -481,7 +482,7 @@ class RedisCluster:
             logger.exception("adopting project %s failed", project_id)
 
     async def _adopt(self, project_id: str, entry: dict[str, Any]) -> None:
-        """Drive a workspace another instance left: reconnect to its sandbox and start it again."""
+        """Drive a workspace another instance left: reconnect to its sandbox and bring it to ready."""
         done = self._adopting.setdefault(project_id, anyio.Event())
         try:
             previous = entry.get("owner")

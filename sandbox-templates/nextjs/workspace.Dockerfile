@@ -28,7 +28,11 @@ USER node
 
 # Dependency layer: only invalidated when the manifest or lockfile changes.
 COPY --chown=node:node package.json package-lock.json ./
-RUN npm ci && npm cache clean --force
+# Then the service's install marker (runtime.base.INSTALL_MARKER): the sha256 of the package.json
+# these dependencies were installed for, so a workspace with the starter's package.json skips
+# `npm install` (any other package.json installs once, as it should).
+RUN npm ci && npm cache clean --force \
+ && sha256sum package.json | cut -d' ' -f1 > node_modules/.qai-installed
 
 # The starter app itself (uploaded project files overwrite it at runtime).
 COPY --chown=node:node next.config.mjs ./
