@@ -198,6 +198,8 @@ def create_app(
                 }
             finally:
                 with anyio.CancelScope(shield=True):
+                    if settings.shutdown == "handover":
+                        await cluster.hand_over()
                     await manager.aclose()
                     await cluster.aclose()
                     await callbacks.aclose()  # after the workspaces stopped: their callbacks are stored

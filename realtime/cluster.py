@@ -104,6 +104,10 @@ class Cluster(Protocol):
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None: ...
 
+    async def hand_over(self) -> None:
+        """Before a graceful shutdown: let go of every workspace here so that others adopt them at once."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -131,6 +135,9 @@ class SoloCluster:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+
+    async def hand_over(self) -> None:
+        """Alone there is nobody to hand over to: the workspaces are stopped as usual."""
 
     async def aclose(self) -> None:
         pass
@@ -215,6 +222,25 @@ class RedisCluster:
             tg.start_soon(self._leases)
             tg.start_soon(self._registry_writer)
             task_status.started()
+
+    async def hand_over(self) -> None:
+        """Detach every workspace owned here (quietly: they are not stopped) and release its lease,
+        so that the next sweep of another instance adopts it; its registry entry stays live."""
+        with anyio.move_on_after(10):
+            async with anyio.create_task_group() as tg:
+                for project_id in list(self._owned):
+                    tg.start_soon(self._hand_over, project_id)
+
+    async def _hand_over(self, project_id: str) -> None:
+        logs.bind(project_id=project_id)
+        await self._manager.detach(project_id)
+        # Its commands were ended, and their ends logged, here: the adopter must not report them lost.
+        entry = await self._entry(project_id)
+        if entry is not None:
+            entry["commands"] = []
+            await self._redis.set(self._key(project_id, "workspace"), orjson.dumps(entry), ex=self._ttl_s)
+        await self._give_up(project_id)
+        logger.info("instance %s handed project %s over", self.instance, project_id)
 
     async def aclose(self) -> None:
         """After the manager stopped its workspaces: record them stopped and give up their leases."""
@@ -490,7 +516,7 @@ class RedisCluster:
             broker = self._broker
             await broker.append(project_id, "log", {
                 "source": "system", "stream": "stderr",
-                "text": f"instance {self.instance} takes the workspace over from {previous} (its lease lapsed)\n",
+                "text": f"instance {self.instance} takes the workspace over from {previous}\n",
             })
             for command in entry.get("commands") or []:
                 # It ran on the lost owner, which cannot report its end: say so, once.
@@ -543,8 +569,8 @@ class RedisCluster:
     async def _record(self, project_id: str) -> None:
         ended = self._ended.pop(project_id, None)
         workspace = ended or self._manager.get(project_id)
-        if workspace is None or (ended is None and project_id not in self._owned):
-            return
+        if workspace is None or (ended is None and (project_id not in self._owned or workspace.detached)):
+            return  # not ours (any more): its entry is its new owner's
         entry = {**workspace.snapshot(), "owner": self.instance, "updated_at": int(time.time() * 1000)}
         entry["env"] = workspace.env
         entry["generation"] = self._manager.generation(project_id)

@@ -114,6 +114,9 @@ class Settings:
     #: Milliseconds an owner's lease on a workspace lasts without renewal: how soon another
     #: instance adopts the workspace of one that died.
     lease_ms: int = 15_000
+    #: What a graceful shutdown does to this instance's workspaces: `stop` them, or (with Redis)
+    #: `handover`: let go of them so that another instance adopts them at once (rolling deploys).
+    shutdown: str = "stop"
     #: Each workspace's output budget: log bytes admitted at once, and refilled per second.
     output_burst_bytes: int = 16 * 1024 * 1024
     output_rate_bytes: float = 1024 * 1024
@@ -196,6 +199,7 @@ class Settings:
             redis_retry_s=_float(env, "WORKSPACE_REDIS_RETRY_S", d["redis_retry_s"]),
             instance_id=_instance_id(env.get("WORKSPACE_INSTANCE_ID")),
             lease_ms=_lease_ms(env),
+            shutdown=_choice(env, "WORKSPACE_SHUTDOWN", ("stop", "handover"), d["shutdown"]),
             preview_ttl_s=_int(env, "WORKSPACE_PREVIEW_TTL_S", d["preview_ttl_s"]),
             install_timeout_s=_float(env, "WORKSPACE_INSTALL_TIMEOUT_S", d["install_timeout_s"]),
             start_timeout_s=_float(env, "WORKSPACE_START_TIMEOUT_S", d["start_timeout_s"]),
@@ -232,6 +236,13 @@ def _instance_id(raw: str | None) -> str | None:
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", raw):
         raise ConfigError(f"WORKSPACE_INSTANCE_ID must be 1-64 of A-Z a-z 0-9 _ . -, got {raw!r}")
     return raw
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = env.get(name) or default
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 def _lease_ms(env: Mapping[str, str]) -> int:

@@ -16,6 +16,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from realtime.settings import ConfigError, Settings
 from tests.conftest import REDIS_URL, delete_prefix
 from tests.harness import Running, fixture_files, make_settings, running_server
 
@@ -24,29 +25,26 @@ pytestmark = pytest.mark.anyio
 PREVIEW_URL = "http://{slug}.preview.localhost:8999"
 
 
-@asynccontextmanager
-async def instances(tmp_path: Path, *names: str) -> AsyncIterator[tuple[str, list[Running], aioredis.Redis]]:
-    """Servers named `names` sharing one Redis prefix and one workspace root, and a Redis client."""
-    prefix = "qaitest-" + secrets.token_hex(6)
-    env = {
+def instance(tmp_path: Path, prefix: str, name: str, **env: str) -> Any:
+    """A server named `name` on the shared Redis prefix and workspace root (a context manager)."""
+    shared = {
         "REDIS_URL": REDIS_URL,
         "WORKSPACE_REDIS_PREFIX": prefix,
         "WORKSPACE_LEASE_MS": "1000",
         "WORKSPACE_PREVIEW_URL": PREVIEW_URL,
+        "WORKSPACE_INSTANCE_ID": name,
     }
+    return running_server(lambda port: make_settings(tmp_path / "root", port, **{**shared, **env}))
+
+
+@asynccontextmanager
+async def instances(tmp_path: Path, *names: str) -> AsyncIterator[tuple[str, list[Running], aioredis.Redis]]:
+    """Servers named `names` sharing one Redis prefix and one workspace root, and a Redis client."""
+    prefix = "qaitest-" + secrets.token_hex(6)
     client = aioredis.Redis.from_url(REDIS_URL)
     try:
         async with AsyncExitStack() as stack:
-            servers = [
-                await stack.enter_async_context(
-                    running_server(
-                        lambda port, name=name: make_settings(
-                            tmp_path / "root", port, WORKSPACE_INSTANCE_ID=name, **env
-                        )
-                    )
-                )
-                for name in names
-            ]
+            servers = [await stack.enter_async_context(instance(tmp_path, prefix, name)) for name in names]
             yield prefix, servers, client
     finally:
         await client.aclose()
@@ -199,3 +197,34 @@ async def _adopted(server: Running, project_id: str, since: int) -> list[dict[st
     """The takeover notes in the log after `since` (empty until an instance adopted the workspace)."""
     events = await server.events(project_id, since=since)
     return [e for e in events if e["kind"] == "log" and "takes the workspace over" in e["data"]["text"]]
+
+
+async def test_a_graceful_shutdown_in_handover_mode_hands_the_workspace_over(tmp_path: Path) -> None:
+    async with instances(tmp_path, "a") as (prefix, (a,), redis):
+        async with instance(tmp_path, prefix, "b", WORKSPACE_SHUTDOWN="handover") as b:
+            await b.provision("demo", fixture_files())
+            seq = (await snapshot(a, "demo"))["seq"]
+            assert (await snapshot(a, "demo"))["owner"] == "b"
+        # B is gone (gracefully) and let go of its lease: A adopts at its next sweep; nothing says stopped.
+        assert not await redis.exists(f"{prefix}:{{demo}}:owner")
+        adopted = await until(lambda: _adopted(a, "demo", seq))
+        assert "instance a takes the workspace over from b" in adopted[0]["data"]["text"]
+        assert await until(lambda: _owner_when_ready(a, "demo")) == "a"
+        after = await a.events("demo", since=seq)
+        assert [e["seq"] for e in after] == list(range(seq + 1, seq + 1 + len(after)))
+        assert "stopped" not in [e["data"]["state"] for e in after if e["kind"] == "status"]
+        ran = await a.client.post("/api/workspaces/demo/commands", json={"cmd": "echo here", "wait": True})
+        assert ran.json()["exit_code"] == 0
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("WORKSPACE_SHUTDOWN", "drain", "WORKSPACE_SHUTDOWN must be one of stop, handover"),
+        ("WORKSPACE_LEASE_MS", "100", "WORKSPACE_LEASE_MS must be at least 500"),
+        ("WORKSPACE_INSTANCE_ID", "a b", "WORKSPACE_INSTANCE_ID must be"),
+    ],
+)
+def test_cluster_settings_are_checked(variable: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env({variable: value})
