@@ -461,8 +461,18 @@ class RedisCluster:
                 logger.warning("lease upkeep failed: %s", exc)
 
     async def _renew_all(self) -> None:
-        for project_id in list(self._owned):
-            outcome = await self._renew(keys=[self._key(project_id, "owner")], args=[self.instance, self._lease_ms])
+        projects = list(self._owned)
+        if not projects:
+            return
+        # One round trip for all of them (a pipeline, not a transaction: their keys are on many slots).
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for project_id in projects:
+                key = self._key(project_id, "owner")
+                await self._renew(keys=[key], args=[self.instance, self._lease_ms], client=pipe)
+            outcomes = await pipe.execute()
+        for project_id, outcome in zip(projects, outcomes, strict=True):
+            if project_id not in self._owned:
+                continue  # released meanwhile
             if outcome == 2:
                 # The lease was gone (Redis lost it) and is ours again: so must the registry be.
                 logger.warning("lease on %s had vanished; taken again", project_id)
