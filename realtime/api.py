@@ -25,7 +25,7 @@ from realtime.tokens import Scope, SessionTokens
 from realtime.validation import parse_command, parse_env, parse_files, parse_path, parse_project_id
 from realtime.workspaces import WorkspaceManager
 
-__all__ = ["Services", "json_response", "routes"]
+__all__ = ["Services", "json_response", "read_body", "read_json", "routes"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +48,8 @@ def _services(request: Request) -> Services:
     return services
 
 
-async def read_json(request: Request, *, optional: bool = False) -> dict[str, Any]:
-    """The request body as a JSON object, refusing bodies over the configured limit with 413."""
-    limit = _services(request).settings.max_body_bytes
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw request body, refusing one over `limit` bytes with 413 (before reading it, when declared)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "too_large", f"request body over {limit} bytes")
@@ -61,7 +60,12 @@ async def read_json(request: Request, *, optional: bool = False) -> dict[str, An
         if size > limit:
             raise ApiError(413, "too_large", f"request body over {limit} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, *, optional: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object, refusing bodies over the configured limit with 413."""
+    raw = await read_body(request, _services(request).settings.max_body_bytes)
     if not raw.strip() and optional:
         return {}
     try:

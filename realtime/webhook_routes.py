@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from realtime.api import Services, json_response
+from realtime.api import Services, json_response, read_body
 from realtime.callback_store import MemoryCallbackStore, RedisCallbackStore
 from realtime.callbacks import Callbacks, RetryPolicy
 from realtime.errors import ApiError
@@ -92,24 +92,10 @@ def make_inbound(settings: Settings) -> InboundHandler:
     return InboundHandler(webhook, seen)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "too_large", f"webhook body over {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "too_large", f"webhook body over {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def inbound_event(request: Request) -> Response:
     services: Services = request.state.services
     inbound: InboundHandler = request.state.inbound
-    body = await _read_body(request, min(MAX_INBOUND_BYTES, services.settings.max_body_bytes))
+    body = await read_body(request, min(MAX_INBOUND_BYTES, services.settings.max_body_bytes))
     result = await inbound.handle(body, request.headers, services.cluster, services.broker)
     return json_response(result)
 

@@ -5,6 +5,7 @@ import pkgutil
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # Imported here, at a shallow stack: the hypothesis plugin otherwise imports its internals lazily
 # from deep inside pytest's terminal summary, where CPython 3.11.7's parser can fail with
@@ -12,6 +13,9 @@ from pathlib import Path
 import hypothesis.internal.conjecture.providers  # noqa: F401
 import pytest
 import redis
+
+if TYPE_CHECKING:
+    from tests.fake_modal import FakeCloud
 
 
 def _import_anyio_eagerly() -> None:
@@ -90,5 +94,19 @@ def runtime_kind(
     monkeypatch.setenv("QAI_TEST_RUNTIME", "modal")
     try:
         yield "modal"
+    finally:
+        CLOUD.shutdown()
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> Iterator[FakeCloud]:
+    """The offline fake of Modal's cloud (tests/fake_modal), fresh for the test: faults, call counts."""
+    from tests.fake_modal import CLOUD
+
+    root = tmp_path / "cloud"
+    root.mkdir()
+    CLOUD.reset(root)
+    try:
+        yield CLOUD
     finally:
         CLOUD.shutdown()

@@ -1,9 +1,18 @@
-"""Finding live processes by working directory, to prove a workspace left nothing behind."""
+"""Processes and ports for tests: live processes by working directory (to prove a workspace left
+nothing behind), and a free loopback port (for a server that must come back on the same one)."""
 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
+
+
+def free_port() -> int:
+    """A loopback port free right now (the OS picked it; another process may take it before use)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def processes_under(directory: Path) -> list[int]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +20,7 @@ import pytest
 
 from tests.conftest import REDIS_URL, delete_prefix
 from tests.harness import FIXTURE_APP, TOKEN, Running, fixture_files, make_settings, running_server
+from tests.procs import free_port
 from tests.wsclient import open_peer
 
 pytestmark = pytest.mark.anyio
@@ -92,11 +92,6 @@ async def test_status_shows_a_workspace_or_the_servers_health(server: Running) -
 # -- tail across a restart of a `realtime serve` process -----------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @asynccontextmanager
@@ -158,7 +153,7 @@ async def test_tail_follows_logs_and_resumes_across_a_server_restart(tmp_path: P
     """`realtime tail` prints command output live (stderr apart), and after the server restarts on the
     same port (same Redis) goes on with the next lines: none lost, none repeated."""
     prefix = "qaitest-" + secrets.token_hex(6)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
         **_cli_env(url),
@@ -228,7 +223,7 @@ async def test_tail_json_replays_history_then_follows(server: Running) -> None:
 
 async def test_an_unreachable_server_is_one_line_and_exit_125() -> None:
     """Every client subcommand says in one line that it cannot reach the server, and exits 125."""
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     for args in (["tail", "demo"], ["exec", "demo", "--", "true"], ["token", "demo"], ["status"]):
         done = await _cli(url, *args)
         assert done.returncode == 125, (args, done.stderr)

@@ -43,6 +43,7 @@ from realtime.server import Server, uvicorn_config
 from realtime.settings import Settings
 from tests.conftest import REDIS_URL
 from tests.harness import TOKEN, Running, fixture_files, make_settings, running_server
+from tests.procs import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -196,11 +197,6 @@ async def _until(items: AsyncIterator[Item], done: Callable[[Item], bool], into:
     raise AssertionError("the event stream ended")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class _Served:
@@ -254,7 +250,7 @@ async def test_the_client_resumes_across_a_server_restart_without_a_gap_or_a_rep
 ) -> None:
     """Stop the server, append while it is down, start another on the same port: with Redis the
     client's events run on contiguously (no Reset); with the memory broker (log lost) it yields a Reset."""
-    port = _free_port()
+    port = free_port()
     settings = make_settings(tmp_path / "root", port, WORKSPACE_DRAIN_TIMEOUT_S="5")
     received: list[Item] = []
     async with anyio.create_task_group() as tg:
@@ -398,7 +394,7 @@ async def test_a_bad_token_or_an_unreachable_server_fails_the_connect(server: Ru
             pass
     assert refused.value.code == 1008
     with pytest.raises(ServerClosed):
-        async with connect(f"http://127.0.0.1:{_free_port()}", TOKEN, "demo"):
+        async with connect(f"http://127.0.0.1:{free_port()}", TOKEN, "demo"):
             pass
 
 

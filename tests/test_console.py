@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ from playwright.async_api import Page, async_playwright, expect
 from tests.browser import launch_args
 from tests.conftest import REDIS_URL, delete_prefix
 from tests.harness import FIXTURE_APP, TOKEN, make_settings, running_server
+from tests.procs import free_port
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 
@@ -32,11 +32,6 @@ STREAM = "for i in $(seq 1 3000); do echo line $i; sleep 0.01; done"
 WAIT_MS = 60_000
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @asynccontextmanager
@@ -126,7 +121,7 @@ async def test_console_page_and_assets_are_public(tmp_path: Path) -> None:
 async def test_console_follows_a_workspace_across_a_server_restart(tmp_path: Path) -> None:
     """Logs, a command and the preview in the page; after a restart it resumes, no line missing or repeated."""
     prefix = "qaitest-console-" + os.urandom(4).hex()
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,

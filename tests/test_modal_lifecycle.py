@@ -3,29 +3,17 @@ retried until the workspace is ready, permanent ones fail it at once with what t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests import fake_modal
-from tests.fake_modal import CLOUD, FakeCloud
+from tests.fake_modal import FakeCloud
 from tests.harness import fake_modal_runtime, fixture_files, make_settings, running_server
 
 mexc = fake_modal.exception
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def cloud(tmp_path: Path) -> Iterator[FakeCloud]:
-    root = tmp_path / "cloud"
-    root.mkdir()
-    CLOUD.reset(root)
-    try:
-        yield CLOUD
-    finally:
-        CLOUD.shutdown()
 
 
 async def test_transient_faults_in_create_exec_and_files_end_ready(tmp_path: Path, cloud: FakeCloud) -> None:

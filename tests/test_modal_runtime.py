@@ -6,8 +6,7 @@ import asyncio
 import contextlib
 import json
 import signal
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -22,23 +21,12 @@ from runtime.errors import FileNotFound, NotADirectory, PathError, ProviderError
 from runtime.lifecycle import LifecycleConfig, State
 from runtime.modal import ModalConfig, ModalRuntime, ModalSandbox, RetryPolicy, sandbox_name
 from tests import fake_modal
-from tests.fake_modal import CLOUD, FakeCloud
+from tests.fake_modal import FakeCloud
 from tests.fake_modal import exception as mexc
 
 pytestmark = pytest.mark.anyio
 
 FAST = RetryPolicy(attempts=4, wait_initial=0.001, wait_max=0.002, wait_jitter=0.0, timeout=60.0)
-
-
-@pytest.fixture
-def cloud(tmp_path: Path) -> Iterator[FakeCloud]:
-    root = tmp_path / "cloud"
-    root.mkdir()
-    CLOUD.reset(root)
-    try:
-        yield CLOUD
-    finally:
-        CLOUD.shutdown()
 
 
 def make_runtime(**config: object) -> ModalRuntime:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -15,15 +14,12 @@ import redis.asyncio as aioredis
 from websockets.exceptions import ConnectionClosed
 
 from tests.harness import Running, fixture_files, make_settings, running_server
+from tests.procs import free_port
 from tests.wsclient import assert_contiguous, open_peer
 
 pytestmark = pytest.mark.anyio
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @asynccontextmanager
