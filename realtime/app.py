@@ -178,7 +178,7 @@ def create_app(
             )
             cluster = make_cluster(settings, the_broker, manager)
             callbacks, inbound = make_callbacks(settings), make_inbound(settings)
-            manager.notify = callbacks.notify
+            manager.on_appended.append(callbacks.notify)
             await tg.start(the_broker.run)
             await tg.start(manager.run)
             await tg.start(cluster.run)

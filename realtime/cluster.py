@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 ACK_S = 5.0
 #: Requests an owner remembers (with their results) to answer a repeated one without running it again.
 REMEMBERED = 256
+#: Event kinds after which a workspace's snapshot (state, preview, commands) has changed.
+SNAPSHOT_KINDS = frozenset({"status", "preview", "command"})
 #: Fields of a registry entry that only instances need (never shown to clients).
 PRIVATE = ("env", "generation", "origin", "preview_key")
 
@@ -188,7 +190,8 @@ class RedisCluster:
         self._ended: dict[str, Workspace] = {}
         self._wake_writer = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
-        manager.observer = self
+        manager.on_appended.append(self._appended)
+        manager.on_ended.append(self.ended)
 
     # -- names -----------------------------------------------------------------------------------
 
@@ -543,13 +546,17 @@ class RedisCluster:
 
     # -- the registry ----------------------------------------------------------------------------
 
+    def _appended(self, project_id: str, kind: str, data: Mapping[str, Any]) -> None:
+        if kind in SNAPSHOT_KINDS:
+            self.changed(project_id)
+
     def changed(self, project_id: str) -> None:
-        """(WorkspaceObserver) The workspace's snapshot changed: record it soon."""
+        """The workspace's snapshot changed: record it soon."""
         self._dirty.add(project_id)
         self._wake_writer.set()
 
     def ended(self, workspace: Workspace) -> None:
-        """(WorkspaceObserver) The workspace ended here: record it and give its lease up."""
+        """The workspace ended here: record it and give its lease up."""
         if workspace.detached:
             return
         self._ended[workspace.project_id] = workspace

@@ -6,7 +6,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -19,7 +19,7 @@ from realtime.signing import PreviewSigner
 from runtime.base import FileUpload, Runtime
 from runtime.lifecycle import LifecycleConfig, State, Workspace
 
-__all__ = ["WorkspaceManager", "WorkspaceObserver"]
+__all__ = ["Appended", "WorkspaceManager"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,28 +35,8 @@ def _outcome(data: Mapping[str, Any]) -> str:
     return "failed"
 
 
-#: Event kinds after which a workspace's snapshot (state, preview, commands) has changed.
-SNAPSHOT_KINDS = frozenset({"status", "preview", "command"})
-
-
-class WorkspaceObserver(Protocol):
-    """Told when a workspace's snapshot changed and when it ended (the cluster keeps its registry)."""
-
-    def changed(self, project_id: str) -> None: ...
-
-    def ended(self, workspace: Workspace) -> None: ...
-
-
-class _Unobserved:
-    def changed(self, project_id: str) -> None:
-        pass
-
-    def ended(self, workspace: Workspace) -> None:
-        pass
-
-
-def _no_notify(project_id: str, kind: str, data: Mapping[str, Any]) -> None:
-    pass
+#: Told (project_id, kind, data) after an event was appended; synchronous and cheap.
+Appended = Callable[[str, str, Mapping[str, Any]], None]
 
 
 class WorkspaceManager:
@@ -87,10 +67,10 @@ class WorkspaceManager:
         self._keys: dict[str, str] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._lock = anyio.Lock()
-        self.observer: WorkspaceObserver = _Unobserved()
-        #: Told (project_id, kind, data) after every event appended here; synchronous and cheap
-        #: (outbound webhooks queue their callback in memory). A no-op until the app sets it.
-        self.notify: Callable[[str, str, Mapping[str, Any]], None] = _no_notify
+        #: Who hears of every event appended here (the cluster's registry, outbound webhooks), and
+        #: of every workspace that ended here (the cluster, to record it and give its lease up).
+        self.on_appended: list[Appended] = []
+        self.on_ended: list[Callable[[Workspace], None]] = []
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
@@ -152,7 +132,8 @@ class WorkspaceManager:
             # One workspace's bug must not take the server down; it ends stopped and logged.
             logger.exception("workspace %s crashed", workspace.project_id)
         finally:
-            self.observer.ended(workspace)
+            for ended in self.on_ended:
+                ended(workspace)
 
     def _emitter(self, project_id: str) -> Any:
         async def emit(kind: str, data: Mapping[str, Any]) -> None:
@@ -165,11 +146,10 @@ class WorkspaceManager:
                 logger.error("project %s: %s event lost: %s", project_id, kind, exc)
                 return
             self.events_appended[kind] += 1
-            self.notify(project_id, kind, data)
             if kind == "command" and data.get("state") == "exited":
                 self.commands_ended[_outcome(data)] += 1
-            if kind in SNAPSHOT_KINDS:
-                self.observer.changed(project_id)
+            for appended in self.on_appended:
+                appended(project_id, kind, data)
 
         return emit
 
