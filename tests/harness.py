@@ -13,6 +13,8 @@ from urllib.parse import urlencode, urlsplit
 
 import anyio
 import httpx
+import uvicorn
+from starlette.types import ASGIApp
 
 from realtime.app import create_app
 from realtime.hub import Hub
@@ -30,6 +32,25 @@ def bound_socket() -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
+
+
+@asynccontextmanager
+async def serve_asgi(app: ASGIApp, sock: socket.socket) -> AsyncIterator[None]:
+    """Serve a plain ASGI app (a stand-in dev server, a webhook receiver) on `sock` until the block ends."""
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve, [sock])
+            with anyio.fail_after(10):
+                # uvicorn offers no "started" event: poll the flag, bounded by the deadline above.
+                while not server.started:
+                    await anyio.sleep(0.01)
+            try:
+                yield
+            finally:
+                server.should_exit = True
+    finally:
+        sock.close()
 
 
 @dataclass

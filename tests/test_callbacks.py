@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import base64
 import secrets
-import socket
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,6 @@ import anyio
 import orjson
 import pytest
 import redis.asyncio as aioredis
-import uvicorn
 from standardwebhooks import Webhook
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -36,7 +33,7 @@ from realtime.callbacks import (
 )
 from realtime.settings import ConfigError
 from tests.conftest import REDIS_URL, delete_prefix
-from tests.harness import Running, bound_socket, fixture_files, make_settings, running_server
+from tests.harness import Running, bound_socket, fixture_files, make_settings, running_server, serve_asgi
 
 pytestmark = pytest.mark.anyio
 
@@ -308,19 +305,6 @@ class Receiver:
         return self.delivered[kind]
 
 
-@asynccontextmanager
-async def serving(receiver: Receiver, sock: socket.socket) -> AsyncIterator[None]:
-    """Serve the receiver on `sock` (bound earlier: until now, connections to it are refused)."""
-    server = uvicorn.Server(uvicorn.Config(receiver.app, log_level="warning", lifespan="off"))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve, [sock])
-        with anyio.fail_after(10):
-            while not server.started:
-                await anyio.sleep(0.01)
-        try:
-            yield
-        finally:
-            server.should_exit = True
 
 
 def callback_env(port: int, **extra: str) -> dict[str, str]:
@@ -350,7 +334,7 @@ async def test_ready_is_delivered_after_the_receiver_answered_503_twice(tmp_path
     receiver.answers["workspace.ready"].extend([503, 503])
     sock = bound_socket()
     settings = lambda p: make_settings(tmp_path / "root", p, **callback_env(sock.getsockname()[1]))  # noqa: E731
-    async with serving(receiver, sock), running_server(settings) as server:
+    async with serve_asgi(receiver.app, sock), running_server(settings) as server:
         result = await server.provision("demo", fixture_files())
         assert result["state"] == "ready"
         ready = await receiver.until_delivered("workspace.ready")
@@ -368,7 +352,7 @@ async def test_a_400_is_one_attempt_and_a_dead_letter_that_can_be_retried(tmp_pa
     receiver.answers["workspace.ready"].append(400)
     sock = bound_socket()
     settings = lambda p: make_settings(tmp_path / "root", p, **callback_env(sock.getsockname()[1]))  # noqa: E731
-    async with serving(receiver, sock), running_server(settings) as server:
+    async with serve_asgi(receiver.app, sock), running_server(settings) as server:
         await server.provision("demo", fixture_files())
         with anyio.fail_after(30):
             while True:
@@ -408,7 +392,7 @@ async def test_a_receiver_down_across_a_restart_still_gets_the_callback(tmp_path
             while await metric(first, "realtime_webhook_failures_total") < 1:
                 await anyio.sleep(0.02)
     assert receiver.attempts == []
-    async with running_server(settings), serving(receiver, sock):
+    async with running_server(settings), serve_asgi(receiver.app, sock):
         ready = await receiver.until_delivered("workspace.ready")
         assert ready["data"]["preview_url"] == result["preview_url"]
         stopped = await receiver.until_delivered("workspace.stopped")  # the first server's shutdown stopped it
@@ -425,7 +409,7 @@ async def test_two_instances_on_one_redis_deliver_each_callback_once(redis_prefi
                   store=RedisCallbackStore(aioredis.Redis.from_url(REDIS_URL), redis_prefix, retry_s=5))
         for _ in range(2)
     ]
-    async with serving(receiver, sock), anyio.create_task_group() as tg:
+    async with serve_asgi(receiver.app, sock), anyio.create_task_group() as tg:
         for service in services:
             await tg.start(service.run)
         for n in range(30):

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import gzip
 import json
-import socket
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,12 +17,11 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -32,7 +29,7 @@ from websockets.typing import Origin, Subprotocol
 
 from realtime.preview import PreviewGateway, PreviewTarget
 from realtime.signing import PreviewSigner
-from tests.harness import fixture_files, make_settings, running_server
+from tests.harness import bound_socket, fixture_files, make_settings, running_server, serve_asgi
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
@@ -43,30 +40,8 @@ CSS = b"body { color: rebeccapurple; }\n"
 GZIPPED = gzip.compress(b"hello compressed world\n" * 200, mtime=0)
 
 
-def bound_socket() -> socket.socket:
-    """A socket bound to a free loopback port: uvicorn listens on it, so there is no port race."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
 
 
-@asynccontextmanager
-async def serve(app: ASGIApp, sock: socket.socket) -> AsyncIterator[None]:
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(server.serve, [sock])
-            with anyio.fail_after(10):
-                # uvicorn offers no "started" event: poll the flag, bounded by the deadline above.
-                while not server.started:
-                    await anyio.sleep(0.01)
-            try:
-                yield
-            finally:
-                server.should_exit = True
-    finally:
-        sock.close()
 
 
 @dataclass
@@ -207,7 +182,7 @@ async def env() -> AsyncIterator[Env]:
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", trust_env=False) as client,
     ):
         gateway = PreviewGateway(signer, resolve, upstream_client)
-        async with serve(dev.app(), dev_sock), serve(gateway, gateway_sock):
+        async with serve_asgi(dev.app(), dev_sock), serve_asgi(gateway, gateway_sock):
             yield Env(signer, dev, dev_origin, port, targets, client, gateway)
 
 
