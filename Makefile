@@ -25,7 +25,7 @@ test-deps: setup
 	@scripts/ensure-redis.sh
 	@scripts/ensure-chromium.sh
 
-test: test-deps
+test: lint test-deps
 	$(BIN)/pytest
 
 test-fast: test-deps
@@ -33,6 +33,7 @@ test-fast: test-deps
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python benchmarks/lifecycle.py

@@ -275,7 +275,7 @@ def servers() -> dict[str, Server]:
 def qai_available() -> str | None:
     """None when `realtime.publisher.Publisher` imports, else why not."""
     done = subprocess.run(
-        [str(MAIN_PY), "-c", "from realtime.publisher import Publisher; from realtime.redis_broker import RedisBroker"],
+        [str(MAIN_PY), "-c", "from realtime.publisher import Publisher"],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
 
-from realtime.settings import DEFAULT_TEMPLATE, ConfigError, Settings
+from realtime.config.settings import DEFAULT_TEMPLATE, ConfigError, Settings
 
 __all__ = [
     "Finding",
@@ -462,7 +462,7 @@ async def run_checks(
 
 def _serve_accepts_webhooks(settings: Settings) -> Finding:
     """What `serve` itself refuses at start (the same function decides)."""
-    from realtime.webhook_routes import check_settings
+    from realtime.web.webhook_routes import check_settings
 
     try:
         check_settings(settings)

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 import anyio
 from dotenv import load_dotenv
 
-from realtime import logs
-from realtime.app import create_app
-from realtime.server import Server, uvicorn_config
-from realtime.settings import ConfigError, Settings
+from realtime.config import logs
+from realtime.config.settings import ConfigError, Settings
+from realtime.web.app import create_app
+from realtime.web.server import Server, uvicorn_config
 
 __all__ = ["main"]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 __all__ = [
@@ -191,6 +192,9 @@ class Runtime(Protocol):
         """Terminate every sandbox this runtime started in this process."""
         ...
 
+
+#: The starter every workspace is laid from (local runtime) and the Modal image is built from.
+DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "sandbox-templates" / "nextjs"
 
 #: Project ids, as the contract defines them; runtimes check them again before touching disk.
 PROJECT_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"

@@ -29,3 +29,9 @@ class ProviderError(RuntimeFailure):
     """The sandbox provider failed (unreachable, refused, out of resources)."""
 
     code = "provider_error"
+
+
+class WorkspaceBusy(RuntimeFailure):
+    """The operation needs a sandbox the workspace does not have (yet, or any more)."""
+
+    code = "conflict"

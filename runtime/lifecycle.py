@@ -24,7 +24,7 @@ import httpx
 from runtime.base import INSTALL_MARKER, DevReattach, FileUpload, Process, Runtime, Sandbox, Stream, WrittenFile
 from runtime.budget import Dropped, OutputBudget, count_lines
 from runtime.commands import KILL_GRACE_S, CommandRun, Emit, finish_command, log_sink, new_command_id, start_command
-from runtime.errors import FileNotFound, RuntimeFailure
+from runtime.errors import FileNotFound, RuntimeFailure, WorkspaceBusy
 
 __all__ = ["LifecycleConfig", "State", "Workspace", "WorkspaceBusy"]
 
@@ -45,12 +45,6 @@ class State(enum.StrEnum):
 BUDGET_CHECK_S = 0.25
 
 SETTLED = frozenset({State.ready, State.failed, State.stopped})
-
-
-class WorkspaceBusy(RuntimeFailure):
-    """The operation needs a sandbox the workspace does not have (yet, or any more)."""
-
-    code = "conflict"
 
 
 class _StepFailed(Exception):

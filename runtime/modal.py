@@ -57,6 +57,7 @@ import anyio
 import stamina
 
 from runtime.base import (
+    DEFAULT_TEMPLATE,
     PROJECT_ID_PATTERN,
     ChangeKind,
     DirEntry,
@@ -79,7 +80,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _PROJECT_ID = re.compile(PROJECT_ID_PATTERN)
-DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "sandbox-templates" / "nextjs"
 
 # -- shell scripts run inside the sandbox (POSIX sh + coreutils + util-linux, all in Debian slim) --
 

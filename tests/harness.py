@@ -16,10 +16,10 @@ import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
-from realtime.app import create_app
-from realtime.hub import Hub
-from realtime.server import Server, uvicorn_config
-from realtime.settings import Settings
+from realtime.config.settings import Settings
+from realtime.fanout.hub import Hub
+from realtime.web.app import create_app
+from realtime.web.server import Server, uvicorn_config
 from runtime.base import Runtime
 
 FIXTURE_APP = Path(__file__).parent / "fixtures" / "app"
@@ -111,7 +111,7 @@ def make_settings(root: Path, port: int, template: Path = FIXTURE_APP, **env: st
 
 
 def fake_modal_runtime(settings: Settings) -> Runtime:
-    """The Modal runtime as `realtime.app.make_runtime` configures it, over the offline fake of `modal`."""
+    """The Modal runtime as `realtime.web.app.make_runtime` configures it, over the offline fake of `modal`."""
     from runtime.modal import ModalConfig, ModalRuntime, RetryPolicy
     from tests import fake_modal
 

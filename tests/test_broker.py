@@ -12,10 +12,10 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from realtime.broker import Broker, MemoryBroker
-from realtime.eventlog import encode_event
+from realtime.core.eventlog import encode_event
+from realtime.log.broker import Broker, MemoryBroker
+from realtime.log.redis_broker import RedisBroker
 from realtime.publisher import Publisher
-from realtime.redis_broker import RedisBroker
 from tests.conftest import REDIS_URL, delete_prefix
 from tests.harness import make_settings, running_server
 from tests.wsclient import assert_contiguous, open_peer

@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 import pytest
 
-from realtime.settings import ConfigError, Settings
+from realtime.config.settings import ConfigError, Settings
 from runtime.budget import Admission, Dropped, OutputBudget, count_lines
 from tests.harness import fixture_files, make_settings, running_server
 from tests.test_lifecycle_api import wait_for_event

@@ -20,9 +20,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from realtime.app import create_app
-from realtime.callback_store import Delivery, MemoryCallbackStore, RedisCallbackStore
-from realtime.callbacks import (
+from realtime.config.settings import ConfigError
+from realtime.web.app import create_app
+from realtime.webhooks.outbound import (
     Action,
     CallbackMapper,
     Callbacks,
@@ -31,7 +31,7 @@ from realtime.callbacks import (
     parse_retry_after,
     signed_headers,
 )
-from realtime.settings import ConfigError
+from realtime.webhooks.store import Delivery, MemoryCallbackStore, RedisCallbackStore
 from tests.conftest import REDIS_URL, delete_prefix
 from tests.harness import Running, bound_socket, fixture_files, make_settings, running_server, serve_asgi
 

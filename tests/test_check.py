@@ -29,7 +29,7 @@ from realtime.check import (
     parse_image_reference,
     run_checks,
 )
-from realtime.settings import Settings
+from realtime.config.settings import Settings
 from tests.conftest import REDIS_URL
 
 pytestmark = pytest.mark.anyio

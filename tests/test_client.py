@@ -14,7 +14,6 @@ import httpx
 import pytest
 
 import realtime.client
-from realtime.app import create_app
 from realtime.client import (
     ClientProtocol,
     Command,
@@ -38,9 +37,10 @@ from realtime.client import (
     connect,
     parse_event,
 )
+from realtime.config.settings import Settings
 from realtime.publisher import Publisher
-from realtime.server import Server, uvicorn_config
-from realtime.settings import Settings
+from realtime.web.app import create_app
+from realtime.web.server import Server, uvicorn_config
 from tests.conftest import REDIS_URL
 from tests.harness import TOKEN, Running, fixture_files, make_settings, running_server
 from tests.procs import free_port

@@ -16,7 +16,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from realtime.settings import ConfigError, Settings
+from realtime.config.settings import ConfigError, Settings
 from tests.conftest import REDIS_URL, delete_prefix
 from tests.harness import Running, fixture_files, make_settings, running_server
 

@@ -345,7 +345,7 @@ def test_client_module_resumes_without_duplicates_or_gaps(tmp_path: Path) -> Non
     """client.js (under node, with a fake socket): drops repeats, reopens on a gap, resets on resumed=false."""
     node = shutil.which("node")
     assert node is not None, "node is needed (the fixture app runs on it too)"
-    client = Path(__file__).resolve().parent.parent / "realtime" / "static" / "client.js"
+    client = Path(__file__).resolve().parent.parent / "realtime" / "web" / "static" / "client.js"
     script = tmp_path / "client_test.mjs"
     script.write_text(_CLIENT_SCRIPT % {"client": client.as_uri()})
     done = subprocess.run([node, str(script)], capture_output=True, text=True, timeout=30, check=False)

@@ -6,8 +6,8 @@ import anyio
 import orjson
 import pytest
 
-from realtime.broker import MemoryBroker
-from realtime.eventlog import ProjectLog
+from realtime.core.eventlog import ProjectLog
+from realtime.log.broker import MemoryBroker
 
 
 def test_seq_is_gap_free_and_frames_are_encoded_once() -> None:

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from realtime.eventlog import Event, ProjectLog
-from realtime.frames import (
+from realtime.core.eventlog import Event, ProjectLog
+from realtime.core.frames import (
     OPS,
     FrameError,
     KillArgs,
@@ -31,7 +31,7 @@ from realtime.frames import (
     reply_error,
     reply_ok,
 )
-from realtime.validation import CommandRequest
+from realtime.core.validation import CommandRequest
 from runtime.base import FileUpload
 
 #: Every code the parser may answer a bad frame with (docs/protocol.md, "Errors").

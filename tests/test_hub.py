@@ -11,9 +11,9 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from realtime.broker import MemoryBroker
-from realtime.eventlog import Event, History
-from realtime.hub import Behind, Closing, Hub, Outbox, OutboxLimits, locate
+from realtime.core.eventlog import Event, History
+from realtime.fanout.hub import Behind, Closing, Hub, Outbox, OutboxLimits, locate
+from realtime.log.broker import MemoryBroker
 
 pytestmark = pytest.mark.anyio
 

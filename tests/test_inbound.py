@@ -14,9 +14,9 @@ import orjson
 import pytest
 from standardwebhooks import Webhook
 
-from realtime.broker import BrokerUnavailable
-from realtime.errors import ApiError
-from realtime.inbound import InboundHandler, MemorySeenIds, parse_event, verify
+from realtime.core.errors import ApiError
+from realtime.log.broker import BrokerUnavailable
+from realtime.webhooks.inbound import InboundHandler, MemorySeenIds, parse_event, verify
 from tests.conftest import REDIS_URL, delete_prefix
 from tests.harness import Running, fixture_files, make_settings, running_server
 

@@ -10,7 +10,7 @@ import anyio
 import orjson
 import pytest
 
-from realtime import logs
+from realtime.config import logs
 
 pytestmark = pytest.mark.anyio
 

@@ -13,9 +13,9 @@ import anyio
 import httpx
 import pytest
 
-from realtime.broker import MemoryBroker
-from realtime.signing import PreviewSigner
-from realtime.workspaces import WorkspaceManager
+from realtime.core.signing import PreviewSigner
+from realtime.log.broker import MemoryBroker
+from realtime.workspaces.manager import WorkspaceManager
 from runtime.base import ChangeKind, FileChange, FileUpload, Stream
 from runtime.errors import FileNotFound, NotADirectory, PathError, ProviderError
 from runtime.lifecycle import LifecycleConfig, State
@@ -400,8 +400,8 @@ async def test_watch_survives_a_failing_watcher(cloud: FakeCloud) -> None:
 
 
 async def test_make_runtime_and_settings_for_modal() -> None:
-    from realtime.app import make_runtime as app_make_runtime
-    from realtime.settings import Settings
+    from realtime.config.settings import Settings
+    from realtime.web.app import make_runtime as app_make_runtime
 
     settings = Settings.from_env({
         "WORKSPACE_RUNTIME": "modal", "WORKSPACE_IMAGE": "ghcr.io/acme/ws:1",

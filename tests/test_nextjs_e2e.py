@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import async_playwright
 
-from realtime.settings import DEFAULT_TEMPLATE
+from realtime.config.settings import DEFAULT_TEMPLATE
 from tests.browser import launch_args
 from tests.harness import make_settings, running_server
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from realtime.signing import ParsedLabel, PreviewSigner, VerifyResult, slugify
+from realtime.core.signing import ParsedLabel, PreviewSigner, VerifyResult, slugify
 
 KEY = b"preview-test-key"
 TEMPLATE = "http://{slug}.preview.localhost:8000"

@@ -14,7 +14,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from realtime.tokens import Scope, SessionTokens
+from realtime.core.tokens import Scope, SessionTokens
 from tests.harness import Running, fixture_files, make_settings, running_server
 from tests.wsclient import assert_contiguous, open_peer
 

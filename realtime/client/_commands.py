@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import suppress
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass
+from typing import Protocol
 
 import anyio
+from anyio.streams.memory import MemoryObjectSendStream
 
-from realtime.client._connection import Client
 from realtime.client._errors import ClientError, CommandLost
 from realtime.client._events import Command, Event, Item, Log, Reset
 
@@ -77,6 +78,23 @@ class CommandTracker:
         return None
 
 
+class Runner(Protocol):
+    """What `run` needs of a client (`Client` is one): to start a command and to see every item."""
+
+    @property
+    def buffer(self) -> int: ...
+
+    @property
+    def error(self) -> BaseException | None: ...
+
+    async def exec(
+        self, cmd: str | Sequence[str], *, cwd: str | None = ..., env: Mapping[str, str] | None = ...,
+        timeout_s: float | None = ...,
+    ) -> str: ...
+
+    def watching(self, send: MemoryObjectSendStream[Item]) -> AbstractContextManager[None]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Started:
     command_id: str | None
@@ -84,7 +102,7 @@ class _Started:
 
 
 async def run(
-    client: Client,
+    client: Runner,
     cmd: str | Sequence[str],
     *,
     cwd: str | None = None,

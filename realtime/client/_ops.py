@@ -5,12 +5,10 @@ from __future__ import annotations
 import builtins
 from base64 import b64decode, b64encode
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
+from realtime.client._commands import CommandResult, Runner, run
 from realtime.client._events import Log
-
-if TYPE_CHECKING:
-    from realtime.client._commands import CommandResult
 
 __all__ = ["Ops"]
 
@@ -31,11 +29,8 @@ class Ops:
         output: Callable[[Log], object] | None = None,
     ) -> CommandResult:
         """Run a command to its end, calling `output` with each of its `Log` events; see `realtime.client.run`."""
-        from realtime.client._commands import run
-        from realtime.client._connection import Client
-
-        assert isinstance(self, Client)
-        return await run(self, cmd, cwd=cwd, env=env, timeout_s=timeout_s, output=output)
+        # `Client` (the one subclass) watches its events as `run` needs.
+        return await run(cast(Runner, self), cmd, cwd=cwd, env=env, timeout_s=timeout_s, output=output)
 
     async def ping(self) -> int:
         """The server's time (unix ms)."""

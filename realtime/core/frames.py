@@ -1,0 +1,241 @@
+"""The websocket channel's frames, sans I/O: parsing client ops, encoding server frames.
+
+Every client frame is one JSON object in a text frame: `{"op", "id", …arguments}`. Parsing never
+raises anything but `FrameError`, which carries the `id` to answer (when one could be read), a
+stable code and a message a person can act on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from realtime.core.errors import ApiError
+from realtime.core.eventlog import Event, Start
+from realtime.core.tokens import Scope
+from realtime.core.validation import CommandRequest, parse_command, parse_files, parse_path
+from runtime.base import FileUpload
+
+__all__ = [
+    "OPS",
+    "FrameError",
+    "Op",
+    "OpId",
+    "batch_frame",
+    "hello_for",
+    "hello_frame",
+    "parse_args",
+    "parse_frame",
+    "reply_error",
+    "reply_ok",
+]
+
+#: Every op a client may send, and the token scope it needs.
+OPS: Mapping[str, Scope] = {
+    "ping": Scope.read,
+    "exec": Scope.write,
+    "kill": Scope.write,
+    "write": Scope.write,
+    "read": Scope.write,
+    "list": Scope.write,
+    "delete": Scope.write,
+    "refresh": Scope.write,
+}
+
+OpId = str | int | None
+
+MAX_ID_LENGTH = 128
+#: Integers a browser can represent exactly.
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+class FrameError(Exception):
+    """A frame that cannot be carried out; answered as an error reply with `id`."""
+
+    def __init__(self, id: OpId, code: str, message: str) -> None:
+        super().__init__(message)
+        self.id = id
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """A well-formed op: its name, the client's id, and the rest of the frame as arguments."""
+
+    op: str
+    id: str | int
+    args: Mapping[str, Any]
+
+    @property
+    def scope(self) -> Scope:
+        return OPS[self.op]
+
+
+def _read_id(frame: Mapping[str, Any]) -> OpId:
+    """The frame's id if it is a usable one; `None` otherwise (the error says which)."""
+    value = frame.get("id")
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_SAFE_INTEGER:
+        return value
+    return None
+
+
+def parse_frame(raw: str | bytes | None) -> Op:
+    """Parse one client frame into an `Op`.
+
+    Raises:
+        FrameError: not JSON, not an object, no usable id, or an unknown op.
+    """
+    if not isinstance(raw, str):
+        raise FrameError(None, "bad_frame", "frames must be text frames holding one JSON object")
+    try:
+        frame = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise FrameError(None, "bad_json", "frame is not valid JSON") from None
+    if not isinstance(frame, dict):
+        raise FrameError(None, "bad_frame", f"frame must be a JSON object, got {type(frame).__name__}")
+    op_id = _read_id(frame)
+    if op_id is None:
+        if "id" not in frame or frame["id"] is None:
+            raise FrameError(None, "missing_id", "every op needs an id (a string or an integer) to answer it by")
+        raise FrameError(
+            None, "bad_id", f"id must be a non-empty string of at most {MAX_ID_LENGTH} characters or a safe integer"
+        )
+    name = frame.get("op")
+    if not isinstance(name, str):
+        raise FrameError(op_id, "bad_frame", "frame needs an op (a string)")
+    if name not in OPS:
+        raise FrameError(op_id, "unknown_op", f"unknown op {name[:64]!r}; known ops: {', '.join(OPS)}")
+    args = {key: value for key, value in frame.items() if key not in ("op", "id")}
+    return Op(op=name, id=op_id, args=args)
+
+
+# -- op arguments ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KillArgs:
+    command_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class WriteArgs:
+    files: list[FileUpload]
+
+
+@dataclass(frozen=True, slots=True)
+class PathArgs:
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshArgs:
+    revoke: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NoArgs:
+    pass
+
+
+OpArgs = CommandRequest | KillArgs | WriteArgs | PathArgs | RefreshArgs | NoArgs
+
+
+def parse_args(op: Op, *, default_timeout_s: float, max_timeout_s: float) -> OpArgs:
+    """The op's typed arguments.
+
+    Raises:
+        FrameError: an argument is missing or malformed (nothing has been done yet).
+    """
+    try:
+        return _parse_args(op, default_timeout_s=default_timeout_s, max_timeout_s=max_timeout_s)
+    except ApiError as exc:
+        raise FrameError(op.id, exc.code, exc.message) from None
+
+
+def _parse_args(op: Op, *, default_timeout_s: float, max_timeout_s: float) -> OpArgs:
+    args = op.args
+    match op.op:
+        case "exec":
+            if "wait" in args:
+                raise ApiError(400, "bad_request", "exec replies at once; its end arrives as a `command` event")
+            return parse_command(args, default_timeout_s=default_timeout_s, max_timeout_s=max_timeout_s)
+        case "kill":
+            command_id = args.get("command_id")
+            if not isinstance(command_id, str) or not 0 < len(command_id) <= MAX_ID_LENGTH:
+                raise ApiError(400, "bad_request", "kill needs a command_id (a string)")
+            return KillArgs(command_id)
+        case "write":
+            if "files" not in args:
+                raise ApiError(400, "bad_request", "write needs files: [{path, content, encoding?}]")
+            files = parse_files(args["files"])
+            if not files:
+                raise ApiError(400, "bad_request", "write needs at least one file")
+            return WriteArgs(files)
+        case "read" | "delete":
+            return PathArgs(parse_path(args.get("path")))
+        case "list":
+            return PathArgs(parse_path(args.get("path", ""), allow_root=True))
+        case "refresh":
+            revoke = args.get("revoke", False)
+            if not isinstance(revoke, bool):
+                raise ApiError(400, "bad_request", "revoke must be true or false")
+            return RefreshArgs(revoke)
+        case _:
+            return NoArgs()
+
+
+# -- server frames -----------------------------------------------------------------------------
+
+
+def hello_for(project_id: str, start: Start, snapshot: Mapping[str, Any]) -> bytes:
+    """The `hello` for a socket (or SSE stream) that `locate` placed at `start`."""
+    return hello_frame(
+        project_id=project_id,
+        epoch=start.epoch,
+        seq=start.latest,
+        since=start.cursor,
+        resumed=start.resumed,
+        snapshot=snapshot,
+    )
+
+
+def hello_frame(
+    *, project_id: str, epoch: str, seq: int, since: int, resumed: bool, snapshot: Mapping[str, Any]
+) -> bytes:
+    """The first frame: where the log stands and where this socket's stream starts (after `since`)."""
+    return orjson.dumps(
+        {
+            "type": "hello",
+            "project_id": project_id,
+            "epoch": epoch,
+            "seq": seq,
+            "since": since,
+            "resumed": resumed,
+            "snapshot": snapshot,
+        }
+    )
+
+
+def reply_ok(op_id: OpId, data: Any) -> bytes:
+    return orjson.dumps({"type": "reply", "id": op_id, "ok": True, "data": data})
+
+
+def reply_error(op_id: OpId, code: str, message: str) -> bytes:
+    return orjson.dumps({"type": "reply", "id": op_id, "ok": False, "error": {"code": code, "message": message}})
+
+
+_BATCH_HEAD = b'{"type":"batch","events":['
+_BATCH_TAIL = b"]}"
+
+
+def batch_frame(events: Sequence[Event]) -> bytes:
+    """One event's own frame, or a `batch` of several built from their already-encoded frames."""
+    if len(events) == 1:
+        return events[0].frame
+    return _BATCH_HEAD + b",".join(event.frame for event in events) + _BATCH_TAIL

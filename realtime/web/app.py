@@ -1,0 +1,226 @@
+"""The application factory: the lifespan owns every resource; requests are dispatched by host."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from realtime.cluster.cluster import Cluster, RedisCluster, SoloCluster
+from realtime.config.settings import Settings
+from realtime.core.errors import ApiError, from_runtime
+from realtime.core.signing import PreviewSigner
+from realtime.core.tokens import SessionTokens
+from realtime.fanout.hub import Hub, OutboxLimits
+from realtime.log.broker import Broker, BrokerUnavailable, MemoryBroker
+from realtime.preview.gateway import PreviewGateway
+from realtime.web.api import Services, json_response, routes
+from realtime.web.auth import BearerAuth
+from realtime.web.console import console_routes
+from realtime.web.webhook_routes import check_settings, make_callbacks, make_inbound, webhook_routes
+from realtime.web.websocket import websocket_endpoint
+from realtime.workspaces.manager import WorkspaceManager
+from runtime.base import Runtime
+from runtime.errors import RuntimeFailure
+from runtime.lifecycle import LifecycleConfig
+
+__all__ = ["create_app", "make_broker", "make_cluster", "make_runtime"]
+
+logger = logging.getLogger(__name__)
+
+RuntimeFactory = Callable[[Settings], Runtime]
+
+
+def make_broker(settings: Settings) -> Broker:
+    """Redis when `REDIS_URL` is set (instances share every log), else this process's memory."""
+    if settings.redis_url:
+        from realtime.log.redis_broker import RedisBroker
+
+        return RedisBroker(
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            max_events=settings.history_events,
+            ttl_s=settings.redis_ttl_s,
+            retry_s=settings.redis_retry_s,
+            instance=settings.instance_id,
+        )
+    return MemoryBroker(max_events=settings.history_events, max_bytes=settings.history_bytes)
+
+
+def make_cluster(settings: Settings, broker: Broker, manager: WorkspaceManager) -> Cluster:
+    """Instances share ownership through Redis when the broker is Redis; alone, one process owns all."""
+    from realtime.log.redis_broker import RedisBroker
+
+    if isinstance(broker, RedisBroker):
+        return RedisCluster(
+            broker, manager, lease_ms=settings.lease_ms, ttl_s=settings.redis_ttl_s, retry_s=settings.redis_retry_s
+        )
+    return SoloCluster(manager, settings.instance_id)
+
+
+def make_runtime(settings: Settings) -> Runtime:
+    """The configured runtime; providers with heavy SDKs are imported only when chosen."""
+    if settings.runtime == "local":
+        from runtime.local import LocalRuntime
+        from runtime.template import TemplateCache
+
+        root = settings.root.resolve()
+        template = TemplateCache(settings.template_dir, root / ".template-cache")
+        return LocalRuntime(root, template)
+    if settings.runtime == "modal":
+        from runtime.modal import ModalConfig, ModalRuntime
+
+        return ModalRuntime(
+            ModalConfig(
+                app_name=settings.modal_app_name,
+                image=settings.image,
+                registry_secret=settings.modal_registry_secret,
+                template_dir=settings.template_dir,
+                sandbox_timeout_s=settings.modal_sandbox_timeout_s,
+                idle_timeout_s=settings.modal_idle_timeout_s,
+            )
+        )
+    raise ValueError(f"runtime {settings.runtime!r} is not available in this build")
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return json_response(exc.body(), exc.status)
+
+
+async def _runtime_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RuntimeFailure)
+    error = from_runtime(exc)
+    return json_response(error.body(), error.status)
+
+
+async def _broker_unavailable(request: Request, exc: Exception) -> Response:
+    return json_response({"error": {"code": "unavailable", "message": str(exc)}}, 503)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return json_response({"error": {"code": code, "message": exc.detail}}, exc.status_code)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return json_response({"error": {"code": "internal", "message": "internal server error"}}, 500)
+
+
+class PreviewHosts:
+    """Pure ASGI middleware: requests for a preview host go to the gateway, all others on inward."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            gateway: PreviewGateway = scope["state"]["gateway"]
+            if gateway.is_preview_request(scope):
+                await gateway(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
+
+
+def create_app(
+    settings: Settings, *, runtime_factory: RuntimeFactory = make_runtime, broker: Broker | None = None
+) -> Starlette:
+    """Build the ASGI app. Resources that hold connections or tasks are created in its lifespan.
+
+    `app.state.hub` is the app's fan-out hub, which the server drains on shutdown.
+    """
+    check_settings(settings)  # webhook secrets and retry settings: refused before anything starts
+    signer = PreviewSigner(settings.signing_key, settings.preview_url)
+    tokens = SessionTokens(settings.signing_key, settings.token)
+    the_broker = broker or make_broker(settings)
+    hub = Hub(the_broker, OutboxLimits(queue_events=settings.ws_queue_events, queue_bytes=settings.ws_queue_bytes))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        runtime = runtime_factory(settings)
+        config = LifecycleConfig(
+            install_command=settings.install_command,
+            dev_command=settings.dev_command,
+            install_timeout_s=settings.install_timeout_s,
+            start_timeout_s=settings.start_timeout_s,
+            output_rate_bytes=settings.output_rate_bytes,
+            output_burst_bytes=settings.output_burst_bytes,
+        )
+        async with (
+            httpx.AsyncClient(
+                follow_redirects=False, timeout=httpx.Timeout(30.0, connect=5.0), trust_env=False
+            ) as probe_http,
+            httpx.AsyncClient(
+                follow_redirects=False, timeout=httpx.Timeout(None, connect=10.0), trust_env=False
+            ) as proxy_http,
+            anyio.create_task_group() as tg,
+        ):
+            manager = WorkspaceManager(
+                runtime=runtime,
+                broker=the_broker,
+                signer=signer,
+                config=config,
+                http=probe_http,
+                preview_ttl_s=settings.preview_ttl_s,
+            )
+            cluster = make_cluster(settings, the_broker, manager)
+            callbacks, inbound = make_callbacks(settings), make_inbound(settings)
+            manager.on_appended.append(callbacks.notify)
+            await tg.start(the_broker.run)
+            await tg.start(manager.run)
+            await tg.start(cluster.run)
+            await tg.start(hub.run)
+            await tg.start(callbacks.run)
+            services = Services(
+                settings=settings, manager=manager, broker=the_broker, tokens=tokens, cluster=cluster
+            )
+            try:
+                yield {
+                    "services": services,
+                    "hub": hub,
+                    "gateway": PreviewGateway(signer, cluster.resolve, proxy_http),
+                    "callbacks": callbacks,
+                    "inbound": inbound,
+                    "metric_sources": (callbacks, inbound),
+                }
+            finally:
+                with anyio.CancelScope(shield=True):
+                    if settings.shutdown == "handover":
+                        await cluster.hand_over()
+                    await manager.aclose()
+                    await cluster.aclose()
+                    await callbacks.aclose()  # after the workspaces stopped: their callbacks are stored
+                    await inbound.aclose()
+                    await runtime.aclose()
+                    await the_broker.aclose()
+                tg.cancel_scope.cancel()
+
+    app = Starlette(
+        routes=[
+            *webhook_routes, *routes, WebSocketRoute("/ws/projects/{project_id}", websocket_endpoint), *console_routes()
+        ],
+        lifespan=lifespan,
+        middleware=[Middleware(PreviewHosts), Middleware(BearerAuth, tokens=tokens)],
+        exception_handlers={
+            ApiError: _api_error,
+            RuntimeFailure: _runtime_error,
+            BrokerUnavailable: _broker_unavailable,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+    )
+    app.state.hub = hub
+    return app

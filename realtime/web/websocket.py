@@ -1,0 +1,291 @@
+"""The websocket channel `/ws/projects/{project_id}`: authenticate, say hello, stream events, answer ops.
+
+Per socket, in one task group: the socket's own task reads (parses client frames and starts each
+op), a second task writes (replies and the project's events from the hub's outbox, gap-free by
+cursor), and with a session token a third ends the socket when the token expires. When any of
+them ends, all do.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.abc
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from realtime.cluster.cluster import project_snapshot
+from realtime.config import logs
+from realtime.core.errors import ApiError, from_runtime
+from realtime.core.frames import (
+    FrameError,
+    KillArgs,
+    Op,
+    OpArgs,
+    PathArgs,
+    RefreshArgs,
+    WriteArgs,
+    batch_frame,
+    hello_for,
+    parse_args,
+    parse_frame,
+    reply_error,
+    reply_ok,
+)
+from realtime.core.tokens import TokenGrant
+from realtime.core.validation import CommandRequest, parse_project_id
+from realtime.fanout.hub import Behind, Closing, Hub, Outbox, locate
+from realtime.log.broker import BrokerUnavailable
+from realtime.web.api import Services
+from realtime.web.auth import Denied, bearer_token, project_grant
+from runtime.errors import RuntimeFailure
+
+__all__ = ["CLOSE_POLICY", "websocket_endpoint"]
+
+logger = logging.getLogger(__name__)
+
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_RESTART = 1012
+#: Ops one socket may have in flight; past it the reader waits (the client is pushed back on).
+MAX_IN_FLIGHT = 32
+#: Seconds a close frame may wait behind a stalled client's unread data.
+CLOSE_WAIT_S = 10.0
+
+
+def _since(raw: str | None) -> int | None:
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise Denied("since must be a non-negative integer")
+    return int(raw)
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    services: Services = websocket.state.services
+    hub: Hub = websocket.state.hub
+    await websocket.accept()
+    try:
+        project_id = parse_project_id(websocket.path_params["project_id"])
+        token = websocket.query_params.get("token") or bearer_token(websocket.scope)
+        grant = project_grant(services.tokens, token, project_id)
+        since = _since(websocket.query_params.get("since"))
+    except (Denied, ApiError) as exc:
+        await websocket.close(CLOSE_POLICY, _reason(str(exc)))
+        return
+    if hub.draining.is_set():
+        await websocket.close(CLOSE_RESTART, "server is restarting; reconnect")
+        return
+    epoch = websocket.query_params.get("epoch") or None
+    start = await locate(services.broker, project_id, since, epoch)
+    session = _Session(services, hub, websocket, project_id, grant)
+    logs.bind(project_id=project_id, connection_id=session.connection_id)
+    async with hub.subscribe(project_id, start.cursor, start.epoch) as outbox:
+        snapshot = await project_snapshot(services.cluster, services.broker, project_id)
+        outbox.push_control(hello_for(project_id, start, {**snapshot, "connection_id": session.connection_id}))
+        logger.debug(
+            "socket %s on %s: since=%s resumed=%s", session.connection_id, project_id, start.cursor, start.resumed
+        )
+        await session.run(outbox)
+
+
+def _reason(text: str) -> str:
+    """A close reason within the protocol's 123 bytes."""
+    encoded = text.encode()[:123]
+    return encoded.decode("utf-8", errors="ignore")
+
+
+@dataclass
+class _Session:
+    services: Services
+    hub: Hub
+    websocket: WebSocket
+    project_id: str
+    grant: TokenGrant
+
+    def __post_init__(self) -> None:
+        self.connection_id = "c_" + secrets.token_hex(6)
+        self._in_flight = 0
+        #: Made at the first op: most sockets only listen, and a semaphore costs ~1 KiB.
+        self._slots: anyio.Semaphore | None = None
+        self._outbox: Outbox | None = None
+
+    async def run(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+        async with anyio.create_task_group() as tg:
+
+            async def until_done(fn: Any) -> None:
+                await fn()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(until_done, self._write)
+            if self.grant.expires_at is not None:
+                tg.start_soon(self._expire, self.grant.expires_at)
+            # The reader runs in this task (one task fewer per socket than a reader of its own).
+            await self._read(tg)
+            tg.cancel_scope.cancel()
+
+    # -- the writer ----------------------------------------------------------------------------
+
+    async def _send(self, frame: bytes) -> bool:
+        """Send one text frame; False when the socket is gone."""
+        try:
+            await self.websocket.send_text(frame.decode())
+        except WebSocketDisconnect:
+            return False
+        return True
+
+    async def _write(self) -> None:
+        outbox = self._outbox
+        assert outbox is not None
+        # One scope for all the sending (not one per frame): `close()` cancels it, so neither a
+        # send blocked on a stalled client nor a wait holds a close back.
+        async with outbox.sending():
+            await self._write_frames(outbox)
+        await self._close(outbox)
+
+    async def _write_frames(self, outbox: Outbox) -> None:
+        drain_target: int | None = None
+        while True:
+            outbox.arm()
+            if not await self._send_control(outbox):
+                return
+            if outbox.closing is not None:
+                return
+            if self.hub.draining.is_set() and drain_target is None:
+                drain_target = (await self.services.broker.read(self.project_id, 0, limit=0)).latest
+            try:
+                events = await outbox.next_events()
+            except Behind as behind:
+                outbox.close(behind.closing)
+                return
+            if events:
+                if not await self._send(batch_frame(events)):
+                    return
+                stats = self.hub.stats
+                stats.events_delivered += len(events)
+                stats.frames_sent += 1
+                stats.batches_sent += len(events) > 1
+                continue
+            if drain_target is not None and outbox.cursor >= drain_target and self._in_flight == 0:
+                outbox.close(Closing(CLOSE_RESTART, "server is restarting; reconnect with since"))
+                return
+            await outbox.wait()
+
+    async def _send_control(self, outbox: Outbox) -> bool:
+        """Send the queued replies and hello; a function of its own so no frame outlives its sending."""
+        for frame in outbox.control():
+            if not await self._send(frame):
+                return False
+        return True
+
+    async def _close(self, outbox: Outbox) -> None:
+        closing = outbox.closing
+        if closing is None:
+            return  # the client went away
+        logger.debug("socket %s on %s: close %s %s", self.connection_id, self.project_id, closing.code, closing.reason)
+        # A stalled client's unread data holds the close frame back: wait for it, but not forever.
+        with anyio.move_on_after(CLOSE_WAIT_S, shield=True), suppress(WebSocketDisconnect, RuntimeError):
+            await self.websocket.close(closing.code, _reason(closing.reason))
+
+    async def _expire(self, expires_at: int) -> None:
+        await anyio.sleep(max(0.0, expires_at - time.time()))
+        assert self._outbox is not None
+        self._outbox.close(Closing(CLOSE_POLICY, "token expired; reconnect with a fresh token and since"))
+
+    # -- the reader ----------------------------------------------------------------------------
+
+    async def _read(self, tg: anyio.abc.TaskGroup) -> None:
+        outbox = self._outbox
+        assert outbox is not None
+        limit = self.services.settings.ws_max_frame_bytes
+        while True:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            raw = message.get("text")
+            if raw is None:
+                raw = message.get("bytes")
+            if outbox.closing is not None:
+                continue  # closing: wait for the client's close
+            if raw is not None and len(raw) > limit:
+                outbox.close(Closing(CLOSE_TOO_BIG, f"frame over {limit} bytes"))
+                continue
+            parsed = self._parse(raw)
+            if parsed is not None:
+                if self._slots is None:
+                    self._slots = anyio.Semaphore(MAX_IN_FLIGHT)
+                await self._slots.acquire()  # past MAX_IN_FLIGHT ops, stop reading: the client waits
+                self._in_flight += 1
+                tg.start_soon(self._run_op, *parsed)
+
+    def _parse(self, raw: str | bytes | None) -> tuple[Op, OpArgs] | None:
+        """The op and its arguments, or None after queueing the error reply."""
+        assert self._outbox is not None
+        settings = self.services.settings
+        try:
+            op = parse_frame(raw)
+            if not self.grant.allows(self.project_id, op.scope):
+                raise FrameError(op.id, "forbidden", f"a {self.grant.scope.value}-scope token may not {op.op}")
+            if self.hub.draining.is_set():
+                raise FrameError(op.id, "unavailable", "server is restarting; reconnect and retry")
+            args = parse_args(
+                op, default_timeout_s=settings.command_timeout_s, max_timeout_s=settings.max_command_timeout_s
+            )
+        except FrameError as exc:
+            self._outbox.push_control(reply_error(exc.id, exc.code, exc.message))
+            return None
+        return op, args
+
+    async def _run_op(self, op: Op, args: OpArgs) -> None:
+        assert self._outbox is not None
+        try:
+            frame = reply_ok(op.id, await self._perform(op, args))
+        except ApiError as exc:
+            frame = reply_error(op.id, exc.code, exc.message)
+        except RuntimeFailure as exc:
+            error = from_runtime(exc)
+            frame = reply_error(op.id, error.code, error.message)
+        except BrokerUnavailable as exc:
+            frame = reply_error(op.id, "unavailable", str(exc))
+        except Exception:
+            # A bug in one op must not take the socket down: answer it and keep serving.
+            logger.exception("socket %s on %s: op %s failed", self.connection_id, self.project_id, op.op)
+            frame = reply_error(op.id, "internal", "internal error; see the server log")
+        finally:
+            self._in_flight -= 1
+            assert self._slots is not None
+            self._slots.release()
+        self._outbox.push_control(frame)
+
+    async def _perform(self, op: Op, args: OpArgs) -> Any:
+        if op.op == "ping":
+            return {"ts": int(time.time() * 1000)}
+        cluster = self.services.cluster
+        if isinstance(args, RefreshArgs):
+            return await cluster.call(self.project_id, "refresh", {"revoke": args.revoke})
+        # The rest change the workspace and are short: a client going away mid-op must not leave
+        # a started process without its supervisor, or a write without its `file` events.
+        with anyio.CancelScope(shield=True):
+            return await cluster.call(self.project_id, *self._wire(op, args))
+
+    def _wire(self, op: Op, args: OpArgs) -> tuple[str, dict[str, Any]]:
+        """The op's name and arguments as the cluster forwards them to the project's owner."""
+        request_id = f"{self.connection_id}:{op.id}"
+        match args:
+            case CommandRequest():
+                return "exec", {"command": args}
+            case KillArgs(command_id=command_id):
+                return "kill", {"command_id": command_id}
+            case WriteArgs(files=files):
+                return "write", {"files": files, "request_id": request_id}
+            case PathArgs(path=path) if op.op in ("read", "list"):
+                return op.op, {"path": path}
+            case PathArgs(path=path):
+                return "delete", {"path": path, "request_id": request_id}
+        raise AssertionError(f"unhandled op {op.op}")
