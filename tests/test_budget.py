@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from realtime.config.settings import ConfigError, Settings
-from runtime.budget import Admission, Dropped, OutputBudget, count_lines
+from runtime.workspace.budget import Admission, Dropped, OutputBudget, count_lines
 from tests.harness import fixture_files, make_settings, running_server
 from tests.test_lifecycle_api import wait_for_event
 

@@ -27,11 +27,11 @@ from runtime.base import (
     Stream,
 )
 from runtime.errors import FileNotFound, NotADirectory, PathError, ProviderError
-from runtime.groups import WORKSPACE_ENV, live_members
 from runtime.lines import LineBuffer
-from runtime.local import LocalRuntime, LocalSandbox
-from runtime.process import LocalProcess
-from runtime.template import TemplateCache
+from runtime.local.groups import WORKSPACE_ENV, live_members
+from runtime.local.process import LocalProcess
+from runtime.local.runtime import LocalRuntime, LocalSandbox
+from runtime.local.template import TemplateCache
 from runtime.watch import ChangeTracker, EchoSuppression, is_ignored
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process-group checks read /proc")

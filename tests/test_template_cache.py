@@ -11,7 +11,7 @@ import pytest
 
 from runtime.base import INSTALL_MARKER
 from runtime.errors import ProviderError
-from runtime.template import TemplateCache, link_tree
+from runtime.local.template import TemplateCache, link_tree
 
 # Stands in for `npm install`: counts its runs, makes a package and a .bin symlink to it.
 FAKE_INSTALL = """

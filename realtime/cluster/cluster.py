@@ -44,7 +44,7 @@ from realtime.log.broker import Broker
 from realtime.log.redis_broker import RedisBroker, retrying
 from realtime.workspaces import dispatch, operations
 from realtime.workspaces.manager import WorkspaceManager
-from runtime.lifecycle import State, Workspace
+from runtime.workspace.lifecycle import State, Workspace
 
 __all__ = ["Cluster", "RedisCluster", "SoloCluster", "project_snapshot"]
 
@@ -593,9 +593,10 @@ class RedisCluster:
         entry = {**workspace.snapshot(), "owner": self.instance, "updated_at": int(time.time() * 1000)}
         entry["env"] = workspace.env
         entry["generation"] = self._manager.generation(project_id)
-        if workspace.preview is not None and workspace.sandbox is not None and workspace.port is not None:
-            entry["origin"] = await workspace.sandbox.preview_origin(workspace.port)
-            entry["preview_key"] = self._manager.signer.project_key(project_id)
+        origin = await workspace.preview_origin()
+        if origin is not None:
+            entry["origin"] = origin
+            entry["preview_key"] = self._manager.preview_key(project_id)
         stopped = workspace.state is State.stopped
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.set(self._key(project_id, "workspace"), orjson.dumps(entry), ex=self._ttl_s)

@@ -33,7 +33,7 @@ from realtime.web.websocket import websocket_endpoint
 from realtime.workspaces.manager import WorkspaceManager
 from runtime.base import Runtime
 from runtime.errors import RuntimeFailure
-from runtime.lifecycle import LifecycleConfig
+from runtime.workspace.lifecycle import LifecycleConfig
 
 __all__ = ["create_app", "make_broker", "make_cluster", "make_runtime"]
 
@@ -72,14 +72,14 @@ def make_cluster(settings: Settings, broker: Broker, manager: WorkspaceManager) 
 def make_runtime(settings: Settings) -> Runtime:
     """The configured runtime; providers with heavy SDKs are imported only when chosen."""
     if settings.runtime == "local":
-        from runtime.local import LocalRuntime
-        from runtime.template import TemplateCache
+        from runtime.local.runtime import LocalRuntime
+        from runtime.local.template import TemplateCache
 
         root = settings.root.resolve()
         template = TemplateCache(settings.template_dir, root / ".template-cache")
         return LocalRuntime(root, template)
     if settings.runtime == "modal":
-        from runtime.modal import ModalConfig, ModalRuntime
+        from runtime.modal.runtime import ModalConfig, ModalRuntime
 
         return ModalRuntime(
             ModalConfig(

@@ -13,7 +13,7 @@ from realtime.cluster.cluster import Cluster
 from realtime.fanout.hub import Hub
 from realtime.log.broker import Broker
 from realtime.workspaces.manager import WorkspaceManager
-from runtime.lifecycle import State
+from runtime.workspace.lifecycle import State
 
 __all__ = ["CounterSource", "ServiceCollector", "render"]
 

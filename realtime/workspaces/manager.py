@@ -16,7 +16,7 @@ from realtime.config import logs
 from realtime.core.signing import PreviewSigner, PreviewTarget
 from realtime.log.broker import Broker, BrokerUnavailable
 from runtime.base import FileUpload, Runtime
-from runtime.lifecycle import LifecycleConfig, State, Workspace
+from runtime.workspace.lifecycle import LifecycleConfig, State, Workspace
 
 __all__ = ["Appended", "WorkspaceManager"]
 
@@ -53,7 +53,7 @@ class WorkspaceManager:
     ) -> None:
         self.runtime = runtime
         self.broker = broker
-        self.signer = signer
+        self._signer = signer
         self._config = config
         self._http = http
         self._preview_ttl_s = preview_ttl_s
@@ -157,8 +157,12 @@ class WorkspaceManager:
     def sign(self, project_id: str, port: int) -> dict[str, Any]:
         expires_at = int(time.time()) + self._preview_ttl_s
         generation = self._generations.setdefault(project_id, 0)
-        self._keys[self.signer.project_key(project_id)] = project_id
-        return {"url": self.signer.url(project_id, generation, expires_at), "expires_at": expires_at}
+        self._keys[self._signer.project_key(project_id)] = project_id
+        return {"url": self._signer.url(project_id, generation, expires_at), "expires_at": expires_at}
+
+    def preview_key(self, project_id: str) -> str:
+        """The key a preview hostname of the project carries (see `PreviewSigner.project_key`)."""
+        return self._signer.project_key(project_id)
 
     def generation(self, project_id: str) -> int:
         """How many times the project's preview URLs were revoked (signed URLs carry it)."""
@@ -175,8 +179,8 @@ class WorkspaceManager:
     async def resolve(self, project_key: str) -> PreviewTarget | None:
         project_id = self._keys.get(project_key)
         workspace = self._workspaces.get(project_id) if project_id else None
-        if workspace is None or workspace.sandbox is None or workspace.port is None or workspace.preview is None:
+        origin = None if workspace is None else await workspace.preview_origin()
+        if workspace is None or origin is None:
             return None
-        origin = await workspace.sandbox.preview_origin(workspace.port)
         return PreviewTarget(project_id=workspace.project_id, origin=origin,
                              generation=self._generations.get(workspace.project_id, 0))

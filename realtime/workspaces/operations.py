@@ -14,8 +14,8 @@ from realtime.core.errors import ApiError
 from realtime.core.validation import CommandRequest
 from realtime.workspaces.manager import WorkspaceManager
 from runtime.base import FileUpload
-from runtime.commands import CommandRun
-from runtime.lifecycle import Workspace
+from runtime.workspace.commands import CommandRun
+from runtime.workspace.lifecycle import Workspace
 
 __all__ = [
     "delete_path",
@@ -65,10 +65,9 @@ async def write_files(workspace: Workspace, files: Sequence[FileUpload], request
 
 async def read_path(workspace: Workspace, path: str) -> dict[str, Any]:
     """A file's content: UTF-8 text when it decodes, base64 otherwise."""
-    sandbox = workspace.require_sandbox()
-    if await sandbox.is_dir(path):
+    if await workspace.is_dir(path):
         raise ApiError(400, "not_a_file", f"{path!r} is a directory; use list")
-    raw = await sandbox.read_file(path)
+    raw = await workspace.read_file(path)
     try:
         return {"path": path, "content": raw.decode("utf-8"), "encoding": "utf-8"}
     except UnicodeDecodeError:
@@ -76,13 +75,13 @@ async def read_path(workspace: Workspace, path: str) -> dict[str, Any]:
 
 
 async def list_path(workspace: Workspace, path: str) -> dict[str, Any]:
-    entries = await workspace.require_sandbox().list_dir(path)
+    entries = await workspace.list_dir(path)
     return {"path": path, "entries": [{"name": e.name, "type": e.type, "size": e.size} for e in entries]}
 
 
 async def list_or_read(workspace: Workspace, path: str) -> dict[str, Any]:
     """A directory's listing, or a file's content (the HTTP route serves both)."""
-    if path == "" or await workspace.require_sandbox().is_dir(path):
+    if path == "" or await workspace.is_dir(path):
         return await list_path(workspace, path)
     return await read_path(workspace, path)
 

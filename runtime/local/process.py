@@ -20,8 +20,8 @@ from pathlib import Path
 import anyio
 
 from runtime.base import OutputSink, Stream
-from runtime.groups import WORKSPACE_ENV, group_alive, signal_group, stop_group
 from runtime.lines import LineBuffer
+from runtime.local.groups import WORKSPACE_ENV, group_alive, signal_group, stop_group
 
 __all__ = ["CHUNK", "STRAGGLER_GRACE", "LocalProcess", "base_env", "exit_code"]
 

@@ -27,11 +27,11 @@ import anyio
 
 from runtime.base import PROJECT_ID_PATTERN, DirEntry, FileChange, FileUpload, OutputSink, WrittenFile
 from runtime.errors import FileNotFound, NotADirectory, PathError, ProviderError
-from runtime.files import WorkspaceFiles
-from runtime.groups import PidFile, kill_stale_groups
+from runtime.local.files import WorkspaceFiles
+from runtime.local.groups import PidFile, kill_stale_groups
+from runtime.local.process import LocalProcess, base_env
+from runtime.local.template import TemplateCache
 from runtime.paths import resolve_in
-from runtime.process import LocalProcess, base_env
-from runtime.template import TemplateCache
 from runtime.watch import EchoSuppression, watch_workspace
 
 __all__ = ["LocalRuntime", "LocalSandbox"]

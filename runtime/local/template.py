@@ -30,7 +30,7 @@ import anyio
 
 from runtime.base import INSTALL_MARKER, Stream
 from runtime.errors import ProviderError
-from runtime.process import LocalProcess, base_env
+from runtime.local.process import LocalProcess, base_env
 
 __all__ = ["TemplateCache", "link_tree"]
 

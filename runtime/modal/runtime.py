@@ -67,11 +67,11 @@ from runtime.base import (
     Stream,
     WrittenFile,
 )
-from runtime.commands import KILL_GRACE_S
 from runtime.errors import FileNotFound, NotADirectory, PathError, ProviderError
 from runtime.lines import LineBuffer
 from runtime.paths import normalize
 from runtime.watch import is_ignored
+from runtime.workspace.commands import KILL_GRACE_S
 
 __all__ = ["ModalConfig", "ModalProcess", "ModalRuntime", "ModalSandbox", "RetryPolicy", "sandbox_name"]
 

@@ -21,10 +21,28 @@ import anyio
 import anyio.abc
 import httpx
 
-from runtime.base import INSTALL_MARKER, DevReattach, FileUpload, Process, Runtime, Sandbox, Stream, WrittenFile
-from runtime.budget import Dropped, OutputBudget, count_lines
-from runtime.commands import KILL_GRACE_S, CommandRun, Emit, finish_command, log_sink, new_command_id, start_command
+from runtime.base import (
+    INSTALL_MARKER,
+    DevReattach,
+    DirEntry,
+    FileUpload,
+    Process,
+    Runtime,
+    Sandbox,
+    Stream,
+    WrittenFile,
+)
 from runtime.errors import FileNotFound, RuntimeFailure, WorkspaceBusy
+from runtime.workspace.budget import Dropped, OutputBudget, count_lines
+from runtime.workspace.commands import (
+    KILL_GRACE_S,
+    CommandRun,
+    Emit,
+    finish_command,
+    log_sink,
+    new_command_id,
+    start_command,
+)
 
 __all__ = ["LifecycleConfig", "State", "Workspace", "WorkspaceBusy"]
 
@@ -59,7 +77,7 @@ class LifecycleConfig:
     dev_command: str = "npm run dev"
     install_timeout_s: float = 900.0
     start_timeout_s: float = 180.0
-    #: The output budget shared by every log source of the workspace (see `runtime.budget`).
+    #: The output budget shared by every log source of the workspace (see `runtime.workspace.budget`).
     output_rate_bytes: float = 1024 * 1024
     output_burst_bytes: int = 16 * 1024 * 1024
 
@@ -362,6 +380,21 @@ class Workspace:
         if self.sandbox is None or self._closed.is_set():
             raise WorkspaceBusy(f"workspace {self.project_id} has no running sandbox")
         return self.sandbox
+
+    async def read_file(self, path: str) -> bytes:
+        return await self.require_sandbox().read_file(path)
+
+    async def list_dir(self, path: str) -> list[DirEntry]:
+        return await self.require_sandbox().list_dir(path)
+
+    async def is_dir(self, path: str) -> bool:
+        return await self.require_sandbox().is_dir(path)
+
+    async def preview_origin(self) -> str | None:
+        """Where the running preview is served (a local port, a provider tunnel); None without one."""
+        if self.sandbox is None or self.port is None or self.preview is None:
+            return None
+        return await self.sandbox.preview_origin(self.port)
 
     async def write(self, files: Sequence[FileUpload], request_id: str) -> list[WrittenFile]:
         written = await self.require_sandbox().write_files(files)
