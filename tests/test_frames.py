@@ -510,7 +510,7 @@ def test_ping_takes_no_arguments() -> None:
     """`ping` needs read scope only; extra fields are kept as args and ignored."""
     op, args = parse({"op": "ping", "id": 1})
     assert (op.op, op.id, dict(op.args), args) == ("ping", 1, {}, NoArgs())
-    assert op.scope.value == "read"
+    assert op.access.value == "read"
     op, args = parse('{"op":"ping","id":"p","extra":[1,2]}')
     assert (op.id, dict(op.args), args) == ("p", {"extra": [1, 2]}, NoArgs())
 
@@ -523,7 +523,7 @@ def test_every_other_op_needs_write_scope() -> None:
 def test_exec_with_a_string_runs_under_sh() -> None:
     """A string `cmd` runs under `sh -c`; cwd is normalised, timeout_s taken as given."""
     op, args = parse({"op": "exec", "id": "x", "cmd": "npm test", "cwd": "./app/", "timeout_s": 5})
-    assert op.scope.value == "write"
+    assert op.access.value == "write"
     assert args == CommandRequest(["sh", "-c", "npm test"], "app", None, 5.0, False)
 
 

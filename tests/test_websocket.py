@@ -14,7 +14,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from realtime.core.tokens import Scope, SessionTokens
+from realtime.core.tokens import Access, SessionTokens
 from tests.harness import Running, fixture_files, make_settings, running_server
 from tests.wsclient import assert_contiguous, open_peer
 
@@ -276,9 +276,9 @@ async def test_a_client_that_falls_out_of_history_is_closed_1013_and_resumes(tmp
 @NO_SANDBOX
 async def test_auth_failures_close_with_1008(server: Running) -> None:
     tokens = SessionTokens(server.settings.signing_key, server.settings.token)
-    expired, _ = tokens.mint("demo", Scope.write, 60, now=time.time() - 3600)
-    other, _ = tokens.mint("other", Scope.write)
-    forged = SessionTokens(b"another key", "x").mint("demo", Scope.write)[0]
+    expired, _ = tokens.mint("demo", Access.write, 60, now=time.time() - 3600)
+    other, _ = tokens.mint("other", Access.write)
+    forged = SessionTokens(b"another key", "x").mint("demo", Access.write)[0]
     cases = [
         (server.ws_url("demo"), "missing token"),
         (server.ws_url("demo", token=expired), "token expired"),
@@ -294,7 +294,7 @@ async def test_auth_failures_close_with_1008(server: Running) -> None:
         assert code == 1008, (expected, code, reason)
         assert expected in reason, (expected, reason)
     # The Authorization header works as well as the query parameter; the server is still up.
-    good, _ = tokens.mint("demo", Scope.read)
+    good, _ = tokens.mint("demo", Access.read)
     async with open_peer(server.ws_url("demo"), additional_headers={"Authorization": f"Bearer {good}"}) as peer:
         assert (await peer.request("ping"))["ok"] is True
 
@@ -302,7 +302,7 @@ async def test_auth_failures_close_with_1008(server: Running) -> None:
 @NO_SANDBOX
 async def test_a_session_token_ends_its_socket_when_it_expires(server: Running) -> None:
     tokens = SessionTokens(server.settings.signing_key, server.settings.token)
-    token, _ = tokens.mint("demo", Scope.read, 1)
+    token, _ = tokens.mint("demo", Access.read, 1)
     async with connect(server.ws_url("demo", token=token)) as ws:
         code, reason = await closed_with(ws)
     assert code == 1008 and "expired" in reason

@@ -38,10 +38,11 @@ import orjson
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from realtime.config import logs
-from realtime.core.errors import ApiError
+from realtime.core.errors import INTERNAL, ApiError, error_for
 from realtime.core.signing import PreviewTarget
 from realtime.log.broker import Broker
-from realtime.log.redis_broker import RedisBroker, retrying
+from realtime.log.redis_broker import RedisBroker
+from realtime.redis.connection import retrying
 from realtime.workspaces import dispatch, operations
 from realtime.workspaces.manager import WorkspaceManager
 from runtime.workspace.lifecycle import State, Workspace
@@ -151,7 +152,7 @@ async def _execute(manager: WorkspaceManager, project_id: str, op: str, args: Ma
     try:
         return await dispatch.execute(manager, project_id, op, args)
     except Exception as exc:
-        error = dispatch.as_api_error(exc)
+        error = error_for(exc)
         if error is None:
             raise
         raise error from None
@@ -178,7 +179,7 @@ class RedisCluster:
         self._broker = broker
         self._redis = broker.redis
         self._manager = manager
-        self._prefix = broker.keys.prefix
+        self._keys = broker.keys
         self._lease_ms = lease_ms
         self._ttl_s = ttl_s
         self._retry_s = retry_s
@@ -195,22 +196,6 @@ class RedisCluster:
         manager.on_appended.append(self._appended)
         manager.on_ended.append(self.ended)
 
-    # -- names -----------------------------------------------------------------------------------
-
-    def _key(self, project_id: str, name: str) -> str:
-        return f"{self._prefix}:{{{project_id}}}:{name}"
-
-    @property
-    def _active(self) -> str:
-        return f"{self._prefix}:workspaces"
-
-    @property
-    def _reply_channel(self) -> str:
-        return f"{self._prefix}:reply:{self.instance}"
-
-    def _preview_key(self, key: str) -> str:
-        return f"{self._prefix}:preview:{key}"
-
     @property
     def leases_held(self) -> int:
         return len(self._owned)
@@ -221,7 +206,7 @@ class RedisCluster:
     # -- lifetime --------------------------------------------------------------------------------
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        await self._broker.listen(self._reply_channel, self._on_reply)
+        await self._broker.listen(self._keys.reply(self.instance), self._on_reply)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._leases)
@@ -243,7 +228,7 @@ class RedisCluster:
         entry = await self._entry(project_id)
         if entry is not None:
             entry["commands"] = []
-            await self._redis.set(self._key(project_id, "workspace"), orjson.dumps(entry), ex=self._ttl_s)
+            await self._redis.set(self._keys.workspace(project_id), orjson.dumps(entry), ex=self._ttl_s)
         await self._give_up(project_id)
         logger.info("instance %s handed project %s over", self.instance, project_id)
 
@@ -266,11 +251,11 @@ class RedisCluster:
             return await self._execute_owned(project_id, op, args)
         call_id = f"{self.instance}:{secrets.token_hex(8)}"
         request = orjson.dumps(
-            {"id": call_id, "op": op, "args": dispatch.encode_args(op, args), "reply": self._reply_channel}
+            {"id": call_id, "op": op, "args": dispatch.encode_args(op, args), "reply": self._keys.reply(self.instance)}
         )
         send, receive = anyio.create_memory_object_stream[dict[str, Any]](16)
         self._waiting[call_id] = send
-        channel = self._key(project_id, "commands")
+        channel = self._keys.commands(project_id)
         # Long enough for a dead owner's lease to lapse and someone (maybe us) to take over.
         deadline = time.monotonic() + self._lease_ms / 1000 * 2 + ACK_S
         delay = 0.02
@@ -320,7 +305,7 @@ class RedisCluster:
                         raise _Retry
             if owner is None:
                 raise _Retry
-            current = await retrying(lambda: self._redis.get(self._key(project_id, "owner")), self._retry_s)
+            current = await retrying(lambda: self._redis.get(self._keys.owner(project_id)), self._retry_s)
             if current is not None and current.decode() == owner:
                 continue
             if op in dispatch.IDEMPOTENT:
@@ -335,7 +320,7 @@ class RedisCluster:
             message = orjson.loads(payload)
             send = self._waiting.get(message["id"])
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            logger.warning("malformed reply on %s: %r", self._reply_channel, payload[:200])
+            logger.warning("malformed reply on %s: %r", self._keys.reply(self.instance), payload[:200])
             return
         if send is not None:
             with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -387,9 +372,7 @@ class RedisCluster:
             message = {"type": "error", **exc.body()["error"], "status": exc.status}
         except Exception:
             logger.exception("op %s on %s failed", op, project_id)
-            message = {
-                "type": "error", "status": 500, "code": "internal", "message": "internal error; see the server log",
-            }
+            message = {"type": "error", **INTERNAL.body()["error"], "status": INTERNAL.status}
         served.reply = orjson.dumps({"id": call_id, **message})
         served.done.set()
         await send(served.reply)
@@ -430,7 +413,7 @@ class RedisCluster:
             entry = await self._entry(project_id)
             if entry is None or entry.get("state") == State.stopped:
                 raise operations.no_workspace(project_id)
-        key = self._key(project_id, "owner")
+        key = self._keys.owner(project_id)
         taken = await retrying(
             lambda: self._redis.set(key, self.instance, nx=True, px=self._lease_ms), self._retry_s
         )
@@ -441,15 +424,15 @@ class RedisCluster:
 
     async def _hold(self, project_id: str) -> None:
         self._owned.add(project_id)
-        await self._broker.listen(self._key(project_id, "commands"), self._on_request(project_id))
+        await self._broker.listen(self._keys.commands(project_id), self._on_request(project_id))
         logger.info("instance %s owns project %s", self.instance, project_id)
 
     async def _give_up(self, project_id: str) -> None:
         if project_id not in self._owned:
             return
         self._owned.discard(project_id)
-        await self._broker.unlisten(self._key(project_id, "commands"))
-        key = self._key(project_id, "owner")
+        await self._broker.unlisten(self._keys.commands(project_id))
+        key = self._keys.owner(project_id)
         try:
             await retrying(lambda: self._release(keys=[key], args=[self.instance]), self._retry_s)
         except Exception as exc:  # noqa: BLE001 - the lease lapses on its own
@@ -472,7 +455,7 @@ class RedisCluster:
         # One round trip for all of them (a pipeline, not a transaction: their keys are on many slots).
         async with self._redis.pipeline(transaction=False) as pipe:
             for project_id in projects:
-                key = self._key(project_id, "owner")
+                key = self._keys.owner(project_id)
                 await self._renew(keys=[key], args=[self.instance, self._lease_ms], client=pipe)
             outcomes = await pipe.execute()
         for project_id, outcome in zip(projects, outcomes, strict=True):
@@ -485,29 +468,29 @@ class RedisCluster:
             elif outcome == 0:
                 logger.warning("instance %s lost project %s to another instance; detaching", self.instance, project_id)
                 self._owned.discard(project_id)
-                await self._broker.unlisten(self._key(project_id, "commands"))
+                await self._broker.unlisten(self._keys.commands(project_id))
                 assert self._tg is not None
                 self._tg.start_soon(self._manager.detach, project_id)
 
     async def _sweep(self) -> None:
-        projects = [p.decode() for p in await self._redis.smembers(self._active)]
+        projects = [p.decode() for p in await self._redis.smembers(self._keys.active)]
         candidates = [p for p in projects if p not in self._owned and p not in self._adopting]
         if not candidates:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for project_id in candidates:
-                pipe.exists(self._key(project_id, "owner"), self._key(project_id, "workspace"))
+                pipe.exists(self._keys.owner(project_id), self._keys.workspace(project_id))
             counts = await pipe.execute()
         for project_id, count in zip(candidates, counts, strict=True):
             if count == 0:  # neither owner nor entry: the entry expired
-                await self._redis.srem(self._active, project_id)
+                await self._redis.srem(self._keys.active, project_id)
                 continue
             if count == 2:
                 continue
             entry = await self._entry(project_id)
             if entry is None or entry.get("state") == State.stopped:
                 continue
-            key = self._key(project_id, "owner")
+            key = self._keys.owner(project_id)
             if await self._redis.set(key, self.instance, nx=True, px=self._lease_ms):
                 # Marked before anything can wait, so an op arriving meanwhile waits for this adoption.
                 self._adopting[project_id] = anyio.Event()
@@ -599,19 +582,19 @@ class RedisCluster:
             entry["preview_key"] = self._manager.preview_key(project_id)
         stopped = workspace.state is State.stopped
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(self._key(project_id, "workspace"), orjson.dumps(entry), ex=self._ttl_s)
+            pipe.set(self._keys.workspace(project_id), orjson.dumps(entry), ex=self._ttl_s)
             if stopped:
-                pipe.srem(self._active, project_id)
+                pipe.srem(self._keys.active, project_id)
             else:
-                pipe.sadd(self._active, project_id)
+                pipe.sadd(self._keys.active, project_id)
             if "preview_key" in entry:
-                pipe.set(self._preview_key(entry["preview_key"]), project_id, ex=self._ttl_s)
+                pipe.set(self._keys.preview(entry["preview_key"]), project_id, ex=self._ttl_s)
             await pipe.execute()
         if ended is not None:
             await self._give_up(project_id)
 
     async def _entry(self, project_id: str) -> dict[str, Any] | None:
-        raw = await retrying(lambda: self._redis.get(self._key(project_id, "workspace")), self._retry_s)
+        raw = await retrying(lambda: self._redis.get(self._keys.workspace(project_id)), self._retry_s)
         return None if raw is None else dict(orjson.loads(raw))
 
     async def snapshot(self, project_id: str) -> dict[str, Any] | None:
@@ -624,19 +607,19 @@ class RedisCluster:
         for name in (*PRIVATE, "updated_at"):
             entry.pop(name, None)
         # Who holds the lease now (None between an owner's death and the adoption).
-        owner = await retrying(lambda: self._redis.get(self._key(project_id, "owner")), self._retry_s)
+        owner = await retrying(lambda: self._redis.get(self._keys.owner(project_id)), self._retry_s)
         entry["owner"] = owner.decode() if owner is not None else None
         return entry
 
     async def projects(self) -> set[str]:
-        active = await retrying(lambda: self._redis.smembers(self._active), self._retry_s)
+        active = await retrying(lambda: self._redis.smembers(self._keys.active), self._retry_s)
         return {p.decode() for p in active} | {workspace.project_id for workspace in self._manager.all()}
 
     async def resolve(self, project_key: str) -> PreviewTarget | None:
         local = await self._manager.resolve(project_key)
         if local is not None:
             return local
-        raw = await self._redis.get(self._preview_key(project_key))
+        raw = await self._redis.get(self._keys.preview(project_key))
         if raw is None:
             return None
         entry = await self._entry(raw.decode())

@@ -1,10 +1,10 @@
-"""API errors: one exception carrying the status, a stable code and a message for people."""
+"""Errors clients are told, and the one map from an exception to what they are told (`error_for`)."""
 
 from __future__ import annotations
 
 from runtime.errors import FileNotFound, NotADirectory, PathError, ProviderError, RuntimeFailure, WorkspaceBusy
 
-__all__ = ["ApiError", "from_runtime"]
+__all__ = ["INTERNAL", "ApiError", "BrokerUnavailable", "error_for", "from_runtime"]
 
 
 class ApiError(Exception):
@@ -19,6 +19,13 @@ class ApiError(Exception):
     def body(self) -> dict[str, dict[str, str]]:
         return {"error": {"code": self.code, "message": self.message}}
 
+
+class BrokerUnavailable(Exception):
+    """The broker stayed unreachable through its retries; nothing was appended."""
+
+
+#: What a client is told of a bug: nothing of its details (the server log has them).
+INTERNAL = ApiError(500, "internal", "internal error; see the server log")
 
 _STATUS: list[tuple[type[RuntimeFailure], int]] = [
     (PathError, 400),
@@ -35,3 +42,15 @@ def from_runtime(exc: RuntimeFailure) -> ApiError:
         if isinstance(exc, kind):
             return ApiError(status, exc.code, str(exc))
     return ApiError(500, exc.code, str(exc))
+
+
+def error_for(exc: BaseException) -> ApiError | None:
+    """What a client is told for `exc` (HTTP, websocket reply, forwarded op alike); None for a bug,
+    which the caller logs and answers with `INTERNAL`."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, RuntimeFailure):
+        return from_runtime(exc)
+    if isinstance(exc, BrokerUnavailable):
+        return ApiError(503, "unavailable", str(exc))
+    return None

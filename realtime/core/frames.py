@@ -15,7 +15,7 @@ import orjson
 
 from realtime.core.errors import ApiError
 from realtime.core.eventlog import Event, Start
-from realtime.core.tokens import Scope
+from realtime.core.tokens import Access
 from realtime.core.validation import CommandRequest, parse_command, parse_files, parse_path
 from runtime.base import FileUpload
 
@@ -34,15 +34,15 @@ __all__ = [
 ]
 
 #: Every op a client may send, and the token scope it needs.
-OPS: Mapping[str, Scope] = {
-    "ping": Scope.read,
-    "exec": Scope.write,
-    "kill": Scope.write,
-    "write": Scope.write,
-    "read": Scope.write,
-    "list": Scope.write,
-    "delete": Scope.write,
-    "refresh": Scope.write,
+OPS: Mapping[str, Access] = {
+    "ping": Access.read,
+    "exec": Access.write,
+    "kill": Access.write,
+    "write": Access.write,
+    "read": Access.write,
+    "list": Access.write,
+    "delete": Access.write,
+    "refresh": Access.write,
 }
 
 OpId = str | int | None
@@ -71,7 +71,7 @@ class Op:
     args: Mapping[str, Any]
 
     @property
-    def scope(self) -> Scope:
+    def access(self) -> Access:
         return OPS[self.op]
 
 

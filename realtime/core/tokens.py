@@ -9,13 +9,18 @@ from dataclasses import dataclass
 
 import jwt
 
-__all__ = ["AUDIENCE", "Scope", "SessionTokens", "TokenError", "TokenGrant"]
+__all__ = ["AUDIENCE", "Access", "SessionTokens", "TokenError", "TokenGrant"]
 
 AUDIENCE = "qai-workspace"
 ALGORITHM = "HS256"
 
 
-class Scope(enum.StrEnum):
+class Access(enum.StrEnum):
+    """What a session token lets its holder do: `read` watches a project, `write` also runs its ops.
+
+    (Called a token's "scope" on the wire; not to be confused with the ASGI scope or a cancel scope.)
+    """
+
     read = "read"
     write = "write"
 
@@ -29,15 +34,15 @@ class TokenGrant:
     """What a presented token allows. The service token allows everything on every project."""
 
     project_id: str | None
-    scope: Scope
+    access: Access
     service: bool = False
     #: Unix seconds after which the grant ends (a session token's `exp`); `None` for the service token.
     expires_at: int | None = None
 
-    def allows(self, project_id: str, scope: Scope) -> bool:
+    def allows(self, project_id: str, access: Access) -> bool:
         if self.service:
             return True
-        return self.project_id == project_id and (scope is Scope.read or self.scope is Scope.write)
+        return self.project_id == project_id and (access is Access.read or self.access is Access.write)
 
 
 class SessionTokens:
@@ -54,13 +59,13 @@ class SessionTokens:
         return hmac.compare_digest(token.encode(), self._service_token)
 
     def mint(
-        self, project_id: str, scope: Scope, ttl_s: int | None = None, *, now: float | None = None
+        self, project_id: str, access: Access, ttl_s: int | None = None, *, now: float | None = None
     ) -> tuple[str, int]:
         """Return `(token, expires_at)`; `ttl_s` is clamped to the maximum."""
         issued = int(now if now is not None else time.time())
         ttl = min(ttl_s or self.default_ttl_s, self.max_ttl_s)
         expires_at = issued + ttl
-        claims = {"aud": AUDIENCE, "sub": project_id, "scope": scope.value, "iat": issued, "exp": expires_at}
+        claims = {"aud": AUDIENCE, "sub": project_id, "scope": access.value, "iat": issued, "exp": expires_at}
         return jwt.encode(claims, self._key, algorithm=ALGORITHM), expires_at
 
     def check(self, token: str) -> TokenGrant:
@@ -70,7 +75,7 @@ class SessionTokens:
             TokenError: expired, bad signature, wrong audience, or malformed.
         """
         if self.is_service_token(token):
-            return TokenGrant(project_id=None, scope=Scope.write, service=True)
+            return TokenGrant(project_id=None, access=Access.write, service=True)
         try:
             claims = jwt.decode(
                 token, self._key, algorithms=[ALGORITHM], audience=AUDIENCE, options={"require": ["exp", "sub", "aud"]}
@@ -80,10 +85,10 @@ class SessionTokens:
         except jwt.InvalidTokenError:
             raise TokenError("invalid token") from None
         try:
-            scope = Scope(claims.get("scope"))
+            access = Access(claims.get("scope"))
         except ValueError:
             raise TokenError("invalid token scope") from None
         project_id = claims["sub"]
         if not isinstance(project_id, str):
             raise TokenError("invalid token subject")
-        return TokenGrant(project_id=project_id, scope=scope, expires_at=int(claims["exp"]))
+        return TokenGrant(project_id=project_id, access=access, expires_at=int(claims["exp"]))

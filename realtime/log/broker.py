@@ -13,13 +13,10 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 
+from realtime.core.errors import BrokerUnavailable
 from realtime.core.eventlog import Event, History, ProjectLog
 
 __all__ = ["Broker", "BrokerUnavailable", "MemoryBroker"]
-
-
-class BrokerUnavailable(Exception):
-    """The broker stayed unreachable through its retries; nothing was appended."""
 
 
 class Broker(Protocol):

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import itertools
 import logging
-import random
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -35,19 +34,17 @@ import orjson
 import redis.asyncio as redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from realtime.core.eventlog import Event, History, event_body, frame_for, new_epoch
-from realtime.log.broker import BrokerUnavailable
+from realtime.redis.connection import RETRY_BACKOFF, TRANSIENT, connect, retrying
+from realtime.redis.keys import RedisKeys
 
-__all__ = ["RedisAppender", "RedisBroker", "RedisKeys", "connect", "retrying"]
+__all__ = ["RedisAppender", "RedisBroker"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Errors after which a command is tried again (the connection is re-established on the way).
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 HEARTBEAT_S = 1.0
 #: Heartbeats that may go missing before the subscription counts as dead.
 HEARTBEAT_MISSES = 3
@@ -86,29 +83,6 @@ return {epoch, latest, oldest, entries}
 """
 
 
-class RedisKeys:
-    """Key and channel names, hash-tagged per project."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-
-    def project(self, project_id: str) -> tuple[str, str, str]:
-        base = f"{self.prefix}:{{{project_id}}}"
-        return f"{base}:seq", f"{base}:epoch", f"{base}:log"
-
-    def events(self, project_id: str) -> str:
-        return f"{self.prefix}:{{{project_id}}}:events"
-
-    def project_of(self, channel: str) -> str | None:
-        head, _, rest = channel.partition(":{")
-        if head != self.prefix or not rest.endswith("}:events"):
-            return None
-        return rest[: -len("}:events")]
-
-    def heartbeat(self, instance: str) -> str:
-        return f"{self.prefix}:heartbeat:{instance}"
-
-
 class RedisAppender:
     """Appends events to project logs in Redis: the one write path, shared by the broker and `Publisher`."""
 
@@ -122,46 +96,10 @@ class RedisAppender:
     async def append(self, project_id: str, kind: str, data: Mapping[str, Any]) -> Event:
         body = event_body(kind, data)
         ts = int(time.time() * 1000)
-        keys = list(self._keys.project(project_id))
+        keys = list(self._keys.log(project_id))
         args = [new_epoch(), ts, body, self._max_events, self._ttl_s, self._keys.events(project_id)]
         seq, _epoch = await retrying(lambda: self._script(keys=keys, args=args), self._retry_s)
         return Event(seq=int(seq), ts=ts, kind=kind, data=data, frame=frame_for(int(seq), ts, body))
-
-
-#: Connections one process opens to Redis at most; beyond, callers wait for one (never an error).
-MAX_CONNECTIONS = 64
-
-
-def connect(url: str, *, client_name: str | None = None) -> redis.Redis:
-    """A client whose pool makes callers wait for a free connection instead of failing when busy
-    (a thousand rooms joining at once must not be a thousand connections, nor errors)."""
-    pool = redis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=MAX_CONNECTIONS,
-        timeout=10,
-        socket_connect_timeout=2,
-        socket_timeout=10,
-        client_name=client_name,
-    )
-    return redis.Redis(connection_pool=pool)
-
-
-async def retrying(fn: Callable[[], Awaitable[T]], retry_s: float) -> T:
-    """Call `fn`, retrying connection failures with capped, jittered exponential backoff for `retry_s`.
-
-    An append whose reply was lost may be applied twice: delivery is at-least-once across outages.
-    """
-    delay = 0.05
-    deadline = time.monotonic() + retry_s
-    while True:
-        try:
-            return await fn()
-        except TRANSIENT as exc:
-            if time.monotonic() + delay > deadline:
-                raise BrokerUnavailable(f"redis unreachable for {retry_s:g}s: {exc}") from exc
-            logger.warning("redis unavailable (%s); retrying in %.2fs", exc, delay)
-            await anyio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, 2.0)
 
 
 class _Follow:
@@ -270,7 +208,7 @@ class RedisBroker:
         return History(follow.epoch, follow.latest, events, complete=True, oldest=oldest)
 
     async def _read_redis(self, project_id: str, since: int, epoch: str | None, limit: int | None) -> History:
-        keys = self.keys.project(project_id)
+        keys = self.keys.log(project_id)
         count = self._max_events if limit is None else limit
         args = [new_epoch(), max(since, 0), count, self._ttl_s]
         raw_epoch, latest, oldest, entries = await retrying(
@@ -330,7 +268,7 @@ class RedisBroker:
             task_status.started()
 
     async def _subscription(self) -> None:
-        delay = 0.05
+        attempt = 0
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
@@ -342,21 +280,21 @@ class RedisBroker:
                     await pubsub.subscribe(*late)
                 self._last_beat = time.monotonic()
                 self._subscribed.set()
-                delay = 0.05
+                attempt = 0
                 # Whatever was published while we were not listening is in the streams.
                 for follow in self._follows.values():
                     follow.stale = True
                 self._refresh_needed.set()
                 await self._listen(pubsub)
             except TRANSIENT as exc:
-                logger.warning("redis subscription lost (%s); resubscribing in %.2fs", exc, delay)
+                logger.warning("redis subscription lost (%s); resubscribing", exc)
             finally:
                 self._pubsub = None
                 self._subscribed = anyio.Event()
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                     await pubsub.aclose()
-            await anyio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, 2.0)
+            await anyio.sleep(RETRY_BACKOFF.delay(attempt))
+            attempt += 1
 
     def _channels(self) -> set[bytes]:
         """Every channel the subscription must hold."""

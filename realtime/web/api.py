@@ -17,7 +17,7 @@ from realtime.cluster.cluster import Cluster, project_snapshot
 from realtime.config import logs
 from realtime.config.settings import Settings
 from realtime.core.errors import ApiError
-from realtime.core.tokens import Scope, SessionTokens
+from realtime.core.tokens import Access, SessionTokens
 from realtime.core.validation import parse_command, parse_env, parse_files, parse_path, parse_project_id
 from realtime.log.broker import Broker
 from realtime.web.auth import Denied, bearer_token, project_grant
@@ -118,7 +118,7 @@ async def create_workspace(request: Request) -> Response:
     args = {"files": files, "env": env, "request_id": _request_id(request, body), "wait": wait}
     workspace = await services.cluster.call(project_id, "ensure", args)
     epoch, seq = await _latest(services.broker, project_id)
-    token, expires_at = services.tokens.mint(project_id, Scope.write)
+    token, expires_at = services.tokens.mint(project_id, Access.write)
     preview = workspace["preview"]
     result = {
         "project_id": project_id,
@@ -274,14 +274,14 @@ async def post_token(request: Request) -> Response:
     project_id = parse_project_id(request.path_params["project_id"])
     body = await read_json(request, optional=True)
     try:
-        scope = Scope(body.get("scope", "read"))
+        access = Access(body.get("scope", "read"))
     except ValueError:
         raise ApiError(400, "bad_request", "scope must be 'read' or 'write'") from None
     ttl = body.get("ttl_s")
     if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0):
         raise ApiError(400, "bad_request", "ttl_s must be a positive integer")
-    token, expires_at = services.tokens.mint(project_id, scope, ttl)
-    return json_response({"token": token, "expires_at": expires_at, "scope": scope.value})
+    token, expires_at = services.tokens.mint(project_id, access, ttl)
+    return json_response({"token": token, "expires_at": expires_at, "scope": access.value})
 
 
 def _int_param(request: Request, name: str, default: int) -> int:

@@ -19,11 +19,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from realtime.cluster.cluster import Cluster, RedisCluster, SoloCluster
 from realtime.config.settings import Settings
-from realtime.core.errors import ApiError, from_runtime
+from realtime.core.errors import INTERNAL, ApiError, BrokerUnavailable, error_for
 from realtime.core.signing import PreviewSigner
 from realtime.core.tokens import SessionTokens
 from realtime.fanout.hub import Hub, OutboxLimits
-from realtime.log.broker import Broker, BrokerUnavailable, MemoryBroker
+from realtime.log.broker import Broker, MemoryBroker
 from realtime.preview.gateway import PreviewGateway
 from realtime.web.api import Services, json_response, routes
 from realtime.web.auth import BearerAuth
@@ -94,19 +94,10 @@ def make_runtime(settings: Settings) -> Runtime:
     raise ValueError(f"runtime {settings.runtime!r} is not available in this build")
 
 
-async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return json_response(exc.body(), exc.status)
-
-
-async def _runtime_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RuntimeFailure)
-    error = from_runtime(exc)
+async def _known_error(request: Request, exc: Exception) -> Response:
+    error = error_for(exc)
+    assert error is not None
     return json_response(error.body(), error.status)
-
-
-async def _broker_unavailable(request: Request, exc: Exception) -> Response:
-    return json_response({"error": {"code": "unavailable", "message": str(exc)}}, 503)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -117,7 +108,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return json_response({"error": {"code": "internal", "message": "internal server error"}}, 500)
+    return json_response(INTERNAL.body(), INTERNAL.status)
 
 
 class PreviewHosts:
@@ -215,9 +206,9 @@ def create_app(
         lifespan=lifespan,
         middleware=[Middleware(PreviewHosts), Middleware(BearerAuth, tokens=tokens)],
         exception_handlers={
-            ApiError: _api_error,
-            RuntimeFailure: _runtime_error,
-            BrokerUnavailable: _broker_unavailable,
+            ApiError: _known_error,
+            RuntimeFailure: _known_error,
+            BrokerUnavailable: _known_error,
             HTTPException: _http_error,
             Exception: _internal_error,
         },

@@ -7,8 +7,7 @@ import re
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from realtime.core.tokens import Scope as TokenScope
-from realtime.core.tokens import SessionTokens, TokenError, TokenGrant
+from realtime.core.tokens import Access, SessionTokens, TokenError, TokenGrant
 
 __all__ = ["BearerAuth", "Denied", "bearer_token", "project_grant"]
 
@@ -34,7 +33,7 @@ def project_grant(tokens: SessionTokens, token: str | None, project_id: str) -> 
         grant = tokens.check(token)
     except TokenError as exc:
         raise Denied(str(exc)) from None
-    if not grant.allows(project_id, TokenScope.read):
+    if not grant.allows(project_id, Access.read):
         raise Denied("token is for another project")
     return grant
 

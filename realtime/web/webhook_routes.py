@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from realtime.config.settings import ConfigError, Settings
 from realtime.core.errors import ApiError
-from realtime.log.redis_broker import connect
+from realtime.redis.connection import connect
 from realtime.web.api import Services, json_response, read_body
 from realtime.webhooks.inbound import InboundHandler, MemorySeenIds, RedisSeenIds, SeenIds, make_webhook
 from realtime.webhooks.outbound import Callbacks, RetryPolicy

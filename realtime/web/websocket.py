@@ -21,7 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from realtime.cluster.cluster import project_snapshot
 from realtime.config import logs
-from realtime.core.errors import ApiError, from_runtime
+from realtime.core.errors import INTERNAL, ApiError, error_for
 from realtime.core.frames import (
     FrameError,
     KillArgs,
@@ -40,10 +40,8 @@ from realtime.core.frames import (
 from realtime.core.tokens import TokenGrant
 from realtime.core.validation import CommandRequest, parse_project_id
 from realtime.fanout.hub import Behind, Closing, Hub, Outbox, locate
-from realtime.log.broker import BrokerUnavailable
 from realtime.web.api import Services
 from realtime.web.auth import Denied, bearer_token, project_grant
-from runtime.errors import RuntimeFailure
 
 __all__ = ["CLOSE_POLICY", "websocket_endpoint"]
 
@@ -230,8 +228,8 @@ class _Session:
         settings = self.services.settings
         try:
             op = parse_frame(raw)
-            if not self.grant.allows(self.project_id, op.scope):
-                raise FrameError(op.id, "forbidden", f"a {self.grant.scope.value}-scope token may not {op.op}")
+            if not self.grant.allows(self.project_id, op.access):
+                raise FrameError(op.id, "forbidden", f"a {self.grant.access.value}-scope token may not {op.op}")
             if self.hub.draining.is_set():
                 raise FrameError(op.id, "unavailable", "server is restarting; reconnect and retry")
             args = parse_args(
@@ -246,17 +244,13 @@ class _Session:
         assert self._outbox is not None
         try:
             frame = reply_ok(op.id, await self._perform(op, args))
-        except ApiError as exc:
-            frame = reply_error(op.id, exc.code, exc.message)
-        except RuntimeFailure as exc:
-            error = from_runtime(exc)
+        except Exception as exc:
+            error = error_for(exc)
+            if error is None:
+                # A bug in one op must not take the socket down: answer it and keep serving.
+                logger.exception("socket %s on %s: op %s failed", self.connection_id, self.project_id, op.op)
+                error = INTERNAL
             frame = reply_error(op.id, error.code, error.message)
-        except BrokerUnavailable as exc:
-            frame = reply_error(op.id, "unavailable", str(exc))
-        except Exception:
-            # A bug in one op must not take the socket down: answer it and keep serving.
-            logger.exception("socket %s on %s: op %s failed", self.connection_id, self.project_id, op.op)
-            frame = reply_error(op.id, "internal", "internal error; see the server log")
         finally:
             self._in_flight -= 1
             assert self._slots is not None

@@ -30,8 +30,8 @@ from realtime.config.settings import ConfigError
 from realtime.core.errors import ApiError
 from realtime.core.validation import parse_project_id
 from realtime.log.broker import Broker
-from realtime.log.redis_broker import retrying
-from realtime.webhooks.store import WebhookKeys
+from realtime.redis.connection import retrying
+from realtime.redis.keys import RedisKeys
 
 __all__ = [
     "EFFECTS",
@@ -184,16 +184,16 @@ class RedisSeenIds:
 
     def __init__(self, client: redis.Redis, prefix: str, *, retry_s: float, ttl_s: int = REMEMBER_S) -> None:
         self._redis = client
-        self._keys = WebhookKeys(prefix)
+        self._keys = RedisKeys(prefix)
         self._retry_s = retry_s
         self._ttl_s = ttl_s
 
     async def claim(self, webhook_id: str) -> bool:
-        key = self._keys.inbound(webhook_id)
+        key = self._keys.webhook_inbound(webhook_id)
         return bool(await retrying(lambda: self._redis.set(key, b"1", nx=True, ex=self._ttl_s), self._retry_s))
 
     async def forget(self, webhook_id: str) -> None:
-        key = self._keys.inbound(webhook_id)
+        key = self._keys.webhook_inbound(webhook_id)
         await retrying(lambda: self._redis.delete(key), self._retry_s)
 
     async def aclose(self) -> None:

@@ -22,9 +22,10 @@ from typing import Any, Protocol, TypeVar
 import orjson
 import redis.asyncio as redis
 
-from realtime.log.redis_broker import retrying
+from realtime.redis.connection import retrying
+from realtime.redis.keys import RedisKeys
 
-__all__ = ["CallbackStore", "Delivery", "MemoryCallbackStore", "RedisCallbackStore", "WebhookKeys"]
+__all__ = ["CallbackStore", "Delivery", "MemoryCallbackStore", "RedisCallbackStore"]
 
 T = TypeVar("T")
 
@@ -172,21 +173,6 @@ def _copy(delivery: Delivery, **changes: Any) -> Delivery:
     return Delivery(**{**asdict(delivery), **changes})
 
 
-class WebhookKeys:
-    """Every Redis key of the webhook machinery (outbound queue, dead letters, inbound ids)."""
-
-    def __init__(self, prefix: str) -> None:
-        base = f"{prefix}:{{webhooks}}"
-        self.due = f"{base}:due"
-        self.deliveries = f"{base}:deliveries"
-        self.dead = f"{base}:dead"
-        self.dead_order = f"{base}:dead-order"
-        self._inbound = f"{prefix}:webhooks:inbound:"
-
-    def inbound(self, webhook_id: str) -> str:
-        return self._inbound + webhook_id
-
-
 CLAIM = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
@@ -246,7 +232,7 @@ class RedisCallbackStore:
 
     def __init__(self, client: redis.Redis, prefix: str, *, retry_s: float, max_dead: int = MAX_DEAD) -> None:
         self._redis = client
-        self.keys = WebhookKeys(prefix)
+        self.keys = RedisKeys(prefix)
         self._retry_s = retry_s
         self._max_dead = max_dead
         self._claim = client.register_script(CLAIM)
@@ -259,24 +245,25 @@ class RedisCallbackStore:
     async def add(self, delivery: Delivery, due_at: float) -> None:
         async def add() -> None:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self.keys.deliveries, delivery.id, delivery.encode())
-                pipe.zadd(self.keys.due, {delivery.id: due_at})
+                pipe.hset(self.keys.webhooks_deliveries, delivery.id, delivery.encode())
+                pipe.zadd(self.keys.webhooks_due, {delivery.id: due_at})
                 await pipe.execute()
 
         await self._do(add)
 
     async def claim(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
-        keys = [self.keys.due, self.keys.deliveries]
+        keys = [self.keys.webhooks_due, self.keys.webhooks_deliveries]
         args = [repr(now), limit, repr(now + lease_s), secrets.token_hex(8)]
         raw = await self._do(lambda: self._claim(keys=keys, args=args))
         return [Delivery.decode(item) for item in raw]
 
     async def next_due(self) -> float | None:
-        first = await self._do(lambda: self._redis.zrange(self.keys.due, 0, 0, withscores=True))
+        first = await self._do(lambda: self._redis.zrange(self.keys.webhooks_due, 0, 0, withscores=True))
         return float(first[0][1]) if first else None
 
     async def _end(self, delivery: Delivery, action: str, record: bytes = b"", score: float = 0.0) -> bool:
-        keys = [self.keys.due, self.keys.deliveries, self.keys.dead, self.keys.dead_order]
+        k = self.keys
+        keys = [k.webhooks_due, k.webhooks_deliveries, k.webhooks_dead, k.webhooks_dead_order]
         args = [delivery.id, delivery.lease, action, record, repr(score), self._max_dead]
         return bool(await self._do(lambda: self._finish(keys=keys, args=args)))
 
@@ -294,18 +281,19 @@ class RedisCallbackStore:
         return await self._end(delivery, "dead", _copy(delivery, lease="").encode(), now)
 
     async def dead_letters(self, limit: int) -> list[Delivery]:
-        ids = await self._do(lambda: self._redis.zrevrange(self.keys.dead_order, 0, limit - 1))
+        ids = await self._do(lambda: self._redis.zrevrange(self.keys.webhooks_dead_order, 0, limit - 1))
         if not ids:
             return []
-        raws = await self._do(lambda: self._redis.hmget(self.keys.dead, ids))
+        raws = await self._do(lambda: self._redis.hmget(self.keys.webhooks_dead, ids))
         return [Delivery.decode(raw) for raw in raws if raw is not None]
 
     async def revive(self, delivery_id: str, now: float) -> Delivery | None:
-        raw = await self._do(lambda: self._redis.hget(self.keys.dead, delivery_id))
+        raw = await self._do(lambda: self._redis.hget(self.keys.webhooks_dead, delivery_id))
         if raw is None:
             return None
         fresh = _fresh(Delivery.decode(raw))
-        keys = [self.keys.dead, self.keys.dead_order, self.keys.deliveries, self.keys.due]
+        k = self.keys
+        keys = [k.webhooks_dead, k.webhooks_dead_order, k.webhooks_deliveries, k.webhooks_due]
         args = [delivery_id, fresh.encode(), repr(now)]
         revived = await self._do(lambda: self._revive(keys=keys, args=args))
         return fresh if revived else None

@@ -12,15 +12,13 @@ import base64
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from realtime.core.errors import ApiError, from_runtime
+from realtime.core.errors import ApiError
 from realtime.core.validation import CommandRequest
-from realtime.log.broker import BrokerUnavailable
 from realtime.workspaces import operations
 from realtime.workspaces.manager import WorkspaceManager
 from runtime.base import FileUpload
-from runtime.errors import RuntimeFailure
 
-__all__ = ["IDEMPOTENT", "OPS", "as_api_error", "decode_args", "encode_args", "execute"]
+__all__ = ["IDEMPOTENT", "OPS", "decode_args", "encode_args", "execute"]
 
 #: Every op, and those that may be sent again after their owner was lost without doing harm.
 OPS = frozenset({"ensure", "stop", "exec", "kill", "write", "read", "list", "list_or_read", "delete", "refresh"})
@@ -48,17 +46,6 @@ def decode_args(op: str, args: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(decoded.get("command"), dict):
         decoded["command"] = CommandRequest(**decoded["command"])
     return decoded
-
-
-def as_api_error(exc: Exception) -> ApiError | None:
-    """The error a client is told for `exc`, or None for a bug (which the caller logs)."""
-    if isinstance(exc, ApiError):
-        return exc
-    if isinstance(exc, RuntimeFailure):
-        return from_runtime(exc)
-    if isinstance(exc, BrokerUnavailable):
-        return ApiError(503, "unavailable", str(exc))
-    return None
 
 
 async def execute(manager: WorkspaceManager, project_id: str, op: str, args: Mapping[str, Any]) -> dict[str, Any]:
