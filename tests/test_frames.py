@@ -15,15 +15,8 @@ from hypothesis import strategies as st
 
 from realtime.core.eventlog import Event, ProjectLog
 from realtime.core.frames import (
-    OPS,
     FrameError,
-    KillArgs,
-    NoArgs,
     Op,
-    OpArgs,
-    PathArgs,
-    RefreshArgs,
-    WriteArgs,
     batch_frame,
     hello_frame,
     parse_args,
@@ -31,6 +24,8 @@ from realtime.core.frames import (
     reply_error,
     reply_ok,
 )
+from realtime.core.ops import SOCKET_ACCESS as OPS
+from realtime.core.ops import KillArgs, NoArgs, OpArgs, PathArgs, RefreshArgs, WriteArgs
 from realtime.core.validation import CommandRequest
 from runtime.base import FileUpload
 

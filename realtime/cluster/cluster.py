@@ -43,7 +43,7 @@ from realtime.core.signing import PreviewTarget
 from realtime.log.broker import Broker
 from realtime.log.redis_broker import RedisBroker
 from realtime.redis.connection import retrying
-from realtime.workspaces import dispatch, operations
+from realtime.workspaces import dispatch
 from realtime.workspaces.manager import WorkspaceManager
 from runtime.workspace.lifecycle import State, Workspace
 
@@ -392,7 +392,7 @@ class RedisCluster:
                     await self._adopt(project_id, entry)
                 elif op != "ensure":
                     await self._give_up(project_id)
-                    raise operations.no_workspace(project_id)
+                    raise dispatch.no_workspace(project_id)
         try:
             return await _execute(self._manager, project_id, op, args)
         finally:
@@ -412,7 +412,7 @@ class RedisCluster:
         if op != "ensure":
             entry = await self._entry(project_id)
             if entry is None or entry.get("state") == State.stopped:
-                raise operations.no_workspace(project_id)
+                raise dispatch.no_workspace(project_id)
         key = self._keys.owner(project_id)
         taken = await retrying(
             lambda: self._redis.set(key, self.instance, nx=True, px=self._lease_ms), self._retry_s

@@ -15,12 +15,10 @@ import orjson
 
 from realtime.core.errors import ApiError
 from realtime.core.eventlog import Event, Start
+from realtime.core.ops import MAX_ID_LENGTH, OPS, SOCKET_ACCESS, OpArgs, OpSpec, ParseContext
 from realtime.core.tokens import Access
-from realtime.core.validation import CommandRequest, parse_command, parse_files, parse_path
-from runtime.base import FileUpload
 
 __all__ = [
-    "OPS",
     "FrameError",
     "Op",
     "OpId",
@@ -33,21 +31,8 @@ __all__ = [
     "reply_ok",
 ]
 
-#: Every op a client may send, and the token scope it needs.
-OPS: Mapping[str, Access] = {
-    "ping": Access.read,
-    "exec": Access.write,
-    "kill": Access.write,
-    "write": Access.write,
-    "read": Access.write,
-    "list": Access.write,
-    "delete": Access.write,
-    "refresh": Access.write,
-}
-
 OpId = str | int | None
 
-MAX_ID_LENGTH = 128
 #: Integers a browser can represent exactly.
 MAX_SAFE_INTEGER = 2**53 - 1
 
@@ -71,8 +56,12 @@ class Op:
     args: Mapping[str, Any]
 
     @property
-    def access(self) -> Access:
+    def spec(self) -> OpSpec:
         return OPS[self.op]
+
+    @property
+    def access(self) -> Access:
+        return OPS[self.op].access
 
 
 def _read_id(frame: Mapping[str, Any]) -> OpId:
@@ -109,85 +98,23 @@ def parse_frame(raw: str | bytes | None) -> Op:
     name = frame.get("op")
     if not isinstance(name, str):
         raise FrameError(op_id, "bad_frame", "frame needs an op (a string)")
-    if name not in OPS:
-        raise FrameError(op_id, "unknown_op", f"unknown op {name[:64]!r}; known ops: {', '.join(OPS)}")
+    if name not in SOCKET_ACCESS:
+        raise FrameError(op_id, "unknown_op", f"unknown op {name[:64]!r}; known ops: {', '.join(SOCKET_ACCESS)}")
     args = {key: value for key, value in frame.items() if key not in ("op", "id")}
     return Op(op=name, id=op_id, args=args)
 
 
-# -- op arguments ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class KillArgs:
-    command_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class WriteArgs:
-    files: list[FileUpload]
-
-
-@dataclass(frozen=True, slots=True)
-class PathArgs:
-    path: str
-
-
-@dataclass(frozen=True, slots=True)
-class RefreshArgs:
-    revoke: bool
-
-
-@dataclass(frozen=True, slots=True)
-class NoArgs:
-    pass
-
-
-OpArgs = CommandRequest | KillArgs | WriteArgs | PathArgs | RefreshArgs | NoArgs
-
-
-def parse_args(op: Op, *, default_timeout_s: float, max_timeout_s: float) -> OpArgs:
-    """The op's typed arguments.
+def parse_args(op: Op, *, default_timeout_s: float, max_timeout_s: float, request_id: str = "") -> OpArgs:
+    """The op's typed arguments (its row of the op table parses them).
 
     Raises:
         FrameError: an argument is missing or malformed (nothing has been done yet).
     """
+    context = ParseContext(default_timeout_s, max_timeout_s, request_id=request_id, via="socket")
     try:
-        return _parse_args(op, default_timeout_s=default_timeout_s, max_timeout_s=max_timeout_s)
+        return op.spec.parse(op.args, context)
     except ApiError as exc:
         raise FrameError(op.id, exc.code, exc.message) from None
-
-
-def _parse_args(op: Op, *, default_timeout_s: float, max_timeout_s: float) -> OpArgs:
-    args = op.args
-    match op.op:
-        case "exec":
-            if "wait" in args:
-                raise ApiError(400, "bad_request", "exec replies at once; its end arrives as a `command` event")
-            return parse_command(args, default_timeout_s=default_timeout_s, max_timeout_s=max_timeout_s)
-        case "kill":
-            command_id = args.get("command_id")
-            if not isinstance(command_id, str) or not 0 < len(command_id) <= MAX_ID_LENGTH:
-                raise ApiError(400, "bad_request", "kill needs a command_id (a string)")
-            return KillArgs(command_id)
-        case "write":
-            if "files" not in args:
-                raise ApiError(400, "bad_request", "write needs files: [{path, content, encoding?}]")
-            files = parse_files(args["files"])
-            if not files:
-                raise ApiError(400, "bad_request", "write needs at least one file")
-            return WriteArgs(files)
-        case "read" | "delete":
-            return PathArgs(parse_path(args.get("path")))
-        case "list":
-            return PathArgs(parse_path(args.get("path", ""), allow_root=True))
-        case "refresh":
-            revoke = args.get("revoke", False)
-            if not isinstance(revoke, bool):
-                raise ApiError(400, "bad_request", "revoke must be true or false")
-            return RefreshArgs(revoke)
-        case _:
-            return NoArgs()
 
 
 # -- server frames -----------------------------------------------------------------------------

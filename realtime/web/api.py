@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,13 +17,14 @@ from realtime.cluster.cluster import Cluster, project_snapshot
 from realtime.config import logs
 from realtime.config.settings import Settings
 from realtime.core.errors import ApiError
+from realtime.core.ops import OPS, OpSpec, ParseContext
 from realtime.core.tokens import Access, SessionTokens
-from realtime.core.validation import parse_command, parse_env, parse_files, parse_path, parse_project_id
+from realtime.core.validation import parse_project_id
 from realtime.log.broker import Broker
 from realtime.web.auth import Denied, bearer_token, project_grant
 from realtime.web.metrics import render
 from realtime.web.sse import event_stream, parse_last_event_id, wants_event_stream
-from realtime.workspaces import operations
+from realtime.workspaces import dispatch
 from realtime.workspaces.manager import WorkspaceManager
 
 __all__ = ["Services", "json_response", "read_body", "read_json", "routes"]
@@ -102,6 +103,48 @@ async def _latest(broker: Broker, project_id: str) -> tuple[str, int]:
     return history.epoch, history.latest
 
 
+# -- ops ---------------------------------------------------------------------------------------
+
+
+def _context(request: Request, body: Mapping[str, Any] | None = None) -> ParseContext:
+    settings = _services(request).settings
+    return ParseContext(
+        settings.command_timeout_s, settings.max_command_timeout_s, request_id=_request_id(request, body), via="http"
+    )
+
+
+def _op_endpoint(spec: OpSpec) -> Callable[[Request], Awaitable[Response]]:
+    """The HTTP route of an op of the table: its arguments from the body or the query string and the
+    path, run on the project's owner."""
+    binding = spec.http
+    assert binding is not None
+
+    async def endpoint(request: Request) -> Response:
+        project_id = _project(request)
+        raw: dict[str, Any] = {}
+        if binding.source == "query":
+            raw = dict(request.query_params)
+        elif binding.source in ("body", "optional_body"):
+            raw = await read_json(request, optional=binding.source == "optional_body")
+        raw.update((name, value) for name, value in request.path_params.items() if name != "project_id")
+        args = spec.parse(raw, _context(request, raw if binding.source != "query" else None))
+        result = await _services(request).cluster.call(project_id, spec.name, args)
+        if binding.status == 204:
+            return Response(status_code=204)
+        return json_response(result, binding.status)
+
+    endpoint.__name__ = f"{spec.name}_endpoint"
+    return endpoint
+
+
+def _op_routes() -> list[Route]:
+    return [
+        Route(f"/api/workspaces/{{project_id}}{spec.http.path}", _op_endpoint(spec), methods=[spec.http.method])
+        for spec in OPS.values()
+        if spec.http is not None
+    ]
+
+
 # -- workspaces --------------------------------------------------------------------------------
 
 
@@ -110,12 +153,7 @@ async def create_workspace(request: Request) -> Response:
     body = await read_json(request)
     project_id = parse_project_id(body.get("project_id"))
     logs.bind(project_id=project_id)
-    files = parse_files(body.get("files", []))
-    env = parse_env(body.get("env"))
-    wait = body.get("wait", False)
-    if not isinstance(wait, bool):
-        raise ApiError(400, "bad_request", "wait must be true or false")
-    args = {"files": files, "env": env, "request_id": _request_id(request, body), "wait": wait}
+    args = OPS["ensure"].parse(body, _context(request, body))
     workspace = await services.cluster.call(project_id, "ensure", args)
     epoch, seq = await _latest(services.broker, project_id)
     token, expires_at = services.tokens.mint(project_id, Access.write)
@@ -149,70 +187,11 @@ async def get_workspace(request: Request) -> Response:
     project_id = _project(request)
     snapshot = await project_snapshot(services.cluster, services.broker, project_id)
     if snapshot["state"] is None:
-        raise operations.no_workspace(project_id)
+        raise dispatch.no_workspace(project_id)
     return json_response(snapshot)
 
 
-async def delete_workspace(request: Request) -> Response:
-    await _services(request).cluster.call(_project(request), "stop", {})
-    return Response(status_code=204)
-
-
-# -- files -------------------------------------------------------------------------------------
-
-
-async def put_files(request: Request) -> Response:
-    project_id = _project(request)
-    body = await read_json(request)
-    files = parse_files(body.get("files"))
-    args = {"files": files, "request_id": _request_id(request, body)}
-    return json_response(await _services(request).cluster.call(project_id, "write", args))
-
-
-async def get_files(request: Request) -> Response:
-    project_id = _project(request)
-    path = parse_path(request.query_params.get("path", ""), allow_root=True)
-    return json_response(await _services(request).cluster.call(project_id, "list_or_read", {"path": path}))
-
-
-async def delete_files(request: Request) -> Response:
-    project_id = _project(request)
-    path = parse_path(request.query_params.get("path"))
-    args = {"path": path, "request_id": _request_id(request)}
-    await _services(request).cluster.call(project_id, "delete", args)
-    return Response(status_code=204)
-
-
-# -- commands ----------------------------------------------------------------------------------
-
-
-async def post_command(request: Request) -> Response:
-    services = _services(request)
-    project_id = _project(request)
-    body = await read_json(request)
-    command = parse_command(
-        body,
-        default_timeout_s=services.settings.command_timeout_s,
-        max_timeout_s=services.settings.max_command_timeout_s,
-    )
-    return json_response(await services.cluster.call(project_id, "exec", {"command": command}))
-
-
-async def kill_command(request: Request) -> Response:
-    args = {"command_id": request.path_params["command_id"]}
-    return json_response(await _services(request).cluster.call(_project(request), "kill", args))
-
-
-# -- preview, events, tokens -------------------------------------------------------------------
-
-
-async def refresh_preview(request: Request) -> Response:
-    project_id = _project(request)
-    body = await read_json(request, optional=True)
-    revoke = body.get("revoke", False)
-    if not isinstance(revoke, bool):
-        raise ApiError(400, "bad_request", "revoke must be true or false")
-    return json_response(await _services(request).cluster.call(project_id, "refresh", {"revoke": revoke}))
+# -- events, tokens ----------------------------------------------------------------------------
 
 
 async def get_events(request: Request) -> Response:
@@ -332,13 +311,7 @@ routes = [
     Route("/api/workspaces", create_workspace, methods=["POST"]),
     Route("/api/workspaces", list_workspaces, methods=["GET"]),
     Route("/api/workspaces/{project_id}", get_workspace, methods=["GET"]),
-    Route("/api/workspaces/{project_id}", delete_workspace, methods=["DELETE"]),
-    Route("/api/workspaces/{project_id}/files", put_files, methods=["PUT"]),
-    Route("/api/workspaces/{project_id}/files", get_files, methods=["GET"]),
-    Route("/api/workspaces/{project_id}/files", delete_files, methods=["DELETE"]),
-    Route("/api/workspaces/{project_id}/commands", post_command, methods=["POST"]),
-    Route("/api/workspaces/{project_id}/commands/{command_id}", kill_command, methods=["DELETE"]),
-    Route("/api/workspaces/{project_id}/preview", refresh_preview, methods=["POST"]),
+    *_op_routes(),
     Route("/api/workspaces/{project_id}/events", get_events, methods=["GET"]),
     Route("/api/workspaces/{project_id}/events", post_event, methods=["POST"]),
     Route("/api/workspaces/{project_id}/tokens", post_token, methods=["POST"]),

@@ -24,12 +24,7 @@ from realtime.config import logs
 from realtime.core.errors import INTERNAL, ApiError, error_for
 from realtime.core.frames import (
     FrameError,
-    KillArgs,
     Op,
-    OpArgs,
-    PathArgs,
-    RefreshArgs,
-    WriteArgs,
     batch_frame,
     hello_for,
     parse_args,
@@ -37,11 +32,13 @@ from realtime.core.frames import (
     reply_error,
     reply_ok,
 )
+from realtime.core.ops import OpArgs
 from realtime.core.tokens import TokenGrant
-from realtime.core.validation import CommandRequest, parse_project_id
+from realtime.core.validation import parse_project_id
 from realtime.fanout.hub import Behind, Closing, Hub, Outbox, locate
 from realtime.web.api import Services
 from realtime.web.auth import Denied, bearer_token, project_grant
+from realtime.workspaces import dispatch
 
 __all__ = ["CLOSE_POLICY", "websocket_endpoint"]
 
@@ -233,7 +230,10 @@ class _Session:
             if self.hub.draining.is_set():
                 raise FrameError(op.id, "unavailable", "server is restarting; reconnect and retry")
             args = parse_args(
-                op, default_timeout_s=settings.command_timeout_s, max_timeout_s=settings.max_command_timeout_s
+                op,
+                default_timeout_s=settings.command_timeout_s,
+                max_timeout_s=settings.max_command_timeout_s,
+                request_id=f"{self.connection_id}:{op.id}",
             )
         except FrameError as exc:
             self._outbox.push_control(reply_error(exc.id, exc.code, exc.message))
@@ -258,28 +258,12 @@ class _Session:
         self._outbox.push_control(frame)
 
     async def _perform(self, op: Op, args: OpArgs) -> Any:
-        if op.op == "ping":
-            return {"ts": int(time.time() * 1000)}
-        cluster = self.services.cluster
-        if isinstance(args, RefreshArgs):
-            return await cluster.call(self.project_id, "refresh", {"revoke": args.revoke})
-        # The rest change the workspace and are short: a client going away mid-op must not leave
-        # a started process without its supervisor, or a write without its `file` events.
+        spec = op.spec
+        if not spec.forwarded:
+            return await dispatch.execute(self.services.manager, self.project_id, spec.name, args)
+        if not spec.shielded:
+            return await self.services.cluster.call(self.project_id, spec.name, args)
+        # A client going away mid-op must not leave a started process without its supervisor, or a
+        # write without its `file` events: these run to their end (they are short).
         with anyio.CancelScope(shield=True):
-            return await cluster.call(self.project_id, *self._wire(op, args))
-
-    def _wire(self, op: Op, args: OpArgs) -> tuple[str, dict[str, Any]]:
-        """The op's name and arguments as the cluster forwards them to the project's owner."""
-        request_id = f"{self.connection_id}:{op.id}"
-        match args:
-            case CommandRequest():
-                return "exec", {"command": args}
-            case KillArgs(command_id=command_id):
-                return "kill", {"command_id": command_id}
-            case WriteArgs(files=files):
-                return "write", {"files": files, "request_id": request_id}
-            case PathArgs(path=path) if op.op in ("read", "list"):
-                return op.op, {"path": path}
-            case PathArgs(path=path):
-                return "delete", {"path": path, "request_id": request_id}
-        raise AssertionError(f"unhandled op {op.op}")
+            return await self.services.cluster.call(self.project_id, spec.name, args)

@@ -28,6 +28,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from realtime.cluster.cluster import Cluster
 from realtime.config.settings import ConfigError
 from realtime.core.errors import ApiError
+from realtime.core.ops import NoArgs
 from realtime.core.validation import parse_project_id
 from realtime.log.broker import Broker
 from realtime.redis.connection import retrying
@@ -253,7 +254,7 @@ class InboundHandler:
         await broker.append(event.project_id, "provider", {"type": event.type, "data": event.data})
         if effect is Effect.stop:
             try:
-                await cluster.call(event.project_id, "stop", {})
+                await cluster.call(event.project_id, "stop", NoArgs())
             except ApiError as exc:
                 if exc.status != 404:
                     raise

@@ -1,100 +1,193 @@
-"""The ops that act on a workspace, by name, with arguments and results in wire form.
+"""What each op of the table (`realtime.core.ops`) does to a workspace: one handler per op, by name.
 
 The instance that owns a workspace runs them (`execute`); any other instance forwards them there
-through the cluster. Arguments are JSON-ready dicts (`encode_args` turns file contents into base64
-for the trip, `decode_args` back), results are JSON-ready dicts, and failures are `ApiError`s, so
-an op answers the same whether it ran here or on another instance.
+through the cluster, in their wire form (`encode_args` / `decode_args`). Results are JSON-ready
+dicts and failures are exceptions that `realtime.core.errors.error_for` maps, so an op answers the
+same whether it ran here or on another instance, over HTTP or the websocket.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from realtime.core.errors import ApiError
-from realtime.core.validation import CommandRequest
-from realtime.workspaces import operations
+from realtime.core.ops import (
+    OPS as TABLE,
+)
+from realtime.core.ops import (
+    CommandRequest,
+    EnsureArgs,
+    KillArgs,
+    OpArgs,
+    PathArgs,
+    RefreshArgs,
+    WriteArgs,
+    from_wire,
+    to_wire,
+)
 from realtime.workspaces.manager import WorkspaceManager
-from runtime.base import FileUpload
+from runtime.workspace.lifecycle import Workspace
 
-__all__ = ["IDEMPOTENT", "OPS", "decode_args", "encode_args", "execute"]
+__all__ = ["IDEMPOTENT", "OPS", "decode_args", "encode_args", "execute", "no_workspace"]
 
-#: Every op, and those that may be sent again after their owner was lost without doing harm.
-OPS = frozenset({"ensure", "stop", "exec", "kill", "write", "read", "list", "list_or_read", "delete", "refresh"})
-IDEMPOTENT = frozenset({"ensure", "stop", "read", "list", "list_or_read", "refresh"})
-
-
-def encode_args(op: str, args: Mapping[str, Any]) -> dict[str, Any]:
-    """`args` in JSON-ready form: files become `[path, base64]`, a command request a dict."""
-    encoded = dict(args)
-    if "files" in encoded:
-        encoded["files"] = [[item.path, base64.b64encode(item.content).decode()] for item in encoded["files"]]
-    command = encoded.get("command")
-    if isinstance(command, CommandRequest):
-        encoded["command"] = {
-            "argv": command.argv, "cwd": command.cwd, "env": command.env,
-            "timeout_s": command.timeout_s, "wait": command.wait,
-        }
-    return encoded
+#: The ops an instance forwards to a project's owner, and those it may send again after the owner
+#: was lost without doing harm.
+OPS = frozenset(name for name, spec in TABLE.items() if spec.forwarded)
+IDEMPOTENT = frozenset(name for name, spec in TABLE.items() if spec.forwarded and spec.idempotent)
 
 
-def decode_args(op: str, args: Mapping[str, Any]) -> dict[str, Any]:
-    decoded = dict(args)
-    if "files" in decoded:
-        decoded["files"] = [FileUpload(path, base64.b64decode(content)) for path, content in decoded["files"]]
-    if isinstance(decoded.get("command"), dict):
-        decoded["command"] = CommandRequest(**decoded["command"])
-    return decoded
+def encode_args(op: str, args: OpArgs) -> dict[str, Any]:
+    return to_wire(op, args)
 
 
-async def execute(manager: WorkspaceManager, project_id: str, op: str, args: Mapping[str, Any]) -> dict[str, Any]:
-    """Run `op` on this process's workspace of `project_id` (args as `decode_args` gives them).
+def decode_args(op: str, wire: Mapping[str, Any]) -> OpArgs:
+    return from_wire(op, wire)
+
+
+def no_workspace(project_id: str) -> ApiError:
+    return ApiError(404, "not_found", f"no workspace for project {project_id!r}; POST /api/workspaces first")
+
+
+def _require_workspace(manager: WorkspaceManager, project_id: str) -> Workspace:
+    workspace = manager.get(project_id)
+    if workspace is None:
+        raise no_workspace(project_id)
+    return workspace
+
+
+# -- the handlers --------------------------------------------------------------------------------
+# Each takes the manager, the project and the op's typed arguments; it acts and returns the reply.
+
+
+async def _ping(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    return {"ts": int(time.time() * 1000)}
+
+
+async def _ensure(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    assert isinstance(args, EnsureArgs)
+    workspace, created = await manager.ensure(project_id, args.files, args.env, args.request_id)
+    if args.wait:
+        await workspace.wait_settled()
+    return {"created": created, **workspace.snapshot()}
+
+
+async def _stop(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    _require_workspace(manager, project_id)
+    return {"stopped": await manager.stop(project_id)}
+
+
+async def _exec(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    assert isinstance(args, CommandRequest)
+    workspace = _require_workspace(manager, project_id)
+    run = await workspace.start_command(args.argv, cwd=args.cwd, env=args.env, timeout_s=args.timeout_s)
+    result: dict[str, Any] = {"command_id": run.command_id}
+    if args.wait:
+        await run.done.wait()
+        result["exit_code"] = run.exit_code
+        result["timed_out"] = run.timed_out
+    return result
+
+
+async def _kill(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    """Kill a running command; return once it has exited, with its exit code."""
+    assert isinstance(args, KillArgs)
+    run = _require_workspace(manager, project_id).commands.get(args.command_id)
+    if run is None:
+        raise ApiError(404, "not_found", f"no running command {args.command_id!r}")
+    await run.kill()
+    await run.done.wait()
+    return {"command_id": run.command_id, "exit_code": run.exit_code}
+
+
+async def _write(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    assert isinstance(args, WriteArgs)
+    written = await _require_workspace(manager, project_id).write(args.files, args.request_id)
+    return {"files": [{"path": item.path, "sha256": item.sha256} for item in written]}
+
+
+async def _read(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    """A file's content: UTF-8 text when it decodes, base64 otherwise."""
+    assert isinstance(args, PathArgs)
+    return await _read_file(_require_workspace(manager, project_id), args.path)
+
+
+async def _read_file(workspace: Workspace, path: str) -> dict[str, Any]:
+    if await workspace.is_dir(path):
+        raise ApiError(400, "not_a_file", f"{path!r} is a directory; use list")
+    raw = await workspace.read_file(path)
+    try:
+        return {"path": path, "content": raw.decode("utf-8"), "encoding": "utf-8"}
+    except UnicodeDecodeError:
+        return {"path": path, "content": base64.b64encode(raw).decode(), "encoding": "base64"}
+
+
+async def _list(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    assert isinstance(args, PathArgs)
+    return await _list_dir(_require_workspace(manager, project_id), args.path)
+
+
+async def _list_dir(workspace: Workspace, path: str) -> dict[str, Any]:
+    entries = await workspace.list_dir(path)
+    return {"path": path, "entries": [{"name": e.name, "type": e.type, "size": e.size} for e in entries]}
+
+
+async def _list_or_read(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    """A directory's listing, or a file's content (the HTTP route serves both)."""
+    assert isinstance(args, PathArgs)
+    workspace = _require_workspace(manager, project_id)
+    if args.path == "" or await workspace.is_dir(args.path):
+        return await _list_dir(workspace, args.path)
+    return await _read_file(workspace, args.path)
+
+
+async def _delete(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    assert isinstance(args, PathArgs)
+    if not await _require_workspace(manager, project_id).delete(args.path, args.request_id):
+        raise ApiError(404, "not_found", f"no file or directory at {args.path!r}")
+    return {"path": args.path, "deleted": True}
+
+
+async def _refresh(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    """Start the dev server again if it died and sign a fresh preview URL (revoking older ones if asked)."""
+    assert isinstance(args, RefreshArgs)
+    workspace = _require_workspace(manager, project_id)
+    if args.revoke:
+        manager.revoke(project_id)
+    await workspace.refresh()
+    await workspace.wait_settled()
+    preview = workspace.resign_preview()
+    if preview is None:
+        raise ApiError(409, "not_ready", f"the dev server is not running: {workspace.detail or workspace.state}")
+    return {"state": workspace.state, "preview_url": preview["url"], **preview}
+
+
+Handler = Callable[[WorkspaceManager, str, OpArgs], Awaitable[dict[str, Any]]]
+
+HANDLERS: Mapping[str, Handler] = {
+    "ping": _ping,
+    "ensure": _ensure,
+    "stop": _stop,
+    "exec": _exec,
+    "kill": _kill,
+    "write": _write,
+    "read": _read,
+    "list": _list,
+    "list_or_read": _list_or_read,
+    "delete": _delete,
+    "refresh": _refresh,
+}
+
+
+async def execute(manager: WorkspaceManager, project_id: str, op: str, args: OpArgs) -> dict[str, Any]:
+    """Run `op` on this process's workspace of `project_id`.
 
     Raises:
         ApiError, RuntimeFailure: the op was refused; nothing changed.
     """
-    if op == "ensure":
-        return await _ensure(manager, project_id, args["files"], args.get("env"), args["request_id"], args["wait"])
-    workspace = operations.require_workspace(manager, project_id)
-    match op:
-        case "stop":
-            return {"stopped": await manager.stop(project_id)}
-        case "exec":
-            command: CommandRequest = args["command"]
-            run = await operations.start_command(workspace, command)
-            result: dict[str, Any] = {"command_id": run.command_id}
-            if command.wait:
-                await run.done.wait()
-                result["exit_code"] = run.exit_code
-                result["timed_out"] = run.timed_out
-            return result
-        case "kill":
-            return await operations.kill_command(workspace, args["command_id"])
-        case "write":
-            return await operations.write_files(workspace, args["files"], args["request_id"])
-        case "read":
-            return await operations.read_path(workspace, args["path"])
-        case "list":
-            return await operations.list_path(workspace, args["path"])
-        case "list_or_read":
-            return await operations.list_or_read(workspace, args["path"])
-        case "delete":
-            return await operations.delete_path(workspace, args["path"], args["request_id"])
-        case "refresh":
-            return await operations.refresh_preview(manager, workspace, revoke=args["revoke"])
-    raise ApiError(400, "unknown_op", f"unknown op {op!r}")
-
-
-async def _ensure(
-    manager: WorkspaceManager,
-    project_id: str,
-    files: Sequence[FileUpload],
-    env: Mapping[str, str] | None,
-    request_id: str,
-    wait: bool,
-) -> dict[str, Any]:
-    workspace, created = await manager.ensure(project_id, files, env, request_id)
-    if wait:
-        await workspace.wait_settled()
-    return {"created": created, **workspace.snapshot()}
+    handler = HANDLERS.get(op)
+    if handler is None:
+        raise ApiError(400, "unknown_op", f"unknown op {op[:64]!r}")
+    return await handler(manager, project_id, args)
