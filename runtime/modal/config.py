@@ -28,7 +28,7 @@ class RetryPolicy:
 
     def backoff(self, failures: int) -> float:
         """The pause before the next attempt after `failures` consecutive failures (no jitter)."""
-        return min(self.wait_initial * 2 ** (failures - 1), self.wait_max)
+        return min(self.wait_initial * 2.0 ** (failures - 1), self.wait_max)
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,8 @@ Checkpoint = Callable[[tuple[int, int]], Awaitable[None]]
 
 _PROCESS_ID = re.compile(r"p[0-9a-f]{16}")
 
+_STREAMS: tuple[Stream, ...] = ("stdout", "stderr")
+
 
 def new_process_id() -> str:
     return "p" + secrets.token_hex(8)
@@ -128,10 +130,10 @@ class ModalProcess:
                     self._advanced.set()  # the checkpointer writes the final offsets (when detached) and ends
         finally:
             if self._returncode is not None:  # ended here (not detached): the partial last lines too
-                for stream in ("stdout", "stderr"):
-                    text = self._lines[stream].flush()  # type: ignore[index]
+                for stream in _STREAMS:
+                    text = self._lines[stream].flush()
                     if text:
-                        await self._deliver(stream, text)  # type: ignore[arg-type]
+                        await self._deliver(stream, text)
             else:  # detached or cancelled (shutting down): another adapter may follow from `offsets`
                 self._returncode = 128 + signal.SIGKILL
             self._done.set()

@@ -45,7 +45,9 @@ class ModalRuntime:
 
     def __init__(self, config: ModalConfig | None = None, *, modal_module: ModuleType | None = None) -> None:
         if modal_module is None:
-            import modal as modal_module
+            import modal
+
+            modal_module = modal
         self.config = config or ModalConfig()
         self._provider = Provider(modal_module, self.config)
         self._app: Any = None
