@@ -77,7 +77,7 @@ def runtime_kind(
 ) -> Iterator[str]:
     """Run a test once per runtime: servers started by `tests.harness.running_server` pick it up.
 
-    "modal" is `runtime.modal.runtime.ModalRuntime` over the offline fake of `modal` (tests/fake_modal),
+    "modal" is `runtime.modal.ModalRuntime` over the offline fake of `modal` (tests/fake_modal),
     whose sandboxes are real directories and processes, and whose tunnels reach them on loopback.
     A test that only makes sense on one runtime marks itself `@pytest.mark.runtime("local")`.
     """

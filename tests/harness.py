@@ -112,7 +112,7 @@ def make_settings(root: Path, port: int, template: Path = FIXTURE_APP, **env: st
 
 def fake_modal_runtime(settings: Settings) -> Runtime:
     """The Modal runtime as `realtime.web.app.make_runtime` configures it, over the offline fake of `modal`."""
-    from runtime.modal.runtime import ModalConfig, ModalRuntime, RetryPolicy
+    from runtime.modal import ModalConfig, ModalRuntime, RetryPolicy
     from tests import fake_modal
 
     retry = RetryPolicy(attempts=4, wait_initial=0.001, wait_max=0.002, wait_jitter=0.0, timeout=60.0)

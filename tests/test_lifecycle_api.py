@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
-from runtime.modal.runtime import sandbox_name
+from runtime.modal import sandbox_name
 from tests.harness import Running, fixture_files, make_settings, running_server
 from tests.procs import processes_under
 

@@ -18,7 +18,7 @@ from realtime.log.broker import MemoryBroker
 from realtime.workspaces.manager import WorkspaceManager
 from runtime.base import ChangeKind, FileChange, FileUpload, Stream
 from runtime.errors import FileNotFound, NotADirectory, PathError, ProviderError
-from runtime.modal.runtime import ModalConfig, ModalRuntime, ModalSandbox, RetryPolicy, sandbox_name
+from runtime.modal import ModalConfig, ModalRuntime, ModalSandbox, RetryPolicy, sandbox_name
 from runtime.workspace.lifecycle import LifecycleConfig, State
 from tests import fake_modal
 from tests.fake_modal import FakeCloud

@@ -79,7 +79,7 @@ def make_runtime(settings: Settings) -> Runtime:
         template = TemplateCache(settings.template_dir, root / ".template-cache")
         return LocalRuntime(root, template)
     if settings.runtime == "modal":
-        from runtime.modal.runtime import ModalConfig, ModalRuntime
+        from runtime.modal import ModalConfig, ModalRuntime
 
         return ModalRuntime(
             ModalConfig(

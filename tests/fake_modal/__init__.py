@@ -1,4 +1,4 @@
-"""An offline fake of the `modal` package (1.6.4), limited to what `runtime.modal.runtime` uses.
+"""An offline fake of the `modal` package (1.6.4), limited to what `runtime.modal` uses.
 
 See `_impl` for how it works; `tests/test_modal_fake.py` keeps it faithful to the real SDK.
 """
