@@ -27,8 +27,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin, Subprotocol
 
-from realtime.core.signing import PreviewSigner
-from realtime.preview.gateway import PreviewGateway, PreviewTarget
+from realtime.core.signing import PreviewSigner, PreviewTarget
+from realtime.preview.gateway import PreviewGateway
 from tests.harness import bound_socket, fixture_files, make_settings, running_server, serve_asgi
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
