@@ -1,4 +1,8 @@
-"""Running one command in a sandbox: output as `log` events, a timeout that kills the group, kill."""
+"""Running commands in a sandbox: output as `log` events, a timeout that kills the group, kill.
+
+`Commands` is a workspace's table of running commands: a command is in it from just before its
+`started` event until just after its `exited` event, which comes after all its output.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +17,14 @@ import anyio
 
 from runtime import events
 from runtime.base import Process, Sandbox, Stream
-from runtime.errors import RuntimeFailure
+from runtime.errors import FileNotFound, RuntimeFailure
 from runtime.events import Emit, EventKind, LogSource
-from runtime.workspace.steps import KILL_GRACE_S, end_process
+from runtime.workspace.steps import KILL_GRACE_S, Spawn, end_process
 
 __all__ = [
     "TIMEOUT_EXIT_CODE",
     "CommandRun",
+    "Commands",
     "finish_command",
     "log_sink",
     "new_command_id",
@@ -116,3 +121,42 @@ async def _exited(run: CommandRun, emit: Emit) -> None:
         return
     await emit(EventKind.command, events.command_exited(run.command_id, run.exit_code, timed_out=run.timed_out))
     run.done.set()
+
+
+class Commands:
+    """A workspace's running commands by id. Output and `started` go to `emit_output` (the output
+    budget), `exited` to `emit`; `spawn` runs the task that waits for each command's end."""
+
+    def __init__(self, emit_output: Emit, emit: Emit, spawn: Spawn) -> None:
+        self.running: dict[str, CommandRun] = {}
+        self._emit_output = emit_output
+        self._emit = emit
+        self._spawn = spawn
+
+    async def start(
+        self, sandbox: Sandbox, argv: list[str], *, cwd: str | None, env: Mapping[str, str], timeout_s: float
+    ) -> CommandRun:
+        """Start `argv` in `sandbox`; it is ended at `timeout_s`.
+
+        Raises:
+            FileNotFound: `cwd` is not a directory of the workspace.
+        """
+        if cwd is not None and not await sandbox.is_dir(cwd):
+            raise FileNotFound(f"cwd {cwd!r} is not a directory of the workspace")
+        run = CommandRun(command_id=new_command_id(), argv=argv, cwd=cwd)
+        self.running[run.command_id] = run
+        await start_command(sandbox, run, self._emit_output, env=env)
+        self._spawn(self._finish, run, timeout_s)
+        return run
+
+    async def kill_all(self) -> None:
+        """SIGKILL every running command (the workspace stops; each still reports its exit)."""
+        for run in list(self.running.values()):
+            if run.process is not None and run.process.returncode is None:
+                await run.process.kill(signal.SIGKILL)
+
+    async def _finish(self, run: CommandRun, timeout_s: float) -> None:
+        try:
+            await finish_command(run, self._emit, timeout_s=timeout_s)
+        finally:
+            self.running.pop(run.command_id, None)

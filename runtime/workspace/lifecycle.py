@@ -17,7 +17,6 @@ from __future__ import annotations
 import enum
 import functools
 import logging
-import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,10 +27,10 @@ import httpx
 
 from runtime import events
 from runtime.base import DirEntry, FileUpload, Runtime, Sandbox, WrittenFile
-from runtime.errors import FileNotFound, RuntimeFailure, WorkspaceBusy
+from runtime.errors import RuntimeFailure, WorkspaceBusy
 from runtime.events import Emit, EventKind
 from runtime.workspace.budget import OutputBudget
-from runtime.workspace.commands import CommandRun, finish_command, new_command_id, start_command
+from runtime.workspace.commands import CommandRun, Commands
 from runtime.workspace.devserver import DevServer
 from runtime.workspace.files import announce_deleted, announce_written, follow_sandbox, touches_package
 from runtime.workspace.install import InstallStep
@@ -84,7 +83,6 @@ class Workspace:
         self.state: State | None = None
         self.detail: str | None = None
         self.sandbox: Sandbox | None = None
-        self.commands: dict[str, CommandRun] = {}
         self.env: dict[str, str] = {}
         self._runtime = runtime
         self._emit = emit
@@ -92,6 +90,7 @@ class Workspace:
         self._sign_preview = sign_preview
         self._http = http
         self._output = OutputGate(emit, OutputBudget(config.output_rate_bytes, config.output_burst_bytes), self._spawn)
+        self._commands = Commands(self._output.emit, emit, self._spawn)
         self._dev: DevServer | None = None
         self._pending: list[FileUpload] = []
         self._converging = False
@@ -103,6 +102,11 @@ class Workspace:
         self._closed = anyio.Event()
         #: Stopped because another instance now drives the sandbox: ends quietly, no `stopped` event.
         self.detached = False
+
+    @property
+    def commands(self) -> dict[str, CommandRun]:
+        """The running commands by id."""
+        return self._commands.running
 
     @property
     def port(self) -> int | None:
@@ -140,9 +144,7 @@ class Workspace:
 
     async def _shutdown(self) -> None:
         try:
-            for run in list(self.commands.values()):
-                if run.process is not None and run.process.returncode is None:
-                    await run.process.kill(signal.SIGKILL)
+            await self._commands.kill_all()
             if self.detached:
                 # The new owner goes on with the sandbox (and, where it can, with the dev server):
                 # only let go of it here.
@@ -323,20 +325,8 @@ class Workspace:
     async def start_command(
         self, argv: list[str], *, cwd: str | None, env: Mapping[str, str] | None, timeout_s: float
     ) -> CommandRun:
-        sandbox = self.require_sandbox()
-        if cwd is not None and not await sandbox.is_dir(cwd):
-            raise FileNotFound(f"cwd {cwd!r} is not a directory of the workspace")
-        run = CommandRun(command_id=new_command_id(), argv=argv, cwd=cwd)
-        self.commands[run.command_id] = run
-        await start_command(sandbox, run, self._output.emit, env={**self.env, **(env or {})})
-        self._spawn(self._finish_command, run, timeout_s)
-        return run
-
-    async def _finish_command(self, run: CommandRun, timeout_s: float) -> None:
-        try:
-            await finish_command(run, self._emit, timeout_s=timeout_s)
-        finally:
-            self.commands.pop(run.command_id, None)
+        merged = {**self.env, **(env or {})}
+        return await self._commands.start(self.require_sandbox(), argv, cwd=cwd, env=merged, timeout_s=timeout_s)
 
     # -- events --------------------------------------------------------------------------------
 
