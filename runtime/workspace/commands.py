@@ -1,4 +1,8 @@
-"""Running one command in a sandbox: output as `log` events, a timeout that kills the group, kill."""
+"""Running commands in a sandbox: output as `log` events, a timeout that kills the group, kill.
+
+`Commands` is a workspace's table of running commands: a command is in it from just before its
+`started` event until just after its `exited` event, which comes after all its output.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,16 @@ from typing import Any
 
 import anyio
 
+from runtime import events
 from runtime.base import Process, Sandbox, Stream
-from runtime.errors import RuntimeFailure
+from runtime.errors import FileNotFound, RuntimeFailure
+from runtime.events import Emit, EventKind, LogSource
+from runtime.workspace.steps import KILL_GRACE_S, Spawn, end_process
 
 __all__ = [
     "TIMEOUT_EXIT_CODE",
     "CommandRun",
-    "Emit",
+    "Commands",
     "finish_command",
     "log_sink",
     "new_command_id",
@@ -26,10 +33,6 @@ __all__ = [
 
 #: The exit code a command gets when its timeout ended it, as coreutils' `timeout` reports it.
 TIMEOUT_EXIT_CODE = 124
-#: Seconds between SIGTERM and SIGKILL when a command is ended.
-KILL_GRACE_S = 3.0
-
-Emit = Callable[[str, Mapping[str, Any]], Awaitable[object]]
 
 
 def new_command_id() -> str:
@@ -70,32 +73,22 @@ def log_sink(emit: Emit, source: str, command_id: str | None = None) -> Callable
     """An output sink that appends each chunk of output as a `log` event."""
 
     async def sink(stream: Stream, text: str) -> None:
-        data: dict[str, Any] = {"source": source, "stream": stream, "text": text}
-        if command_id is not None:
-            data["command_id"] = command_id
-        await emit("log", data)
+        await emit(EventKind.log, events.log(source, stream, text, command_id=command_id))
 
     return sink
 
 
 async def start_command(sandbox: Sandbox, run: CommandRun, emit: Emit, *, env: Mapping[str, str] | None) -> None:
     """Emit `started`, then start the process. A command that cannot start exits with 127, as in a shell."""
-    await emit("command", {"command_id": run.command_id, "state": "started", "cmd": run.argv})
+    await emit(EventKind.command, events.command_started(run.command_id, run.argv))
     try:
         run.process = await sandbox.exec(
-            run.argv, on_output=log_sink(emit, "command", run.command_id), cwd=run.cwd, env=env
+            run.argv, on_output=log_sink(emit, LogSource.command, run.command_id), cwd=run.cwd, env=env
         )
     except (OSError, RuntimeFailure) as exc:
         run.exit_code = 127
-        await emit(
-            "log",
-            {
-                "source": "command",
-                "command_id": run.command_id,
-                "stream": "stderr",
-                "text": f"cannot start {run.argv[0]!r}: {exc}\n",
-            },
-        )
+        text = f"cannot start {run.argv[0]!r}: {exc}\n"
+        await emit(EventKind.log, events.log(LogSource.command, "stderr", text, command_id=run.command_id))
         await _exited(run, emit)
 
 
@@ -110,12 +103,7 @@ async def finish_command(run: CommandRun, emit: Emit, *, timeout_s: float) -> in
             run.exit_code = await process.wait()
         if scope.cancelled_caught:
             run.timed_out = True
-            await process.kill(signal.SIGTERM)
-            with anyio.move_on_after(KILL_GRACE_S) as grace:
-                await process.wait()
-            if grace.cancelled_caught:
-                await process.kill(signal.SIGKILL)
-                await process.wait()
+            await end_process(process)
             run.exit_code = TIMEOUT_EXIT_CODE
     finally:
         if run.exit_code is None:
@@ -131,8 +119,44 @@ async def finish_command(run: CommandRun, emit: Emit, *, timeout_s: float) -> in
 async def _exited(run: CommandRun, emit: Emit) -> None:
     if run.done.is_set():
         return
-    data: dict[str, Any] = {"command_id": run.command_id, "state": "exited", "exit_code": run.exit_code}
-    if run.timed_out:
-        data["timed_out"] = True
-    await emit("command", data)
+    await emit(EventKind.command, events.command_exited(run.command_id, run.exit_code, timed_out=run.timed_out))
     run.done.set()
+
+
+class Commands:
+    """A workspace's running commands by id. Output and `started` go to `emit_output` (the output
+    budget), `exited` to `emit`; `spawn` runs the task that waits for each command's end."""
+
+    def __init__(self, emit_output: Emit, emit: Emit, spawn: Spawn) -> None:
+        self.running: dict[str, CommandRun] = {}
+        self._emit_output = emit_output
+        self._emit = emit
+        self._spawn = spawn
+
+    async def start(
+        self, sandbox: Sandbox, argv: list[str], *, cwd: str | None, env: Mapping[str, str], timeout_s: float
+    ) -> CommandRun:
+        """Start `argv` in `sandbox`; it is ended at `timeout_s`.
+
+        Raises:
+            FileNotFound: `cwd` is not a directory of the workspace.
+        """
+        if cwd is not None and not await sandbox.is_dir(cwd):
+            raise FileNotFound(f"cwd {cwd!r} is not a directory of the workspace")
+        run = CommandRun(command_id=new_command_id(), argv=argv, cwd=cwd)
+        self.running[run.command_id] = run
+        await start_command(sandbox, run, self._emit_output, env=env)
+        self._spawn(self._finish, run, timeout_s)
+        return run
+
+    async def kill_all(self) -> None:
+        """SIGKILL every running command (the workspace stops; each still reports its exit)."""
+        for run in list(self.running.values()):
+            if run.process is not None and run.process.returncode is None:
+                await run.process.kill(signal.SIGKILL)
+
+    async def _finish(self, run: CommandRun, timeout_s: float) -> None:
+        try:
+            await finish_command(run, self._emit, timeout_s=timeout_s)
+        finally:
+            self.running.pop(run.command_id, None)
