@@ -145,8 +145,7 @@ async def test_sse_and_the_history_page_refuse_bad_tokens_and_bad_ids(server: Ru
 
 
 async def test_sse_counts_the_frames_and_batches_it_sends(server: Running) -> None:
-    """Events sent over SSE count as deliveries, frames and batches (several events in one chunk), as
-    over a websocket."""
+    """Events sent over SSE count as deliveries, frames and batches, as over a websocket."""
     await server.provision("demo", fixture_files())
     for n in range(3):
         await server.client.post("/api/workspaces/demo/events", json={"type": "note", "data": {"n": n}})

@@ -55,7 +55,7 @@ def parse_last_event_id(raw: str) -> tuple[str | None, int]:
 class _StreamSink:
     """The writer's sink for an SSE stream: `id:`/`data:` chunks, keepalive comments, and the stream just ends."""
 
-    idle_after_s = KEEPALIVE_S
+    idle_after_s: float | None = KEEPALIVE_S
     idle_frame = b": keepalive\n\n"
 
     def __init__(self, send: Send, epoch: str) -> None:

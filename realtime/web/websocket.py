@@ -103,7 +103,7 @@ def _reason(text: str) -> str:
 class _SocketSink:
     """The writer's sink for a websocket: one text frame per round of events, a close frame at the end."""
 
-    idle_after_s = None  # uvicorn's pings keep the socket alive
+    idle_after_s: float | None = None  # uvicorn's pings keep the socket alive
     idle_frame = b""
 
     def __init__(self, websocket: WebSocket, connection_id: str, project_id: str) -> None:
