@@ -12,7 +12,8 @@ import anyio.lowlevel
 import pytest
 
 from realtime.core.eventlog import Event, History
-from realtime.fanout.hub import Behind, Closing, Hub, Outbox, OutboxLimits, locate
+from realtime.fanout.hub import Hub, locate
+from realtime.fanout.outbox import Behind, Closing, Outbox, OutboxLimits
 from realtime.log.broker import MemoryBroker
 
 pytestmark = pytest.mark.anyio

@@ -11,7 +11,9 @@ import anyio
 import httpx
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from realtime.core.tokens import Access, SessionTokens
 from tests.harness import Running, fixture_files, make_settings, running_server
 from tests.wsclient import assert_contiguous
 
@@ -140,3 +142,34 @@ async def test_sse_and_the_history_page_refuse_bad_tokens_and_bad_ids(server: Ru
             headers={"accept": "text/event-stream", "last-event-id": "abc:xyz"},
         )
         assert bad.status_code == 400 and "Last-Event-ID" in bad.json()["error"]["message"]
+
+
+async def test_sse_counts_the_frames_and_batches_it_sends(server: Running) -> None:
+    """Events sent over SSE count as deliveries, frames and batches, as over a websocket."""
+    await server.provision("demo", fixture_files())
+    for n in range(3):
+        await server.client.post("/api/workspaces/demo/events", json={"type": "note", "data": {"n": n}})
+    logged = await server.events("demo")
+    async with open_feed(server, "demo", token=server.settings.token, since=0) as feed:
+        await feed.until_seq(logged[-1]["seq"])
+        response = await server.client.get("/metrics", headers={"authorization": ""})
+    samples = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+    assert samples["realtime_events_delivered_total"] >= len(feed.events) >= 3
+    # The history up to the 3 notes goes out in one chunk: a batch.
+    assert 1 <= samples["realtime_frames_sent_total"] <= len(feed.events)
+    assert samples["realtime_batches_sent_total"] >= 1
+
+
+async def test_an_sse_stream_opened_with_a_session_token_ends_when_the_token_expires(server: Running) -> None:
+    """A stream opened with a session token ends at the token's expiry (a websocket closes 1008)."""
+    tokens = SessionTokens(server.settings.signing_key, server.settings.token)
+    token, _ = tokens.mint("demo", Access.read, 2)
+    async with open_feed(server, "demo", token=token) as feed:
+        # Only the expiry ends this stream: nothing is appended, and keepalives are comments.
+        with anyio.fail_after(10), pytest.raises(EOFError):
+            while True:
+                await feed.next()

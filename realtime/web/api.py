@@ -203,7 +203,8 @@ async def get_events(request: Request) -> Response:
     services = _services(request)
     project_id = parse_project_id(request.path_params["project_id"])
     try:
-        project_grant(services.tokens, request.query_params.get("token") or bearer_token(request.scope), project_id)
+        token = request.query_params.get("token") or bearer_token(request.scope)
+        grant = project_grant(services.tokens, token, project_id)
     except Denied as exc:
         raise ApiError(401, "unauthorized", str(exc)) from None
     epoch = request.query_params.get("epoch") or None
@@ -220,6 +221,7 @@ async def get_events(request: Request) -> Response:
             project_id=project_id,
             since=since_or_none,
             epoch=epoch,
+            expires_at=grant.expires_at,
         )
     since = _int_param(request, "since", 0)
     limit = min(_int_param(request, "limit", 1000), 10_000)

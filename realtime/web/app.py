@@ -22,7 +22,8 @@ from realtime.config.settings import Settings
 from realtime.core.errors import INTERNAL, ApiError, BrokerUnavailable, error_for
 from realtime.core.signing import PreviewSigner
 from realtime.core.tokens import SessionTokens
-from realtime.fanout.hub import Hub, OutboxLimits
+from realtime.fanout.hub import Hub
+from realtime.fanout.outbox import OutboxLimits
 from realtime.log.broker import Broker, MemoryBroker
 from realtime.preview.gateway import PreviewGateway
 from realtime.web.api import Services, json_response, routes

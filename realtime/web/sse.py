@@ -3,20 +3,29 @@
 Each event goes out as `id: <epoch>:<seq>` and `data: <the same JSON as its websocket frame>`;
 a reconnecting `EventSource` sends the last id back as `Last-Event-ID` and the stream resumes
 right after it. The first message is a `hello` event (`event: hello`) like the websocket's.
+
+The stream is written by the same writer as a websocket (`realtime.fanout.writer`), through
+`_StreamSink`: where a websocket would be closed (drained 1012, too slow 1013, log reset 1012, its
+session token expired 1008) the stream ends, and a comment line goes out after `KEEPALIVE_S` of
+silence. The response listens for the client's disconnect, which ends the writer at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
 
 import anyio
-from starlette.responses import StreamingResponse
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from realtime.cluster.cluster import Cluster, project_snapshot
 from realtime.core.errors import ApiError
 from realtime.core.eventlog import Event
 from realtime.core.frames import hello_for
-from realtime.fanout.hub import Behind, Hub, locate
+from realtime.fanout.hub import Hub, locate
+from realtime.fanout.outbox import Closing
+from realtime.fanout.writer import write
 from realtime.log.broker import Broker
 
 __all__ = ["KEEPALIVE_S", "event_stream", "parse_last_event_id", "wants_event_stream"]
@@ -43,9 +52,57 @@ def parse_last_event_id(raw: str) -> tuple[str | None, int]:
     return epoch or None, int(seq)
 
 
-def _events_chunk(epoch: str, events: Sequence[Event]) -> bytes:
-    head = f"id: {epoch}:".encode()
-    return b"".join(head + str(event.seq).encode() + b"\ndata: " + event.frame + b"\n\n" for event in events)
+class _StreamSink:
+    """The writer's sink for an SSE stream: `id:`/`data:` chunks, keepalive comments, and the stream just ends."""
+
+    idle_after_s: float | None = KEEPALIVE_S
+    idle_frame = b": keepalive\n\n"
+
+    def __init__(self, send: Send, epoch: str) -> None:
+        self._send = send
+        self._id_head = f"id: {epoch}:".encode()
+
+    def encode(self, events: Sequence[Event]) -> bytes:
+        head = self._id_head
+        return b"".join(head + str(event.seq).encode() + b"\ndata: " + event.frame + b"\n\n" for event in events)
+
+    async def send(self, data: bytes) -> bool:
+        try:
+            await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        except OSError:  # the client went away (ASGI 2.4 servers say so on send)
+            return False
+        return True
+
+    async def close(self, closing: Closing) -> None:
+        """Nothing to send: the response ends, and the client reconnects with Last-Event-ID (and a valid token)."""
+
+
+class _EventStream(Response):
+    """A `text/event-stream` response that the shared writer fills, until it closes or the client goes away."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, stream: Callable[[Send], Awaitable[None]]) -> None:
+        # Like starlette's StreamingResponse: no body, so no content-length.
+        self._stream = stream
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def until_disconnected() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(until_disconnected)
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            await self._stream(send)
+            with suppress(OSError):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            tg.cancel_scope.cancel()
 
 
 def event_stream(
@@ -56,32 +113,16 @@ def event_stream(
     project_id: str,
     since: int | None,
     epoch: str | None,
-) -> StreamingResponse:
-    async def body() -> AsyncIterator[bytes]:
+    expires_at: int | None,
+) -> Response:
+    """The project's events after `since` as SSE, ending at `expires_at` (a session token's expiry), if any."""
+
+    async def stream(send: Send) -> None:
         start = await locate(broker, project_id, since, epoch)
         async with hub.subscribe(project_id, start.cursor, start.epoch) as outbox:
             snapshot = await project_snapshot(cluster, broker, project_id)
             hello = hello_for(project_id, start, snapshot)
-            yield f"retry: {RETRY_MS}\n".encode() + b"event: hello\ndata: " + hello + b"\n\n"
-            drain_target: int | None = None
-            while outbox.closing is None:
-                outbox.arm()
-                if hub.draining.is_set() and drain_target is None:
-                    drain_target = (await broker.read(project_id, 0, limit=0)).latest
-                try:
-                    events = await outbox.next_events()
-                except Behind:
-                    return  # the client reconnects with Last-Event-ID and is told resumed: false
-                if events:
-                    yield _events_chunk(start.epoch, events)
-                    hub.stats.events_delivered += len(events)
-                    continue
-                if drain_target is not None and outbox.cursor >= drain_target:
-                    return
-                with anyio.move_on_after(KEEPALIVE_S) as idle:
-                    await outbox.wait()
-                if idle.cancelled_caught:
-                    yield b": keepalive\n\n"
+            outbox.push_control(f"retry: {RETRY_MS}\n".encode() + b"event: hello\ndata: " + hello + b"\n\n")
+            await write(hub, outbox, _StreamSink(send, start.epoch), expires_at=expires_at)
 
-    headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
+    return _EventStream(stream)

@@ -1,16 +1,16 @@
 """The websocket channel `/ws/projects/{project_id}`: authenticate, say hello, stream events, answer ops.
 
 Per socket, in one task group: the socket's own task reads (parses client frames and starts each
-op), a second task writes (replies and the project's events from the hub's outbox, gap-free by
-cursor), and with a session token a third ends the socket when the token expires. When any of
-them ends, all do.
+op), and a second task writes (`realtime.fanout.writer`: replies and the project's events from the
+hub's outbox, gap-free by cursor, through `_SocketSink`; a drain waits for the ops in flight; a
+session token's expiry closes 1008). When either ends, both do.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-import time
+from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from realtime.cluster.cluster import project_snapshot
 from realtime.config import logs
 from realtime.core.errors import INTERNAL, ApiError, error_for
+from realtime.core.eventlog import Event
 from realtime.core.frames import (
     FrameError,
     Op,
@@ -35,18 +36,18 @@ from realtime.core.frames import (
 from realtime.core.ops import OpArgs
 from realtime.core.tokens import TokenGrant
 from realtime.core.validation import parse_project_id
-from realtime.fanout.hub import Behind, Closing, Hub, Outbox, locate
+from realtime.fanout.hub import Hub, locate
+from realtime.fanout.outbox import CLOSE_POLICY, CLOSE_RESTART, Closing, Outbox
+from realtime.fanout.writer import write
 from realtime.web.api import Services
 from realtime.web.auth import Denied, bearer_token, project_grant
 from realtime.workspaces import dispatch
 
-__all__ = ["CLOSE_POLICY", "websocket_endpoint"]
+__all__ = ["websocket_endpoint"]
 
 logger = logging.getLogger(__name__)
 
-CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
-CLOSE_RESTART = 1012
 #: Ops one socket may have in flight; past it the reader waits (the client is pushed back on).
 MAX_IN_FLIGHT = 32
 #: Seconds a close frame may wait behind a stalled client's unread data.
@@ -95,6 +96,36 @@ def _reason(text: str) -> str:
     return encoded.decode("utf-8", errors="ignore")
 
 
+class _SocketSink:
+    """The writer's sink for a websocket: one text frame per round of events, a close frame at the end."""
+
+    idle_after_s: float | None = None  # uvicorn's pings keep the socket alive
+    idle_frame = b""
+
+    def __init__(self, websocket: WebSocket, connection_id: str, project_id: str) -> None:
+        self._websocket = websocket
+        self._connection_id = connection_id
+        self._project_id = project_id
+
+    def encode(self, events: Sequence[Event]) -> bytes:
+        return batch_frame(events)
+
+    async def send(self, data: bytes) -> bool:
+        try:
+            await self._websocket.send_text(data.decode())
+        except WebSocketDisconnect:
+            return False
+        return True
+
+    async def close(self, closing: Closing) -> None:
+        logger.debug(
+            "socket %s on %s: close %s %s", self._connection_id, self._project_id, closing.code, closing.reason
+        )
+        # A stalled client's unread data holds the close frame back: wait for it, but not forever.
+        with anyio.move_on_after(CLOSE_WAIT_S, shield=True), suppress(WebSocketDisconnect, RuntimeError):
+            await self._websocket.close(closing.code, _reason(closing.reason))
+
+
 @dataclass
 class _Session:
     services: Services
@@ -119,79 +150,21 @@ class _Session:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(until_done, self._write)
-            if self.grant.expires_at is not None:
-                tg.start_soon(self._expire, self.grant.expires_at)
             # The reader runs in this task (one task fewer per socket than a reader of its own).
             await self._read(tg)
             tg.cancel_scope.cancel()
 
     # -- the writer ----------------------------------------------------------------------------
 
-    async def _send(self, frame: bytes) -> bool:
-        """Send one text frame; False when the socket is gone."""
-        try:
-            await self.websocket.send_text(frame.decode())
-        except WebSocketDisconnect:
-            return False
-        return True
-
     async def _write(self) -> None:
-        outbox = self._outbox
-        assert outbox is not None
-        # One scope for all the sending (not one per frame): `close()` cancels it, so neither a
-        # send blocked on a stalled client nor a wait holds a close back.
-        async with outbox.sending():
-            await self._write_frames(outbox)
-        await self._close(outbox)
-
-    async def _write_frames(self, outbox: Outbox) -> None:
-        drain_target: int | None = None
-        while True:
-            outbox.arm()
-            if not await self._send_control(outbox):
-                return
-            if outbox.closing is not None:
-                return
-            if self.hub.draining.is_set() and drain_target is None:
-                drain_target = (await self.services.broker.read(self.project_id, 0, limit=0)).latest
-            try:
-                events = await outbox.next_events()
-            except Behind as behind:
-                outbox.close(behind.closing)
-                return
-            if events:
-                if not await self._send(batch_frame(events)):
-                    return
-                stats = self.hub.stats
-                stats.events_delivered += len(events)
-                stats.frames_sent += 1
-                stats.batches_sent += len(events) > 1
-                continue
-            if drain_target is not None and outbox.cursor >= drain_target and self._in_flight == 0:
-                outbox.close(Closing(CLOSE_RESTART, "server is restarting; reconnect with since"))
-                return
-            await outbox.wait()
-
-    async def _send_control(self, outbox: Outbox) -> bool:
-        """Send the queued replies and hello; a function of its own so no frame outlives its sending."""
-        for frame in outbox.control():
-            if not await self._send(frame):
-                return False
-        return True
-
-    async def _close(self, outbox: Outbox) -> None:
-        closing = outbox.closing
-        if closing is None:
-            return  # the client went away
-        logger.debug("socket %s on %s: close %s %s", self.connection_id, self.project_id, closing.code, closing.reason)
-        # A stalled client's unread data holds the close frame back: wait for it, but not forever.
-        with anyio.move_on_after(CLOSE_WAIT_S, shield=True), suppress(WebSocketDisconnect, RuntimeError):
-            await self.websocket.close(closing.code, _reason(closing.reason))
-
-    async def _expire(self, expires_at: int) -> None:
-        await anyio.sleep(max(0.0, expires_at - time.time()))
         assert self._outbox is not None
-        self._outbox.close(Closing(CLOSE_POLICY, "token expired; reconnect with a fresh token and since"))
+        await write(
+            self.hub,
+            self._outbox,
+            _SocketSink(self.websocket, self.connection_id, self.project_id),
+            expires_at=self.grant.expires_at,
+            owes_replies=lambda: self._in_flight > 0,
+        )
 
     # -- the reader ----------------------------------------------------------------------------
 
