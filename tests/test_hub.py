@@ -13,7 +13,7 @@ import pytest
 
 from realtime.core.eventlog import Event, History
 from realtime.fanout.hub import Behind, Closing, Hub, Outbox, OutboxLimits, locate
-from realtime.log.broker import MemoryBroker
+from realtime.log.memory import MemoryBroker
 
 pytestmark = pytest.mark.anyio
 
