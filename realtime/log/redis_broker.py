@@ -227,6 +227,7 @@ class RedisBroker:
                 step = window.refreshed(history)
         except BaseException:
             window.refresh_failed()
+            self._refresh_needed.set()  # the refresher tries again while anyone still follows
             raise
         followed.wake()
         if step is Refreshed.AGAIN:
