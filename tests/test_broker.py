@@ -13,7 +13,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from realtime.core.eventlog import encode_event
-from realtime.log.broker import Broker, MemoryBroker
+from realtime.log.broker import Broker
+from realtime.log.memory import MemoryBroker
 from realtime.log.redis_broker import RedisBroker
 from realtime.publisher import Publisher
 from tests.conftest import REDIS_URL, delete_prefix

@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from realtime.core.eventlog import ProjectLog
-from realtime.log.broker import MemoryBroker
+from realtime.log.memory import MemoryBroker
 
 
 def test_seq_is_gap_free_and_frames_are_encoded_once() -> None:

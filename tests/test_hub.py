@@ -14,7 +14,7 @@ import pytest
 from realtime.core.eventlog import Event, History
 from realtime.fanout.hub import Hub, locate
 from realtime.fanout.outbox import Behind, Closing, Outbox, OutboxLimits
-from realtime.log.broker import MemoryBroker
+from realtime.log.memory import MemoryBroker
 
 pytestmark = pytest.mark.anyio
 

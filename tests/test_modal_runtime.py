@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from realtime.core.signing import PreviewSigner
-from realtime.log.broker import MemoryBroker
+from realtime.log.memory import MemoryBroker
 from realtime.workspaces.manager import WorkspaceManager
 from runtime.base import ChangeKind, FileChange, FileUpload, Stream
 from runtime.errors import FileNotFound, NotADirectory, PathError, ProviderError

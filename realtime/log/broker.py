@@ -1,29 +1,32 @@
-"""The broker: where events are appended, read back and waited for.
+"""The broker: where events are appended, read back and waited for (the `Broker` protocol).
 
-`MemoryBroker` serves one process. A Redis broker implements the same `Broker` protocol so that
-several instances share each project's log.
+`MemoryBroker` (memory.py) serves one process; `RedisBroker` (redis_broker.py) lets several
+instances share each project's log. Both give every project gap-free seqs under an epoch that
+changes when the log is lost, and readers that wait inside `follow()` wake on each new event.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 import anyio
 import anyio.abc
 
 from realtime.core.errors import BrokerUnavailable
-from realtime.core.eventlog import Event, History, ProjectLog
+from realtime.core.eventlog import Event, History
 
-__all__ = ["Broker", "BrokerUnavailable", "MemoryBroker"]
+__all__ = ["Broker", "BrokerUnavailable"]
 
 
 class Broker(Protocol):
     """Where events are appended and read. Raises `BrokerUnavailable` when it cannot answer."""
 
-    #: The last measured trip of a heartbeat through the broker, in seconds (None: not measured).
-    round_trip_s: float | None
+    @property
+    def round_trip_s(self) -> float | None:
+        """The last measured trip of a heartbeat through the broker, in seconds (None: not measured)."""
+        ...
 
     async def append(self, project_id: str, kind: str, data: Mapping[str, Any]) -> Event:
         """Assign the next seq to an event, retain it and wake every reader of the project."""
@@ -53,59 +56,3 @@ class Broker(Protocol):
         ...
 
     async def aclose(self) -> None: ...
-
-
-class _Project:
-    __slots__ = ("changed", "log")
-
-    def __init__(self, log: ProjectLog) -> None:
-        self.log = log
-        self.changed = anyio.Event()
-
-
-class MemoryBroker:
-    """Each project's log in this process's memory; readers wake on an event that each append sets."""
-
-    round_trip_s: float | None = None
-
-    def __init__(self, *, max_events: int = 100_000, max_bytes: int = 10 * 1024 * 1024) -> None:
-        self._max_events = max_events
-        self._max_bytes = max_bytes
-        self._projects: dict[str, _Project] = {}
-
-    def _project(self, project_id: str) -> _Project:
-        project = self._projects.get(project_id)
-        if project is None:
-            log = ProjectLog(max_events=self._max_events, max_bytes=self._max_bytes)
-            project = self._projects[project_id] = _Project(log)
-        return project
-
-    async def append(self, project_id: str, kind: str, data: Mapping[str, Any]) -> Event:
-        project = self._project(project_id)
-        event = project.log.append(kind, data)
-        changed, project.changed = project.changed, anyio.Event()
-        changed.set()
-        return event
-
-    async def read(
-        self, project_id: str, since: int, *, epoch: str | None = None, limit: int | None = None
-    ) -> History:
-        return self._project(project_id).log.read(since, epoch=epoch, limit=limit)
-
-    async def wait_after(self, project_id: str, seq: int, *, epoch: str) -> None:
-        project = self._project(project_id)
-        while project.log.epoch == epoch and project.log.latest <= seq:
-            await project.changed.wait()
-
-    @asynccontextmanager
-    async def follow(self, project_id: str) -> AsyncIterator[None]:
-        yield
-
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-
-    async def check(self) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        self._projects.clear()

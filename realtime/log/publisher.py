@@ -17,7 +17,7 @@ import orjson
 
 from realtime.core.errors import ApiError
 from realtime.core.validation import parse_project_id
-from realtime.log.redis_broker import RedisAppender
+from realtime.log.append import RedisAppender
 from realtime.redis.connection import connect
 from realtime.redis.keys import RedisKeys
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 __all__ = ["RedisKeys"]
 
-_EVENTS_SUFFIX = "}:events"
-
 
 class RedisKeys:
     """The names under one prefix (`WORKSPACE_REDIS_PREFIX`)."""
@@ -42,13 +40,6 @@ class RedisKeys:
     def events(self, project_id: str) -> str:
         """The channel each append is published on."""
         return self._project(project_id, "events")
-
-    def project_of(self, channel: str) -> str | None:
-        """The project whose `events` channel `channel` is; None for any other channel."""
-        head, _, rest = channel.partition(":{")
-        if head != self.prefix or not rest.endswith(_EVENTS_SUFFIX):
-            return None
-        return rest[: -len(_EVENTS_SUFFIX)]
 
     def owner(self, project_id: str) -> str:
         """The ownership lease."""

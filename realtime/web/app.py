@@ -24,7 +24,8 @@ from realtime.core.signing import PreviewSigner
 from realtime.core.tokens import SessionTokens
 from realtime.fanout.hub import Hub
 from realtime.fanout.outbox import OutboxLimits
-from realtime.log.broker import Broker, MemoryBroker
+from realtime.log.broker import Broker
+from realtime.log.memory import MemoryBroker
 from realtime.preview.gateway import PreviewGateway
 from realtime.web.api import Services, json_response, routes
 from realtime.web.auth import BearerAuth
