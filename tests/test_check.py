@@ -30,7 +30,9 @@ from realtime.check import (
     run_checks,
 )
 from realtime.config.settings import Settings
+from realtime.web.app import create_app
 from tests.conftest import REDIS_URL
+from tests.harness import make_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -238,6 +240,19 @@ def test_webhook_secret() -> None:
     assert raw.ok is True and "warning" in raw.detail
     for finding in (check_webhook_secret("X", good), raw):
         assert good not in finding.detail and "plain-shared-secret-value" not in finding.detail
+
+
+def test_unpadded_whsec_secret_is_accepted_by_serve_and_by_check(tmp_path: Path) -> None:
+    """A whsec_ secret whose base64 lacks its `=` padding: serve starts with it, and check says ok too."""
+    unpadded = "whsec_" + base64.b64encode(b"k" * 32).decode().rstrip("=")
+    assert len(unpadded.removeprefix("whsec_")) % 4
+    env = {"WORKSPACE_CALLBACK_URL": "https://app.example.com/cb", "WORKSPACE_CALLBACK_SECRET": unpadded,
+           "WORKSPACE_WEBHOOK_SECRET": unpadded}
+    create_app(make_settings(tmp_path, 8000, **env))  # serve: no ConfigError
+    for var in ("WORKSPACE_CALLBACK_SECRET", "WORKSPACE_WEBHOOK_SECRET"):
+        finding = check_webhook_secret(var, unpadded)
+        assert finding.ok is True, finding.detail
+        assert "32 bytes" in finding.detail and unpadded not in finding.detail
 
 
 # --- Modal credentials -----------------------------------------------------------------------------
