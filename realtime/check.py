@@ -1,30 +1,35 @@
-"""`realtime check`: the effective configuration (secrets masked), and what can be checked before serving.
+"""`realtime check`: what can be checked before serving (the configuration table beside it is
+`realtime.config.masking.effective_config`).
 
 Each check returns `Finding`s: `ok` is True (fine, perhaps with a warning in `detail`), False (this will
-not work) or None (skipped: not configured, or not relevant to the chosen runtime). The checks are plain
-functions over values, so they are testable without I/O; only `check_redis` and `check_local_runtime`
-touch the outside world, and `run_checks` puts them together.
+not work) or None (skipped: not configured, or not relevant to the chosen runtime). A setting's rule
+lives once, where `serve` applies it (`realtime.config`, `realtime.webhooks.config`): the checks here
+run those rules and word their outcome, so `check` fails exactly what `serve` refuses. Only
+`check_redis` and `check_local_runtime` touch the outside world; `run_checks` puts them together.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import importlib.metadata
 import importlib.util
-import ipaddress
 import os
-import re
 import shutil
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
 
+from realtime.config.image import parse_image_reference
+from realtime.config.masking import mask, mask_url
 from realtime.config.settings import DEFAULT_TEMPLATE, ConfigError, Settings
+from realtime.webhooks.config import (
+    parse_secret,
+    require_callback_secret,
+    validate_callback_url,
+    validate_webhook_settings,
+)
 
 __all__ = [
     "Finding",
@@ -35,12 +40,8 @@ __all__ = [
     "check_modal_sdk",
     "check_redis",
     "check_webhook_secret",
-    "effective_config",
     "exit_code",
     "format_report",
-    "mask",
-    "mask_url",
-    "parse_image_reference",
     "run_checks",
 ]
 
@@ -58,170 +59,7 @@ class Finding:
         return "skip" if self.ok is None else "ok" if self.ok else "FAIL"
 
 
-# --- masking ---------------------------------------------------------------------------------------
-
-#: Settings fields (and query parameters) whose values are secrets.
-_SECRET_NAME = re.compile(r"secret|password|passwd|pwd|token|signing_key|api_?key|auth|sig", re.IGNORECASE)
-#: Settings fields that are not read from the environment, or are shown another way.
-_HIDDEN_FIELDS = frozenset({"token_generated", "max_command_timeout_s"})
-#: Settings fields whose variable is not `WORKSPACE_<FIELD>`.
-_FIELD_VARS = {
-    "host": "--host",
-    "port": "--port",
-    "template_dir": "WORKSPACE_TEMPLATE",
-    "redis_url": "REDIS_URL",
-}
-_MASK = "****"
-
-
-def mask(value: str | None) -> str:
-    """A secret as `abcd**** (40 chars)`: its first 4 characters only when it is long (16+), never more."""
-    if not value:
-        return "(unset)"
-    shown = value[:4] if len(value) >= 16 else ""
-    return f"{shown}{_MASK} ({len(value)} chars)"
-
-
-def mask_url(url: str | None) -> str:
-    """`url` with the password in its userinfo, and secret-looking query values, replaced by `****`.
-
-    `redis://:pass@host:6379/0` → `redis://:****@host:6379/0`; `redis://user:pass@h` → `redis://user:****@h`;
-    a userinfo without `:` (`redis://pass@h`, which some write meaning a password) is masked whole.
-    """
-    if not url:
-        return "(unset)"
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return _MASK + " (unparsable URL)"
-    netloc = parts.netloc
-    userinfo, at, hostport = netloc.rpartition("@")
-    if at:
-        user, colon, password = userinfo.partition(":")
-        userinfo = f"{user}:{_MASK}" if colon and password else (f"{user}:" if colon else _MASK)
-        netloc = f"{userinfo}@{hostport}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(_SECRET_NAME.search(key) for key, _ in pairs):
-            query = urlencode([(k, _MASK if _SECRET_NAME.search(k) else v) for k, v in pairs], safe="*{}")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def _var(name: str) -> str:
-    return _FIELD_VARS.get(name, "WORKSPACE_" + name.upper())
-
-
-def effective_config(settings: Settings, env: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
-    """(variable, value) rows of the configuration in effect, secrets masked.
-
-    `env` (default `os.environ`) tells set variables from defaults, and supplies the Modal variables,
-    which live outside `Settings`.
-    """
-    env = os.environ if env is None else env
-    rows: list[tuple[str, str]] = []
-    for f in fields(settings):
-        if f.name in _HIDDEN_FIELDS:
-            continue
-        var = _var(f.name)
-        value = getattr(settings, f.name)
-        if f.name == "token" and settings.token_generated:
-            shown = "(unset: a dev token is generated at each start; `serve` prints it)"
-        elif f.name == "signing_key" and not env.get(var):
-            shown = "(unset: random at each start; signed URLs and sessions die with the process)"
-        elif value is None:
-            shown = "(unset)"
-        elif _SECRET_NAME.search(f.name):
-            shown = mask(value.decode(errors="replace") if isinstance(value, bytes) else str(value))
-        elif f.name.endswith("_url"):
-            shown = mask_url(str(value))
-        else:
-            shown = str(value)
-            if isinstance(value, Path) and not value.is_absolute():
-                shown += f" (= {value.resolve()})"
-        if var.startswith(("WORKSPACE_", "REDIS_")) and not env.get(var) and not shown.startswith("(unset"):
-            shown += " (default)"
-        rows.append((var, shown))
-    for var in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_PROFILE", "MODAL_CONFIG_PATH"):
-        raw = env.get(var) or None
-        if raw is None and var in ("MODAL_PROFILE", "MODAL_CONFIG_PATH"):
-            continue
-        rows.append((var, mask(raw) if var == "MODAL_TOKEN_SECRET" else raw or "(unset)"))
-    return rows
-
-
-# --- image reference -------------------------------------------------------------------------------
-# The grammar of github.com/distribution/reference (what `docker pull` accepts):
-#   reference  := name [ ":" tag ] [ "@" digest ]
-#   name       := [domain "/"] path-component ["/" path-component]*
-#   domain     := host [":" port];  host := domain-name | "[" IPv6 "]"
-#   domain-component := /([a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])/
-#   path-component   := /[a-z0-9]+/ (separator /[a-z0-9]+/)*;  separator := /[_.]|__|[-]+/
-#   tag        := /[\w][\w.-]{0,127}/
-#   digest     := algorithm ":" hex (sha256: 64 lowercase hex digits, as go-digest validates)
-# The first component is a domain only if it has a "." or ":", is "localhost", or has an upper-case letter.
-
-_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_DOMAIN = re.compile(rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?")
-_PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_DIGEST = re.compile(r"([A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*):([0-9a-fA-F]{32,})")
-_DIGEST_HEX = {"sha256": 64, "sha384": 96, "sha512": 128}
-_NAME_MAX = 255
-
-
-@dataclass(frozen=True, slots=True)
-class ImageReference:
-    domain: str | None
-    path: str
-    tag: str | None
-    digest: str | None
-
-
-def parse_image_reference(ref: str) -> ImageReference:
-    """Split a Docker/OCI image reference; ValueError says what is wrong with a malformed one."""
-    if not ref:
-        raise ValueError("empty image reference")
-    if ref != ref.strip() or any(c.isspace() for c in ref):
-        raise ValueError("whitespace in image reference")
-    if re.fullmatch(r"[a-f0-9]{64}", ref):
-        raise ValueError("a bare 64-hex-digit string is an image ID, not a reference")
-    remainder, at, digest = ref.partition("@")
-    if at:
-        m = _DIGEST.fullmatch(digest)
-        if not m:
-            raise ValueError(f"malformed digest {digest!r} (want algorithm:hex, e.g. sha256:<64 hex digits>)")
-        algorithm, hexpart = m.groups()
-        if algorithm not in _DIGEST_HEX:
-            raise ValueError(f"unsupported digest algorithm {algorithm!r}")
-        if len(hexpart) != _DIGEST_HEX[algorithm] or not re.fullmatch(r"[a-f0-9]+", hexpart):
-            raise ValueError(f"{algorithm} digest must be {_DIGEST_HEX[algorithm]} lowercase hex digits")
-    name, tag = remainder, None
-    colon = remainder.rfind(":")
-    if colon > remainder.rfind("/"):
-        name, tag = remainder[:colon], remainder[colon + 1 :]
-        if not tag:
-            raise ValueError("empty tag after ':'")
-        if not _TAG.fullmatch(tag):
-            raise ValueError(f"malformed tag {tag!r} (letters, digits, _ . -; not starting with . or -; ≤128)")
-    if not name:
-        raise ValueError("missing repository name")
-    if len(name) > _NAME_MAX:
-        raise ValueError(f"repository name longer than {_NAME_MAX} characters")
-    first, slash, rest = name.partition("/")
-    domain: str | None = None
-    path = name
-    if slash and (any(c in first for c in ".:") or first == "localhost" or first.lower() != first):
-        domain, path = first, rest
-        if not _DOMAIN.fullmatch(domain):
-            raise ValueError(f"malformed registry host {domain!r}")
-    for component in path.split("/"):
-        if _PATH_COMPONENT.fullmatch(component):
-            continue
-        if _PATH_COMPONENT.fullmatch(component.lower()):
-            raise ValueError(f"repository name must be lowercase, got {component!r}")
-        raise ValueError(f"malformed repository path component {component!r}")
-    return ImageReference(domain=domain, path=path, tag=tag, digest=digest if at else None)
+# --- image reference: the rule of realtime.config.image, worded ----------------------------------
 
 
 def check_image(ref: str | None, runtime: str = "modal") -> Finding:
@@ -245,59 +83,50 @@ def check_image(ref: str | None, runtime: str = "modal") -> Finding:
     return Finding(name, True, detail)
 
 
-# --- URLs and secrets ------------------------------------------------------------------------------
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+# --- webhooks: the rules of realtime.webhooks.config, worded -----------------------------------------
 
 
 def check_callback_url(url: str | None) -> Finding:
     """WORKSPACE_CALLBACK_URL is an absolute http(s) URL with a host; plain http off loopback is a warning."""
     name = "callback URL"
     if not url:
-        return Finding(name, None, "WORKSPACE_CALLBACK_URL unset: outbound callbacks are off")
-    shown = mask_url(url)
-    if any(c.isspace() for c in url):
-        return Finding(name, False, f"{shown}: contains whitespace")
+        return Finding(name, None, "WORKSPACE_CALLBACK_URL unset: outbound webhooks are off")
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        return Finding(name, False, f"{shown}: {exc}")
-    if parts.scheme not in ("http", "https"):
-        return Finding(name, False, f"{shown}: must be an absolute http:// or https:// URL")
-    host = parts.hostname
-    if not host:
-        return Finding(name, False, f"{shown}: no host")
-    if port == 0:
-        return Finding(name, False, f"{shown}: port 0")
-    if parts.fragment:
-        return Finding(name, False, f"{shown}: a fragment (#…) is never sent to the server")
-    if parts.scheme == "http" and not _is_loopback(host):
-        return Finding(name, True, f"{shown} (warning: plain http off loopback; use https)")
-    return Finding(name, True, shown)
+        warning = validate_callback_url(url)
+    except ConfigError as exc:
+        return Finding(name, False, str(exc))
+    return Finding(name, True, mask_url(url) + (f" (warning: {warning})" if warning else ""))
 
 
 def check_webhook_secret(var: str, value: str | None) -> Finding:
-    """A Standard Webhooks secret: `whsec_` + base64 of 24 to 64 random bytes."""
+    """A Standard Webhooks secret: `whsec_` + base64 (padded or not) of 24 to 64 random bytes."""
     name = var.removeprefix("WORKSPACE_").lower().replace("_", " ")
     if not value:
         return Finding(name, None, f"{var} unset")
-    if not value.startswith("whsec_"):
-        return Finding(name, True, f"{mask(value)} (warning: not in the Standard Webhooks form whsec_<base64>)")
     try:
-        raw = base64.b64decode(value.removeprefix("whsec_"), validate=True)
-    except (binascii.Error, ValueError):
-        return Finding(name, False, f"{mask(value)}: the part after whsec_ is not valid base64")
-    if not 24 <= len(raw) <= 64:
-        return Finding(name, False, f"{mask(value)}: decodes to {len(raw)} bytes, want 24 to 64")
-    return Finding(name, True, f"{mask(value)}: whsec_ + {len(raw)} bytes")
+        secret = parse_secret(value, var)
+    except ConfigError as exc:
+        return Finding(name, False, f"{mask(value)}: {exc}")
+    if not secret.standard:
+        return Finding(name, True, f"{mask(value)} (warning: not in the Standard Webhooks form whsec_<base64>)")
+    return Finding(name, True, f"{mask(value)}: whsec_ + {len(secret.key)} bytes")
+
+
+def _check_callback_secret(settings: Settings) -> Finding:
+    try:
+        require_callback_secret(settings)
+    except ConfigError as exc:
+        return Finding("callback secret", False, f"unset: serve refuses to start: {exc}")
+    return check_webhook_secret("WORKSPACE_CALLBACK_SECRET", settings.callback_secret)
+
+
+def _serve_accepts_webhooks(settings: Settings) -> Finding:
+    """What `serve` itself refuses at start (the same function decides)."""
+    try:
+        validate_webhook_settings(settings)
+    except ConfigError as exc:
+        return Finding("webhook settings", False, str(exc))
+    return Finding("webhook settings", True, "accepted by serve")
 
 
 # --- Modal -----------------------------------------------------------------------------------------
@@ -445,30 +274,14 @@ async def run_checks(
     else:
         findings.append(Finding("modal credentials", None, f"runtime is {settings.runtime}"))
     findings.append(check_image(settings.image, settings.runtime))
-    callback = check_callback_url(settings.callback_url)
-    findings.append(callback)
-    if settings.callback_url and not settings.callback_secret:
-        detail = "unset, but WORKSPACE_CALLBACK_URL is set: serve refuses to start (callbacks are always signed)"
-        findings.append(Finding("callback secret", False, detail))
-    else:
-        findings.append(check_webhook_secret("WORKSPACE_CALLBACK_SECRET", settings.callback_secret))
+    findings.append(check_callback_url(settings.callback_url))
+    findings.append(_check_callback_secret(settings))
     findings.append(check_webhook_secret("WORKSPACE_WEBHOOK_SECRET", settings.webhook_secret))
     findings.append(_serve_accepts_webhooks(settings))
     findings.append(await check_redis(settings.redis_url))
     if settings.runtime == "local":
         findings.extend(check_local_runtime(settings, which))
     return findings
-
-
-def _serve_accepts_webhooks(settings: Settings) -> Finding:
-    """What `serve` itself refuses at start (the same function decides)."""
-    from realtime.web.webhook_routes import check_settings
-
-    try:
-        check_settings(settings)
-    except ConfigError as exc:
-        return Finding("webhook settings", False, str(exc))
-    return Finding("webhook settings", True, "accepted by serve")
 
 
 def format_report(config: list[tuple[str, str]], findings: list[Finding]) -> str:

@@ -41,7 +41,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     """Print the effective configuration (secrets masked) and the checks; 0 if none failed, 1, or 2."""
-    from realtime.check import effective_config, exit_code, format_report, run_checks
+    from realtime.check import exit_code, format_report, run_checks
+    from realtime.config.masking import effective_config
 
     try:
         settings = Settings.from_env(host=args.host, port=args.port)

@@ -21,17 +21,19 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from realtime.config.settings import ConfigError
+from realtime.core.backoff import Backoff
 from realtime.web.app import create_app
-from realtime.webhooks.outbound import (
+from realtime.webhooks.delivery import (
     Action,
-    CallbackMapper,
-    Callbacks,
+    Delivery,
+    OutboundEventMapper,
     RetryPolicy,
-    callback_body,
+    delivery_body,
     parse_retry_after,
     signed_headers,
 )
-from realtime.webhooks.store import Delivery, MemoryCallbackStore, RedisCallbackStore
+from realtime.webhooks.outbound import OutboundWebhooks
+from realtime.webhooks.store import MemoryDeliveryStore, RedisDeliveryStore
 from tests.conftest import REDIS_URL, delete_prefix
 from tests.harness import Running, bound_socket, fixture_files, make_settings, running_server, serve_asgi
 
@@ -44,7 +46,7 @@ SECRET = "whsec_" + base64.b64encode(b"callback-test-secret-0123456789").decode(
 
 def test_first_retry_after_about_a_second_then_doubling_to_the_cap() -> None:
     """Delays start near 1 s, double, and never pass the cap, whatever the jitter draws."""
-    policy = RetryPolicy(max_attempts=12, base_s=1.0, cap_s=60.0, jitter=0.2)
+    policy = RetryPolicy(max_attempts=12, backoff=Backoff(first=1.0, cap=60.0, jitter=0.2))
     for rand in (0.0, 0.5, 0.999):
         delays = policy.schedule(rand)
         assert 0.8 <= delays[0] <= 1.2
@@ -82,7 +84,7 @@ def test_2xx_is_delivered() -> None:
 
 def test_retry_after_is_honoured_up_to_its_limit() -> None:
     """`Retry-After` lengthens the delay (never shortens it), within `max_retry_after_s`."""
-    policy = RetryPolicy(base_s=1.0, max_retry_after_s=100.0)
+    policy = RetryPolicy(backoff=Backoff(first=1.0, cap=300.0, jitter=0.2), max_retry_after_s=100.0)
     assert policy.decide(1, 429, 30.0, 0.5).delay_s == 30.0
     assert policy.decide(1, 429, 0.0, 0.5).delay_s == 1.0
     assert policy.decide(1, 503, 5000.0, 0.5).delay_s == 100.0
@@ -100,7 +102,7 @@ def test_retry_after_parses_seconds_and_http_dates() -> None:
 
 def test_body_and_headers_verify_with_standardwebhooks() -> None:
     """A signed body verifies with the reference library and carries the contract's fields."""
-    body = callback_body("msg_1", "workspace.ready", "demo", "2026-01-01T00:00:00.000Z", {"preview_url": "u"})
+    body = delivery_body("msg_1", "workspace.ready", "demo", "2026-01-01T00:00:00.000Z", {"preview_url": "u"})
     now = 1_767_225_600.0
     headers = signed_headers(Webhook(SECRET), "msg_1", body, now)
     assert headers["webhook-id"] == "msg_1" and headers["webhook-timestamp"] == str(int(now))
@@ -112,9 +114,9 @@ def test_body_and_headers_verify_with_standardwebhooks() -> None:
                        "created_at": "2026-01-01T00:00:00.000Z", "data": {"preview_url": "u"}}
 
 
-def test_mapper_turns_log_events_into_callbacks() -> None:
+def test_mapper_turns_log_events_into_outbound_webhooks() -> None:
     """ready carries the preview seen before it; failed its detail; stopped; command exits."""
-    mapper = CallbackMapper()
+    mapper = OutboundEventMapper()
     assert mapper.feed("p", "status", {"state": "installing"}) is None
     assert mapper.feed("p", "preview", {"url": "http://x/", "expires_at": 5, "port": 3000}) is None
     assert mapper.feed("p", "status", {"state": "ready"}) == (
@@ -144,9 +146,9 @@ def redis_prefix() -> Iterator[str]:
 @pytest.fixture(params=["memory", "redis"])
 async def store(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncIterator[Any]:
     made = (
-        MemoryCallbackStore(max_dead=3)
+        MemoryDeliveryStore(max_dead=3)
         if request.param == "memory"
-        else RedisCallbackStore(aioredis.Redis.from_url(REDIS_URL), redis_prefix, retry_s=5, max_dead=3)
+        else RedisDeliveryStore(aioredis.Redis.from_url(REDIS_URL), redis_prefix, retry_s=5, max_dead=3)
     )
     try:
         yield made
@@ -156,7 +158,7 @@ async def store(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncItera
 
 def delivery(n: int) -> Delivery:
     return Delivery(f"msg_{n}", "workspace.ready", "demo", "2026-01-01T00:00:00.000Z",
-                    callback_body(f"msg_{n}", "workspace.ready", "demo", "2026-01-01T00:00:00.000Z", {"n": n}))
+                    delivery_body(f"msg_{n}", "workspace.ready", "demo", "2026-01-01T00:00:00.000Z", {"n": n}))
 
 
 async def test_claim_counts_the_attempt_and_hides_the_delivery_until_its_lease_lapses(store: Any) -> None:
@@ -209,7 +211,7 @@ async def test_dead_letters_are_bounded_newest_first(store: Any) -> None:
 
 async def test_two_instances_never_claim_the_same_delivery(redis_prefix: str) -> None:
     """Concurrent claims from two clients split the due deliveries between them, with no overlap."""
-    stores = [RedisCallbackStore(aioredis.Redis.from_url(REDIS_URL), redis_prefix, retry_s=5) for _ in range(2)]
+    stores = [RedisDeliveryStore(aioredis.Redis.from_url(REDIS_URL), redis_prefix, retry_s=5) for _ in range(2)]
     for n in range(40):
         await stores[0].add(delivery(n), 0.0)
     claimed: list[list[str]] = [[], []]
@@ -230,36 +232,38 @@ async def test_two_instances_never_claim_the_same_delivery(redis_prefix: str) ->
 # -- the service's buffer ----------------------------------------------------------------------
 
 
-def make_callbacks(store: Any, buffer: int = 10_000) -> Callbacks:
-    return Callbacks(url="http://127.0.0.1:9/hook", secret=SECRET, store=store, policy=RetryPolicy(), buffer=buffer)
+def outbound_service(store: Any, buffer: int = 10_000) -> OutboundWebhooks:
+    return OutboundWebhooks(
+        url="http://127.0.0.1:9/hook", secret=SECRET, store=store, policy=RetryPolicy(), buffer=buffer
+    )
 
 
 async def test_notify_never_blocks_and_a_full_buffer_drops_the_oldest() -> None:
-    """With nothing draining it, the buffer keeps the newest callbacks and counts the dropped."""
-    callbacks = make_callbacks(MemoryCallbackStore(), buffer=2)
+    """With nothing draining it, the buffer keeps the newest deliveries and counts the dropped."""
+    outbound = outbound_service(MemoryDeliveryStore(), buffer=2)
     for n in range(3):
-        callbacks.notify("demo", "command", {"command_id": f"c{n}", "state": "exited", "exit_code": 0})
-    callbacks.notify("demo", "log", {"text": "not a callback"})
-    assert callbacks.stats["dropped"] == 1
+        outbound.notify("demo", "command", {"command_id": f"c{n}", "state": "exited", "exit_code": 0})
+    outbound.notify("demo", "log", {"text": "not a callback"})
+    assert outbound.stats["dropped"] == 1
 
 
 async def test_shutdown_stores_what_the_buffer_holds() -> None:
-    """`aclose` moves buffered callbacks into the store, so a clean restart loses none."""
-    store = MemoryCallbackStore()
-    callbacks = make_callbacks(store)
-    callbacks.notify("demo", "status", {"state": "failed", "detail": "boom"})
-    await callbacks.aclose()
+    """`aclose` moves buffered deliveries into the store, so a clean restart loses none."""
+    store = MemoryDeliveryStore()
+    outbound = outbound_service(store)
+    outbound.notify("demo", "status", {"state": "failed", "detail": "boom"})
+    await outbound.aclose()
     [claimed] = await store.claim(time.time() + 1, 10, 30.0)
     assert (claimed.type, claimed.project_id) == ("workspace.failed", "demo")
     assert orjson.loads(claimed.body)["data"] == {"state": "failed", "detail": "boom"}
 
 
-def test_callbacks_without_a_secret_send_nothing() -> None:
-    """No secret, no callbacks: `notify` is a no-op."""
-    callbacks = Callbacks(url="http://127.0.0.1:9/hook", secret=None, store=MemoryCallbackStore(),
-                          policy=RetryPolicy())
-    assert not callbacks.enabled
-    callbacks.notify("demo", "status", {"state": "failed"})
+def test_outbound_webhooks_without_a_secret_send_nothing() -> None:
+    """No secret, no outbound webhooks: `notify` is a no-op."""
+    outbound = OutboundWebhooks(url="http://127.0.0.1:9/hook", secret=None, store=MemoryDeliveryStore(),
+                                policy=RetryPolicy())
+    assert not outbound.enabled
+    outbound.notify("demo", "status", {"state": "failed"})
 
 
 # -- deliveries to a real receiver on loopback --------------------------------------------------
@@ -380,7 +384,7 @@ async def test_a_400_is_one_attempt_and_a_dead_letter_that_can_be_retried(tmp_pa
 
 
 async def test_a_receiver_down_across_a_restart_still_gets_the_callback(tmp_path: Path, redis_prefix: str) -> None:
-    """With Redis, callbacks queued while the receiver is down survive the server's restart."""
+    """With Redis, deliveries queued while the receiver is down survive the server's restart."""
     receiver = Receiver(SECRET)
     sock = bound_socket()  # bound, not listening: connections are refused until the receiver serves
     env = callback_env(sock.getsockname()[1], REDIS_URL=REDIS_URL, WORKSPACE_REDIS_PREFIX=redis_prefix)
@@ -405,8 +409,8 @@ async def test_two_instances_on_one_redis_deliver_each_callback_once(redis_prefi
     sock = bound_socket()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/hook"
     services = [
-        Callbacks(url=url, secret=SECRET, policy=RetryPolicy(), poll_s=0.01, concurrency=4,
-                  store=RedisCallbackStore(aioredis.Redis.from_url(REDIS_URL), redis_prefix, retry_s=5))
+        OutboundWebhooks(url=url, secret=SECRET, policy=RetryPolicy(), poll_s=0.01, concurrency=4,
+                         store=RedisDeliveryStore(aioredis.Redis.from_url(REDIS_URL), redis_prefix, retry_s=5))
         for _ in range(2)
     ]
     async with serve_asgi(receiver.app, sock), anyio.create_task_group() as tg:

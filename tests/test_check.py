@@ -21,16 +21,16 @@ from realtime.check import (
     check_modal_sdk,
     check_redis,
     check_webhook_secret,
-    effective_config,
     exit_code,
     format_report,
-    mask,
-    mask_url,
-    parse_image_reference,
     run_checks,
 )
+from realtime.config.image import parse_image_reference
+from realtime.config.masking import effective_config, mask, mask_url
 from realtime.config.settings import Settings
+from realtime.web.app import create_app
 from tests.conftest import REDIS_URL
+from tests.harness import make_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -234,10 +234,28 @@ def test_webhook_secret() -> None:
     assert check_webhook_secret("WORKSPACE_CALLBACK_SECRET", "whsec_not*base64").ok is False
     short = "whsec_" + base64.b64encode(b"k" * 8).decode()
     assert check_webhook_secret("WORKSPACE_CALLBACK_SECRET", short).ok is False
-    raw = check_webhook_secret("WORKSPACE_WEBHOOK_SECRET", "plain-shared-secret-value")
+    unprefixed = base64.b64encode(b"u" * 32).decode()  # serve reads it as the library does: a warning only
+    raw = check_webhook_secret("WORKSPACE_WEBHOOK_SECRET", unprefixed)
     assert raw.ok is True and "warning" in raw.detail
-    for finding in (check_webhook_secret("X", good), raw):
-        assert good not in finding.detail and "plain-shared-secret-value" not in finding.detail
+    # Not base64 at all: serve refuses it (it used to be reported ok with a warning here).
+    plain = check_webhook_secret("WORKSPACE_WEBHOOK_SECRET", "plain-shared-secret-value")
+    assert plain.ok is False
+    for finding in (check_webhook_secret("X", good), raw, plain):
+        assert good not in finding.detail and unprefixed not in finding.detail
+        assert "plain-shared-secret-value" not in finding.detail
+
+
+def test_unpadded_whsec_secret_is_accepted_by_serve_and_by_check(tmp_path: Path) -> None:
+    """A whsec_ secret whose base64 lacks its `=` padding: serve starts with it, and check says ok too."""
+    unpadded = "whsec_" + base64.b64encode(b"k" * 32).decode().rstrip("=")
+    assert len(unpadded.removeprefix("whsec_")) % 4
+    env = {"WORKSPACE_CALLBACK_URL": "https://app.example.com/cb", "WORKSPACE_CALLBACK_SECRET": unpadded,
+           "WORKSPACE_WEBHOOK_SECRET": unpadded}
+    create_app(make_settings(tmp_path, 8000, **env))  # serve: no ConfigError
+    for var in ("WORKSPACE_CALLBACK_SECRET", "WORKSPACE_WEBHOOK_SECRET"):
+        finding = check_webhook_secret(var, unpadded)
+        assert finding.ok is True, finding.detail
+        assert "32 bytes" in finding.detail and unpadded not in finding.detail
 
 
 # --- Modal credentials -----------------------------------------------------------------------------

@@ -13,15 +13,15 @@ from typing import Any
 
 from runtime.base import DEFAULT_TEMPLATE
 
-__all__ = ["DEFAULT_TEMPLATE", "ConfigError", "Settings"]
-
+__all__ = ["DEFAULT_TEMPLATE", "ConfigError", "Settings", "is_loopback", "source"]
 
 
 class ConfigError(ValueError):
     """The configuration cannot work; the message says which variable to fix."""
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback address. Not `*.localhost`: such a name is not sure to resolve to loopback."""
     if host == "localhost":
         return True
     try:
@@ -154,7 +154,7 @@ class Settings:
         """
         env = os.environ if environ is None else environ
         d = _DEFAULTS
-        loopback = _is_loopback(host)
+        loopback = is_loopback(host)
         token = env.get("WORKSPACE_TOKEN", "")
         generated = False
         if not token:
@@ -228,6 +228,22 @@ class Settings:
             modal_registry_secret=env.get("WORKSPACE_MODAL_REGISTRY_SECRET") or None,
         )
 
+
+#: Fields read from somewhere other than `WORKSPACE_<FIELD>`; None: not read at all, but derived.
+_SOURCES: dict[str, str | None] = {
+    "host": "--host",
+    "port": "--port",
+    "template_dir": "WORKSPACE_TEMPLATE",
+    "redis_url": "REDIS_URL",
+    "token_generated": None,
+    "max_command_timeout_s": None,
+}
+
+
+def source(field: str) -> str | None:
+    """Where `Settings.from_env` reads `field` from: its environment variable (or `serve` option), or
+    None for a field that is derived (`token_generated`) or fixed (`max_command_timeout_s`)."""
+    return _SOURCES.get(field, "WORKSPACE_" + field.upper())
 
 
 def _instance_id(raw: str | None) -> str | None:

@@ -28,6 +28,13 @@ class Backoff:
         base = min(self.cap, self.first * self.factor ** min(attempt, 64))
         return base * (1 - self.jitter * rand())
 
+    def centred(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
+        """The delay drawn from `[d·(1 - jitter), d·(1 + jitter)]` around the uncapped delay `d`, then
+        capped: the middle draw (0.5) is `d` itself, and once `d·(1 - jitter)` reaches the cap every
+        draw is the cap (a schedule whose total reads the same at every draw)."""
+        base = self.first * self.factor ** min(attempt, 64)
+        return min(self.cap, base * (1 - self.jitter + 2 * self.jitter * rand()))
+
     def bare(self, attempt: int) -> float:
         """The delay without jitter (its upper bound)."""
         return min(self.cap, self.first * self.factor ** min(attempt, 64))

@@ -30,8 +30,9 @@ from realtime.preview.gateway import PreviewGateway
 from realtime.web.api import Services, json_response, routes
 from realtime.web.auth import BearerAuth
 from realtime.web.console import console_routes
-from realtime.web.webhook_routes import check_settings, make_callbacks, make_inbound, webhook_routes
+from realtime.web.webhook_routes import webhook_routes
 from realtime.web.websocket import websocket_endpoint
+from realtime.webhooks.config import make_inbound, make_outbound, validate_webhook_settings
 from realtime.workspaces.manager import WorkspaceManager
 from runtime.base import Runtime
 from runtime.errors import RuntimeFailure
@@ -135,7 +136,7 @@ def create_app(
 
     `app.state.hub` is the app's fan-out hub, which the server drains on shutdown.
     """
-    check_settings(settings)  # webhook secrets and retry settings: refused before anything starts
+    validate_webhook_settings(settings)  # webhook URL, secrets and retries: refused before anything starts
     signer = PreviewSigner(settings.signing_key, settings.preview_url)
     tokens = SessionTokens(settings.signing_key, settings.token)
     the_broker = broker or make_broker(settings)
@@ -170,13 +171,13 @@ def create_app(
                 preview_ttl_s=settings.preview_ttl_s,
             )
             cluster = make_cluster(settings, the_broker, manager)
-            callbacks, inbound = make_callbacks(settings), make_inbound(settings)
-            manager.on_appended.append(callbacks.notify)
+            outbound, inbound = make_outbound(settings), make_inbound(settings)
+            manager.on_appended.append(outbound.notify)
             await tg.start(the_broker.run)
             await tg.start(manager.run)
             await tg.start(cluster.run)
             await tg.start(hub.run)
-            await tg.start(callbacks.run)
+            await tg.start(outbound.run)
             services = Services(
                 settings=settings, manager=manager, broker=the_broker, tokens=tokens, cluster=cluster
             )
@@ -185,9 +186,9 @@ def create_app(
                     "services": services,
                     "hub": hub,
                     "gateway": PreviewGateway(signer, cluster.resolve, proxy_http),
-                    "callbacks": callbacks,
+                    "outbound": outbound,
                     "inbound": inbound,
-                    "metric_sources": (callbacks, inbound),
+                    "metric_sources": (outbound, inbound),
                 }
             finally:
                 with anyio.CancelScope(shield=True):
@@ -195,7 +196,7 @@ def create_app(
                         await cluster.hand_over()
                     await manager.aclose()
                     await cluster.aclose()
-                    await callbacks.aclose()  # after the workspaces stopped: their callbacks are stored
+                    await outbound.aclose()  # after the workspaces stopped: their webhooks are stored
                     await inbound.aclose()
                     await runtime.aclose()
                     await the_broker.aclose()

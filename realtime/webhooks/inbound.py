@@ -9,8 +9,6 @@ its timestamp, 400 for a malformed body). `InboundHandler.handle` adds the I/O: 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 import logging
 import time
@@ -26,7 +24,6 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from realtime.cluster.cluster import Cluster
-from realtime.config.settings import ConfigError
 from realtime.core.errors import ApiError
 from realtime.core.ops import NoArgs
 from realtime.core.validation import parse_project_id
@@ -42,7 +39,6 @@ __all__ = [
     "ProviderEvent",
     "RedisSeenIds",
     "SeenIds",
-    "make_webhook",
     "parse_event",
     "verify",
 ]
@@ -74,25 +70,6 @@ class ProviderEvent:
     type: str
     project_id: str
     data: dict[str, Any]
-
-
-def make_webhook(secret: str | None, variable: str) -> Webhook | None:
-    """The verifier/signer for a `whsec_…` secret, None when unset.
-
-    Raises:
-        ConfigError: the secret is not base64 (after its `whsec_` prefix).
-    """
-    if not secret:
-        return None
-    key = secret.removeprefix("whsec_")
-    try:
-        # Stricter than the library (which skips stray characters): a typo must not go unnoticed.
-        raw = base64.b64decode(key + "=" * (-len(key) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raw = b""
-    if not 24 <= len(raw) <= 64:
-        raise ConfigError(f"{variable} must be whsec_ followed by the base64 of 24 to 64 bytes (Standard Webhooks)")
-    return Webhook(secret)
 
 
 def verify(webhook: Webhook | None, body: bytes, headers: Mapping[str, str]) -> str:
@@ -206,7 +183,7 @@ class InboundHandler:
     """Verifies, dedupes and applies provider webhooks.
 
     Args:
-        webhook: from `make_webhook(WORKSPACE_WEBHOOK_SECRET)`; None refuses every request.
+        webhook: from `realtime.webhooks.config.make_webhook(WORKSPACE_WEBHOOK_SECRET)`; None refuses every request.
         seen: where applied ids are remembered.
     """
 

@@ -1,176 +1,48 @@
-"""Outbound webhooks: signed callbacks to `WORKSPACE_CALLBACK_URL`, delivered at least once.
+"""Outbound webhooks: signed deliveries to `WORKSPACE_CALLBACK_URL`, at least once.
 
-The pure core (no I/O): `CallbackMapper` turns log events into callbacks, `callback_body` builds
-the signed body, `RetryPolicy.decide` says what an attempt's outcome means (delivered, retry after
-a delay, or a dead letter), `parse_retry_after` reads the receiver's `Retry-After`.
-
-The I/O: `notify` (synchronous, cheap: the workspace emitter calls it) puts a delivery into a
-bounded in-process buffer; a pump moves it to the store (`realtime.webhooks.store`: memory, or
-Redis shared by every instance); a worker claims due deliveries, sends them and records the outcome.
+`notify` (synchronous, cheap: the workspace manager calls it after each appended event) maps the
+event (`realtime.webhooks.delivery`, the pure core) and puts a delivery into a bounded in-process
+buffer; a pump moves it to the store (`realtime.webhooks.store`: memory, or Redis shared by every
+instance); a worker claims due deliveries, sends them and records the outcome the `RetryPolicy`
+decides. A full buffer drops its oldest delivery and counts it (`realtime_webhook_dropped`).
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import random
 import secrets
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import anyio
 import anyio.abc
 import httpx
-import orjson
 from redis.exceptions import RedisError
 from standardwebhooks import Webhook
 
 from realtime.log.broker import BrokerUnavailable
-from realtime.webhooks.store import CallbackStore, Delivery
+from realtime.webhooks.delivery import (
+    Action,
+    Decision,
+    Delivery,
+    OutboundEventMapper,
+    RetryPolicy,
+    delivery_body,
+    parse_retry_after,
+    rfc3339,
+    signed_headers,
+)
+from realtime.webhooks.store import DeliveryStore
 
-__all__ = [
-    "Action",
-    "CallbackMapper",
-    "Callbacks",
-    "Decision",
-    "RetryPolicy",
-    "callback_body",
-    "parse_retry_after",
-    "rfc3339",
-    "signed_headers",
-]
+__all__ = ["OutboundWebhooks"]
 
 logger = logging.getLogger(__name__)
 
-#: Statuses that are retried besides 5xx (and every timeout or connection error).
-RETRYABLE = frozenset({408, 429})
 
-
-def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class Action(enum.Enum):
-    delivered = "delivered"
-    retry = "retry"
-    dead = "dead"
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    action: Action
-    delay_s: float = 0.0
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Exponential backoff with jitter and a cap; by default 10 attempts over about 8½ minutes."""
-
-    max_attempts: int = 10
-    base_s: float = 1.0
-    cap_s: float = 300.0
-    #: Each delay is scaled by a random factor in [1 - jitter, 1 + jitter] (then capped).
-    jitter: float = 0.2
-    #: A receiver's `Retry-After` is honoured up to this many seconds.
-    max_retry_after_s: float = 3600.0
-
-    def backoff(self, attempts: int, rand: float) -> float:
-        """Seconds to wait after the `attempts`-th failed attempt; `rand` is uniform in [0, 1)."""
-        raw = self.base_s * 2.0 ** min(max(attempts - 1, 0), 62)
-        return min(self.cap_s, raw * (1.0 - self.jitter + 2.0 * self.jitter * rand))
-
-    def decide(self, attempts: int, status: int | None, retry_after: float | None, rand: float) -> Decision:
-        """What to do after attempt number `attempts` answered `status` (None: timeout or connection error)."""
-        if status is not None and 200 <= status < 300:
-            return Decision(Action.delivered)
-        reason = "no response" if status is None else f"HTTP {status}"
-        if status is not None and status not in RETRYABLE and status < 500:
-            return Decision(Action.dead, reason=f"{reason} is final")
-        if attempts >= self.max_attempts:
-            return Decision(Action.dead, reason=f"{reason} after {attempts} attempts")
-        delay = self.backoff(attempts, rand)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self.max_retry_after_s))
-        return Decision(Action.retry, delay, reason)
-
-    def schedule(self, rand: float = 0.5) -> list[float]:
-        """The delays between every attempt, for documentation and tests."""
-        return [self.backoff(n, rand) for n in range(1, self.max_attempts)]
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """`Retry-After` in seconds from `now`: delta-seconds or an HTTP date; None when absent or malformed."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now)
-
-
-def callback_body(delivery_id: str, kind: str, project_id: str, created_at: str, data: Mapping[str, Any]) -> str:
-    return orjson.dumps(
-        {"id": delivery_id, "type": kind, "project_id": project_id, "created_at": created_at, "data": data}
-    ).decode()
-
-
-def signed_headers(webhook: Webhook, delivery_id: str, body: str, now: float) -> dict[str, str]:
-    """Standard Webhooks headers; the id is the same on every attempt, the timestamp is each attempt's."""
-    stamp = datetime.fromtimestamp(int(now), UTC)
-    return {
-        "content-type": "application/json",
-        "webhook-id": delivery_id,
-        "webhook-timestamp": str(int(now)),
-        "webhook-signature": webhook.sign(delivery_id, stamp, body),
-    }
-
-
-class CallbackMapper:
-    """Log events → callbacks. Remembers each project's last preview for `workspace.ready`."""
-
-    def __init__(self) -> None:
-        self._previews: dict[str, Mapping[str, Any]] = {}
-
-    def feed(self, project_id: str, kind: str, data: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
-        if kind == "preview":
-            self._previews[project_id] = data
-            return None
-        if kind == "command" and data.get("state") == "exited":
-            out = {"command_id": data.get("command_id"), "exit_code": data.get("exit_code")}
-            if data.get("timed_out"):
-                out["timed_out"] = True
-            return "command.exited", out
-        if kind != "status":
-            return None
-        state = data.get("state")
-        if state == "ready":
-            preview = self._previews.get(project_id) or {}
-            return "workspace.ready", {
-                "state": "ready",
-                "preview_url": preview.get("url"),
-                "preview_expires_at": preview.get("expires_at"),
-            }
-        if state == "failed":
-            return "workspace.failed", {"state": "failed", "detail": data.get("detail")}
-        if state == "stopped":
-            self._previews.pop(project_id, None)
-            return "workspace.stopped", {"state": "stopped", "detail": data.get("detail")}
-        return None
-
-
-class Callbacks:
+class OutboundWebhooks:
     """The outbound webhook service. `run()` holds the pump and the worker; `aclose()` flushes and stops.
 
     Args:
@@ -186,7 +58,7 @@ class Callbacks:
         *,
         url: str | None,
         secret: str | None,
-        store: CallbackStore,
+        store: DeliveryStore,
         policy: RetryPolicy,
         timeout_s: float = 10.0,
         poll_s: float = 1.0,
@@ -206,7 +78,7 @@ class Callbacks:
         self._buffer: deque[Delivery] = deque(maxlen=buffer)
         self._clock = clock
         self._rand = rand
-        self._mapper = CallbackMapper()
+        self._mapper = OutboundEventMapper()
         self._queued = anyio.Event()
         self._wake = anyio.Event()
         self._in_flight = 0
@@ -223,22 +95,22 @@ class Callbacks:
     # -- the hook (synchronous, never blocks the lifecycle) -----------------------------------
 
     def notify(self, project_id: str, kind: str, data: Mapping[str, Any]) -> None:
-        """Called by the workspace emitter after each appended event; queues a callback if one is due."""
+        """Called after each appended event; queues a delivery if the event calls for a webhook."""
         if self._webhook is None:
             return
         mapped = self._mapper.feed(project_id, kind, data)
         if mapped is None:
             return
-        callback_type, payload = mapped
+        webhook_type, payload = mapped
         now = self._clock()
         delivery_id = "msg_" + secrets.token_hex(12)
         created_at = rfc3339(now)
-        body = callback_body(delivery_id, callback_type, project_id, created_at, payload)
+        body = delivery_body(delivery_id, webhook_type, project_id, created_at, payload)
         if len(self._buffer) == self._buffer.maxlen:
             # Drop the oldest: the store has been unreachable for a long time.
             self.stats["dropped"] += 1
-            logger.error("callback buffer full: dropped %s", self._buffer[0].id)
-        self._buffer.append(Delivery(delivery_id, callback_type, project_id, created_at, body))
+            logger.error("outbound webhook buffer full: dropped %s", self._buffer[0].id)
+        self._buffer.append(Delivery(delivery_id, webhook_type, project_id, created_at, body))
         self._queued.set()
 
     # -- dead letters ----------------------------------------------------------------------------
@@ -286,7 +158,7 @@ class Callbacks:
                     if not await self._move_one():
                         await anyio.sleep(0.1)
             if self._buffer:
-                logger.error("%d callbacks not stored at shutdown", len(self._buffer))
+                logger.error("%d outbound webhooks not stored at shutdown", len(self._buffer))
             await self._store.aclose()
 
     async def _move_one(self) -> bool:
@@ -294,7 +166,7 @@ class Callbacks:
         try:
             await self._store.add(delivery, self._clock())
         except (BrokerUnavailable, RedisError) as exc:
-            logger.error("callback store unavailable: %s", exc)
+            logger.error("outbound webhook store unavailable: %s", exc)
             return False
         if self._buffer and self._buffer[0] is delivery:
             self._buffer.popleft()
@@ -321,7 +193,7 @@ class Callbacks:
                         tg.start_soon(self._attempt, delivery)
                 next_due = await self._store.next_due()
             except (BrokerUnavailable, RedisError) as exc:
-                logger.error("callback store unavailable: %s", exc)
+                logger.error("outbound webhook store unavailable: %s", exc)
                 next_due = None
             if next_due is not None and self._in_flight < self._concurrency:
                 wait_s = min(wait_s, max(0.0, next_due - self._clock()))
@@ -342,9 +214,9 @@ class Callbacks:
             raise
         except (BrokerUnavailable, RedisError) as exc:
             # The claim lapses after its lease and the delivery is sent again: at least once.
-            logger.error("callback %s: outcome not recorded: %s", delivery.id, exc)
+            logger.error("outbound webhook %s: outcome not recorded: %s", delivery.id, exc)
         except Exception:  # the task boundary: a bug in one attempt must not stop the others
-            logger.exception("callback %s: attempt failed", delivery.id)
+            logger.exception("outbound webhook %s: attempt failed", delivery.id)
         finally:
             self._in_flight -= 1
             self._wake.set()
@@ -372,23 +244,23 @@ class Callbacks:
         self.stats["failed_attempts"] += 1
         if decision.action is Action.retry:
             self.stats["retries"] += 1
-            logger.info("callback %s attempt %d: %s; retry in %.1fs", delivery.id, delivery.attempts,
+            logger.info("outbound webhook %s attempt %d: %s; retry in %.1fs", delivery.id, delivery.attempts,
                         decision.reason, decision.delay_s)
             await self._store.reschedule(delivery, now + decision.delay_s)
             return
         self.stats["dead_letters"] += 1
         delivery.failed_at = rfc3339(now)
-        logger.warning("callback %s (%s) is a dead letter: %s", delivery.id, delivery.type, decision.reason)
+        logger.warning("outbound webhook %s (%s) is a dead letter: %s", delivery.id, delivery.type, decision.reason)
         await self._store.bury(delivery, now)
 
     def counters(self) -> Iterable[tuple[str, str, dict[str, str], float]]:
         """For the metrics collector: (name, help, labels, value)."""
         for name, help_text, key in (
-            ("realtime_webhook_deliveries", "Callbacks delivered (2xx)", "delivered"),
-            ("realtime_webhook_failures", "Callback attempts that failed", "failed_attempts"),
-            ("realtime_webhook_retries", "Callback attempts scheduled again", "retries"),
-            ("realtime_webhook_dead_letters", "Callbacks that became dead letters", "dead_letters"),
+            ("realtime_webhook_deliveries", "Outbound webhooks delivered (2xx)", "delivered"),
+            ("realtime_webhook_failures", "Outbound webhook attempts that failed", "failed_attempts"),
+            ("realtime_webhook_retries", "Outbound webhook attempts scheduled again", "retries"),
+            ("realtime_webhook_dead_letters", "Outbound webhooks that became dead letters", "dead_letters"),
             ("realtime_webhook_dead_letters_retried", "Dead letters queued again", "dead_letters_retried"),
-            ("realtime_webhook_dropped", "Callbacks dropped: buffer full while the store was down", "dropped"),
+            ("realtime_webhook_dropped", "Outbound webhooks dropped: buffer full while the store was down", "dropped"),
         ):
             yield name, help_text, {}, self.stats[key]

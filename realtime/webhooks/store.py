@@ -1,4 +1,4 @@
-"""Where outbound callbacks wait: in this process's memory, or in Redis shared by every instance.
+"""Where outbound webhook deliveries wait: in this process's memory, or in Redis shared by every instance.
 
 A delivery is due at a time. `claim` takes due deliveries atomically, counts the attempt and
 leases them: their due time moves to the end of the lease, so a worker that crashes mid-attempt
@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
-import orjson
 import redis.asyncio as redis
 
 from realtime.redis.connection import retrying
 from realtime.redis.keys import RedisKeys
+from realtime.webhooks.delivery import Delivery
 
-__all__ = ["CallbackStore", "Delivery", "MemoryCallbackStore", "RedisCallbackStore"]
+__all__ = ["DeliveryStore", "MemoryDeliveryStore", "RedisDeliveryStore"]
 
 T = TypeVar("T")
 
@@ -33,37 +32,7 @@ T = TypeVar("T")
 MAX_DEAD = 10_000
 
 
-@dataclass(slots=True)
-class Delivery:
-    """One callback: its body is signed anew on every attempt but never changes."""
-
-    id: str
-    type: str
-    project_id: str
-    created_at: str
-    body: str
-    attempts: int = 0
-    lease: str = ""
-    last_status: int | None = None
-    last_error: str | None = None
-    failed_at: str | None = None
-
-    def encode(self) -> bytes:
-        return orjson.dumps(asdict(self))
-
-    @classmethod
-    def decode(cls, raw: bytes | str) -> Delivery:
-        return cls(**orjson.loads(raw))
-
-    def public(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "type": self.type, "project_id": self.project_id, "created_at": self.created_at,
-            "attempts": self.attempts, "last_status": self.last_status, "last_error": self.last_error,
-            "failed_at": self.failed_at, "data": orjson.loads(self.body).get("data"),
-        }
-
-
-class CallbackStore(Protocol):
+class DeliveryStore(Protocol):
     async def add(self, delivery: Delivery, due_at: float) -> None: ...
 
     async def claim(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
@@ -93,11 +62,7 @@ class CallbackStore(Protocol):
     async def aclose(self) -> None: ...
 
 
-def _fresh(delivery: Delivery) -> Delivery:
-    return Delivery(delivery.id, delivery.type, delivery.project_id, delivery.created_at, delivery.body)
-
-
-class MemoryCallbackStore:
+class MemoryDeliveryStore:
     """One process's store (no `REDIS_URL`): lost on restart, like the in-memory event log."""
 
     def __init__(self, max_dead: int = MAX_DEAD) -> None:
@@ -107,7 +72,7 @@ class MemoryCallbackStore:
         self._max_dead = max_dead
 
     async def add(self, delivery: Delivery, due_at: float) -> None:
-        self._records[delivery.id] = _copy(delivery)
+        self._records[delivery.id] = delivery.copy()
         self._due[delivery.id] = due_at
 
     async def claim(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
@@ -119,7 +84,7 @@ class MemoryCallbackStore:
             record.attempts += 1
             record.lease = lease
             self._due[delivery_id] = now + lease_s
-            claimed.append(_copy(record))
+            claimed.append(record.copy())
         return claimed
 
     async def next_due(self) -> float | None:
@@ -138,39 +103,35 @@ class MemoryCallbackStore:
     async def reschedule(self, delivery: Delivery, due_at: float) -> bool:
         if not self._held(delivery):
             return False
-        self._records[delivery.id] = _copy(delivery, lease="")
+        self._records[delivery.id] = delivery.copy(lease="")
         self._due[delivery.id] = due_at
         return True
 
     async def release(self, delivery: Delivery, now: float) -> bool:
-        return await self.reschedule(_copy(delivery, attempts=delivery.attempts - 1), now)
+        return await self.reschedule(delivery.copy(attempts=delivery.attempts - 1), now)
 
     async def bury(self, delivery: Delivery, now: float) -> bool:
         if not await self.complete(delivery):
             return False
-        self._dead[delivery.id] = (now, _copy(delivery, lease=""))
+        self._dead[delivery.id] = (now, delivery.copy(lease=""))
         while len(self._dead) > self._max_dead:
             del self._dead[min(self._dead, key=lambda key: self._dead[key][0])]
         return True
 
     async def dead_letters(self, limit: int) -> list[Delivery]:
         ordered = sorted(self._dead.values(), key=lambda item: item[0], reverse=True)
-        return [_copy(delivery) for _at, delivery in ordered[:limit]]
+        return [delivery.copy() for _at, delivery in ordered[:limit]]
 
     async def revive(self, delivery_id: str, now: float) -> Delivery | None:
         item = self._dead.pop(delivery_id, None)
         if item is None:
             return None
-        fresh = _fresh(item[1])
+        fresh = item[1].fresh()
         await self.add(fresh, now)
         return fresh
 
     async def aclose(self) -> None:
         pass
-
-
-def _copy(delivery: Delivery, **changes: Any) -> Delivery:
-    return Delivery(**{**asdict(delivery), **changes})
 
 
 CLAIM = """
@@ -227,7 +188,7 @@ return 1
 """
 
 
-class RedisCallbackStore:
+class RedisDeliveryStore:
     """Every instance's store: survives restarts and crashes; claims are atomic (Lua)."""
 
     def __init__(self, client: redis.Redis, prefix: str, *, retry_s: float, max_dead: int = MAX_DEAD) -> None:
@@ -271,14 +232,13 @@ class RedisCallbackStore:
         return await self._end(delivery, "done")
 
     async def reschedule(self, delivery: Delivery, due_at: float) -> bool:
-        return await self._end(delivery, "retry", _copy(delivery, lease="").encode(), due_at)
+        return await self._end(delivery, "retry", delivery.copy(lease="").encode(), due_at)
 
     async def release(self, delivery: Delivery, now: float) -> bool:
-        return await self._end(delivery, "retry", _copy(delivery, lease="", attempts=delivery.attempts - 1).encode(),
-                               now)
+        return await self._end(delivery, "retry", delivery.copy(lease="", attempts=delivery.attempts - 1).encode(), now)
 
     async def bury(self, delivery: Delivery, now: float) -> bool:
-        return await self._end(delivery, "dead", _copy(delivery, lease="").encode(), now)
+        return await self._end(delivery, "dead", delivery.copy(lease="").encode(), now)
 
     async def dead_letters(self, limit: int) -> list[Delivery]:
         ids = await self._do(lambda: self._redis.zrevrange(self.keys.webhooks_dead_order, 0, limit - 1))
@@ -291,7 +251,7 @@ class RedisCallbackStore:
         raw = await self._do(lambda: self._redis.hget(self.keys.webhooks_dead, delivery_id))
         if raw is None:
             return None
-        fresh = _fresh(Delivery.decode(raw))
+        fresh = Delivery.decode(raw).fresh()
         k = self.keys
         keys = [k.webhooks_dead, k.webhooks_dead_order, k.webhooks_deliveries, k.webhooks_due]
         args = [delivery_id, fresh.encode(), repr(now)]
