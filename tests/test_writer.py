@@ -22,7 +22,7 @@ from realtime.core.eventlog import Event
 from realtime.fanout.hub import Hub
 from realtime.fanout.outbox import Closing, Outbox, OutboxLimits
 from realtime.fanout.writer import write
-from realtime.log.broker import MemoryBroker
+from realtime.log.memory import MemoryBroker
 
 pytestmark = pytest.mark.anyio
 
