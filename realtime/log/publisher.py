@@ -67,7 +67,7 @@ class Publisher:
             raise ValueError(f"data is not JSON: {exc}") from None
         if size > self._max_event_bytes:
             raise ValueError(f"data is {size} bytes encoded, over the limit of {self._max_event_bytes}")
-        event = await self._appender.append(project_id, "custom", {"type": type, "data": data})
+        event = await self._appender.append(project_id, EventKind.custom, events.custom(type, data))
         return event.seq
 
     async def aclose(self) -> None:

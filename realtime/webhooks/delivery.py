@@ -180,17 +180,15 @@ class OutboundEventMapper:
 
     def feed(self, project_id: str, kind: str, data: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
         """The webhook's (type, data) that the log event `kind`/`data` calls for, or None."""
-        if kind == "preview":
+        if kind == EventKind.preview:
             self._previews[project_id] = data
             return None
-        if kind == "command" and data.get("state") == "exited":
+        if is_command_exit(kind, data):
             out = {"command_id": data.get("command_id"), "exit_code": data.get("exit_code")}
             if data.get("timed_out"):
                 out["timed_out"] = True
             return "command.exited", out
-        if kind != "status":
-            return None
-        state = data.get("state")
+        state = status_state(kind, data)
         if state == "ready":
             preview = self._previews.get(project_id) or {}
             return "workspace.ready", {
