@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 import anyio
 from starlette.responses import StreamingResponse
 
-from realtime.cluster.cluster import Cluster, project_snapshot
+from realtime.cluster.protocol import Cluster, project_snapshot
 from realtime.core.errors import ApiError
 from realtime.core.eventlog import Event
 from realtime.core.frames import hello_for

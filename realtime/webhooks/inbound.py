@@ -25,7 +25,7 @@ import redis.asyncio as redis
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from realtime.cluster.cluster import Cluster
+from realtime.cluster.protocol import Cluster
 from realtime.config.settings import ConfigError
 from realtime.core.errors import ApiError
 from realtime.core.validation import parse_project_id

@@ -1,0 +1,61 @@
+"""The ops the cluster routes, as it sees them: the only module of the package that knows
+`realtime.workspaces.dispatch` (which ops there are, which are idempotent, their arguments' wire
+form, and running one here).
+
+`run` answers every failure a client may be told as an `ApiError` (`core.errors.error_for`), so an
+op fails alike whether it ran here or was forwarded; anything else is a bug and propagates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from realtime.core.errors import error_for
+from realtime.workspaces import dispatch
+from realtime.workspaces.manager import WorkspaceManager
+
+__all__ = ["decode", "encode", "is_idempotent", "is_known", "needs_workspace", "run"]
+
+
+def is_known(op: str) -> bool:
+    return op in dispatch.OPS
+
+
+def is_idempotent(op: str) -> bool:
+    """Whether the op may be sent again after its owner was lost without doing harm."""
+    return op in dispatch.IDEMPOTENT
+
+
+def needs_workspace(op: str) -> bool:
+    """Whether the op acts on a workspace that must exist (every op but the one that creates it)."""
+    return op != "ensure"
+
+
+def encode(op: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """The op's arguments in wire form (JSON-ready)."""
+    return dispatch.encode_args(op, args)
+
+
+def decode(op: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """The op's arguments from wire form.
+
+    Raises:
+        ValueError, TypeError, KeyError: they are malformed.
+    """
+    return dispatch.decode_args(op, args)
+
+
+async def run(manager: WorkspaceManager, project_id: str, op: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """Run the op on this process's workspace of the project.
+
+    Raises:
+        ApiError: the op was refused, or failed in a way a client is told.
+    """
+    try:
+        return await dispatch.execute(manager, project_id, op, args)
+    except Exception as exc:
+        error = error_for(exc)
+        if error is None:
+            raise
+        raise error from None
