@@ -6,7 +6,9 @@ their owner died, or handed them over. The instance that claims the lease adopts
 
 1. it logs the takeover (a `system` log line naming the previous owner);
 2. it ends each command the previous owner was running, once, with a `command` event
-   `{"state": "exited", "exit_code": null, "lost": true}`: nobody else can report their end;
+   `{"state": "exited", "exit_code": null, "lost": true}`: nobody else can report their end. It
+   goes through `WorkspaceManager.append` like every event, so it is counted (`lost`) and sent
+   as a `command.exited` webhook;
 3. it carries the preview revocations over (`generation`) and ensures the workspace: the runtime
    reconnects to the sandbox and the dev server is started again or followed, and the event log
    goes on from the same seq.
@@ -122,13 +124,13 @@ class Adoption:
         try:
             previous = entry.get("owner")
             logger.info("instance %s adopts project %s from %s", self._instance, project_id, previous)
-            await self._manager.broker.append(project_id, "log", {
+            await self._manager.append(project_id, "log", {
                 "source": "system", "stream": "stderr",
                 "text": f"instance {self._instance} takes the workspace over from {previous}\n",
             })
             for command in entry.get("commands") or []:
                 # It ran on the lost owner, which cannot report its end: say so, once.
-                await self._manager.broker.append(project_id, "command", lost_exit(command["command_id"]))
+                await self._manager.append(project_id, "command", lost_exit(command["command_id"]))
             self._manager.restore_generation(project_id, int(entry.get("generation") or 0))
             workspace, _ = await self._manager.ensure(project_id, [], entry.get("env"), "adopt")
             # Ops waiting for the adoption need the sandbox it reconnects to: let it settle first.

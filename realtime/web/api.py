@@ -265,7 +265,7 @@ async def post_event(request: Request) -> Response:
     limit = services.settings.max_event_bytes
     if len(orjson.dumps(body.get("data"))) > limit:
         raise ApiError(413, "too_large", f"event data over {limit} bytes (encoded); store big payloads elsewhere")
-    event = await services.broker.append(project_id, "custom", {"type": kind, "data": body.get("data")})
+    event = await services.manager.append(project_id, "custom", {"type": kind, "data": body.get("data")})
     return json_response({"seq": event.seq})
 
 

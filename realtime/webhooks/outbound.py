@@ -151,6 +151,8 @@ class CallbackMapper:
             out = {"command_id": data.get("command_id"), "exit_code": data.get("exit_code")}
             if data.get("timed_out"):
                 out["timed_out"] = True
+            if data.get("lost"):
+                out["lost"] = True
             return "command.exited", out
         if kind != "status":
             return None
