@@ -76,6 +76,8 @@ class CommandOutcome(enum.StrEnum):
     failed = "failed"
     signalled = "signalled"
     timed_out = "timed_out"
+    #: Its owner died running it: how it ended is unknown.
+    lost = "lost"
 
 
 #: Appends one event `(kind, data)` to the project's log.
@@ -172,7 +174,9 @@ def status_state(kind: str, data: Mapping[str, Any]) -> str | None:
 
 
 def command_outcome(data: Mapping[str, Any]) -> CommandOutcome:
-    """Classify a command's `exited` data: timed out, ok (0), signalled (over 128), or failed (lost too)."""
+    """Classify a command's `exited` data: lost with its owner, timed out, ok (0), signalled (over 128), or failed."""
+    if data.get("lost"):
+        return CommandOutcome.lost
     if data.get("timed_out"):
         return CommandOutcome.timed_out
     code = data.get("exit_code")

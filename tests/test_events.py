@@ -138,11 +138,11 @@ def test_status_state():
         (events.command_exited("c", 128), CommandOutcome.failed),
         (events.command_exited("c", 137), CommandOutcome.signalled),
         (events.command_exited("c", 124, timed_out=True), CommandOutcome.timed_out),
-        (events.command_lost("c"), CommandOutcome.failed),
+        (events.command_lost("c"), CommandOutcome.lost),
     ],
 )
 def test_command_outcome(data: dict[str, Any], outcome: CommandOutcome):
-    """Timed out wins; 0 is ok; over 128 was signalled; anything else (a lost command too) failed."""
+    """A lost command is lost; timed out wins over a code; 0 is ok; over 128 was signalled; anything else failed."""
     assert events.command_outcome(data) is outcome
 
 

@@ -20,6 +20,8 @@ from realtime.core.validation import parse_project_id
 from realtime.log.append import RedisAppender
 from realtime.redis.connection import connect
 from realtime.redis.keys import RedisKeys
+from runtime import events
+from runtime.events import EventKind
 
 __all__ = ["Publisher"]
 

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from realtime.cluster.cluster import Cluster, project_snapshot
+from realtime.cluster.protocol import Cluster, project_snapshot
 from realtime.config import logs
 from realtime.config.settings import Settings
 from realtime.core.errors import ApiError
@@ -26,6 +26,8 @@ from realtime.web.metrics import render
 from realtime.web.sse import event_stream, parse_last_event_id, wants_event_stream
 from realtime.workspaces import dispatch
 from realtime.workspaces.manager import WorkspaceManager
+from runtime import events
+from runtime.events import EventKind
 
 __all__ = ["Services", "json_response", "read_body", "read_json", "routes"]
 
@@ -246,7 +248,7 @@ async def post_event(request: Request) -> Response:
     limit = services.settings.max_event_bytes
     if len(orjson.dumps(body.get("data"))) > limit:
         raise ApiError(413, "too_large", f"event data over {limit} bytes (encoded); store big payloads elsewhere")
-    event = await services.broker.append(project_id, "custom", {"type": kind, "data": body.get("data")})
+    event = await services.manager.append(project_id, EventKind.custom, events.custom(kind, body.get("data")))
     return json_response({"seq": event.seq})
 
 

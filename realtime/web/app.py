@@ -17,7 +17,9 @@ from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from realtime.cluster.cluster import Cluster, RedisCluster, SoloCluster
+from realtime.cluster.protocol import Cluster
+from realtime.cluster.redis_cluster import RedisCluster
+from realtime.cluster.solo import SoloCluster
 from realtime.config.settings import Settings
 from realtime.core.errors import INTERNAL, ApiError, BrokerUnavailable, error_for
 from realtime.core.signing import PreviewSigner

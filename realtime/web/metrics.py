@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from realtime.cluster.cluster import Cluster
+from realtime.cluster.protocol import Cluster
 from realtime.fanout.hub import Hub
 from realtime.log.broker import Broker
 from realtime.workspaces.manager import WorkspaceManager

@@ -19,7 +19,7 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from realtime.cluster.cluster import Cluster, project_snapshot
+from realtime.cluster.protocol import Cluster, project_snapshot
 from realtime.core.errors import ApiError
 from realtime.core.eventlog import Event
 from realtime.core.frames import hello_for

@@ -28,7 +28,7 @@ async def inbound_event(request: Request) -> Response:
     services: Services = request.state.services
     inbound: InboundHandler = request.state.inbound
     body = await read_body(request, min(MAX_INBOUND_BYTES, services.settings.max_body_bytes))
-    result = await inbound.handle(body, request.headers, services.cluster, services.broker)
+    result = await inbound.handle(body, request.headers, services.cluster, services.manager)
     return json_response(result)
 
 

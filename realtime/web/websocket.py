@@ -19,7 +19,7 @@ import anyio
 import anyio.abc
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from realtime.cluster.cluster import project_snapshot
+from realtime.cluster.protocol import project_snapshot
 from realtime.config import logs
 from realtime.core.errors import INTERNAL, ApiError, error_for
 from realtime.core.eventlog import Event

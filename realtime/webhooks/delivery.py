@@ -23,6 +23,7 @@ import orjson
 from standardwebhooks import Webhook
 
 from realtime.core.backoff import Backoff
+from runtime.events import EventKind, is_command_exit, status_state
 
 __all__ = [
     "DELIVERY_JITTER",
@@ -187,6 +188,8 @@ class OutboundEventMapper:
             out = {"command_id": data.get("command_id"), "exit_code": data.get("exit_code")}
             if data.get("timed_out"):
                 out["timed_out"] = True
+            if data.get("lost"):
+                out["lost"] = True
             return "command.exited", out
         state = status_state(kind, data)
         if state == "ready":

@@ -23,13 +23,15 @@ import redis.asyncio as redis
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from realtime.cluster.cluster import Cluster
+from realtime.cluster.protocol import Cluster
 from realtime.core.errors import ApiError
 from realtime.core.ops import NoArgs
 from realtime.core.validation import parse_project_id
-from realtime.log.broker import Broker
 from realtime.redis.connection import retrying
 from realtime.redis.keys import RedisKeys
+from realtime.workspaces.manager import WorkspaceManager
+from runtime import events
+from runtime.events import EventKind
 
 __all__ = [
     "EFFECTS",
@@ -194,7 +196,9 @@ class InboundHandler:
         self.accepted: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
 
-    async def handle(self, body: bytes, headers: Mapping[str, str], cluster: Cluster, broker: Broker) -> dict[str, Any]:
+    async def handle(
+        self, body: bytes, headers: Mapping[str, str], cluster: Cluster, manager: WorkspaceManager
+    ) -> dict[str, Any]:
         """Apply one webhook; return the acknowledgement's body.
 
         Raises:
@@ -212,7 +216,7 @@ class InboundHandler:
             logger.info("inbound webhook %s (%s) seen before: acknowledged", webhook_id, event.type)
             return {"ok": True, "duplicate": True, "applied": False}
         try:
-            applied = await self._apply(event, cluster, broker)
+            applied = await self._apply(event, cluster, manager)
         except BaseException:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5.0):
                 await self._seen.forget(webhook_id)
@@ -220,7 +224,7 @@ class InboundHandler:
         self.accepted["applied" if applied else "ignored"] += 1
         return {"ok": True, "duplicate": False, "applied": applied}
 
-    async def _apply(self, event: ProviderEvent, cluster: Cluster, broker: Broker) -> bool:
+    async def _apply(self, event: ProviderEvent, cluster: Cluster, manager: WorkspaceManager) -> bool:
         effect = EFFECTS.get(event.type)
         if effect is None:
             logger.info("inbound webhook of unknown type %r for %s: acknowledged, not applied",
@@ -228,7 +232,7 @@ class InboundHandler:
             return False
         if event.type == "sandbox.error":
             logger.warning("provider reports an error for %s: %s", event.project_id, event.data)
-        await broker.append(event.project_id, "provider", {"type": event.type, "data": event.data})
+        await manager.append(event.project_id, EventKind.provider, events.provider(event.type, event.data))
         if effect is Effect.stop:
             try:
                 await cluster.call(event.project_id, "stop", NoArgs())

@@ -1,7 +1,7 @@
 """What each op of the table (`realtime.core.ops`) does to a workspace: one handler per op, by name.
 
 The instance that owns a workspace runs them (`execute`); any other instance forwards them there
-through the cluster, in their wire form (`encode_args` / `decode_args`). Results are JSON-ready
+through the cluster, in their wire form (`realtime.core.ops.to_wire`). Results are JSON-ready
 dicts and failures are exceptions that `realtime.core.errors.error_for` maps, so an op answers the
 same whether it ran here or on another instance, over HTTP or the websocket.
 """
@@ -14,38 +14,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from realtime.core.errors import ApiError
-from realtime.core.ops import (
-    OPS as TABLE,
-)
-from realtime.core.ops import (
-    CommandRequest,
-    EnsureArgs,
-    KillArgs,
-    OpArgs,
-    PathArgs,
-    RefreshArgs,
-    WriteArgs,
-    from_wire,
-    to_wire,
-)
+from realtime.core.ops import CommandRequest, EnsureArgs, KillArgs, OpArgs, PathArgs, RefreshArgs, WriteArgs
 from realtime.workspaces.manager import WorkspaceManager
 from runtime.workspace.lifecycle import Workspace
 
-__all__ = ["IDEMPOTENT", "OPS", "decode_args", "encode_args", "execute", "no_workspace"]
-
-#: The ops an instance forwards to a project's owner, and those it may send again after the owner
-#: was lost without doing harm.
-OPS = frozenset(name for name, spec in TABLE.items() if spec.forwarded)
-IDEMPOTENT = frozenset(name for name, spec in TABLE.items() if spec.forwarded and spec.idempotent)
-
-
-def encode_args(op: str, args: OpArgs) -> dict[str, Any]:
-    return to_wire(op, args)
-
-
-def decode_args(op: str, wire: Mapping[str, Any]) -> OpArgs:
-    return from_wire(op, wire)
-
+__all__ = ["HANDLERS", "execute", "no_workspace"]
 
 def no_workspace(project_id: str) -> ApiError:
     return ApiError(404, "not_found", f"no workspace for project {project_id!r}; POST /api/workspaces first")

@@ -13,8 +13,10 @@ import anyio.abc
 import httpx
 
 from realtime.config import logs
+from realtime.core.eventlog import Event
 from realtime.core.signing import PreviewSigner, PreviewTarget
 from realtime.log.broker import Broker, BrokerUnavailable
+from runtime import events
 from runtime.base import FileUpload, Runtime
 from runtime.workspace.lifecycle import LifecycleConfig, State, Workspace
 
@@ -23,18 +25,7 @@ __all__ = ["Appended", "WorkspaceManager"]
 logger = logging.getLogger(__name__)
 
 
-def _outcome(data: Mapping[str, Any]) -> str:
-    if data.get("timed_out"):
-        return "timed_out"
-    code = data.get("exit_code")
-    if code == 0:
-        return "ok"
-    if isinstance(code, int) and code > 128:
-        return "signalled"
-    return "failed"
-
-
-#: Told (project_id, kind, data) after an event was appended; synchronous and cheap.
+#: Told (project_id, kind, data) after an event was appended (`WorkspaceManager.append`); synchronous and cheap.
 Appended = Callable[[str, str, Mapping[str, Any]], None]
 
 
@@ -66,7 +57,7 @@ class WorkspaceManager:
         self._keys: dict[str, str] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._lock = anyio.Lock()
-        #: Who hears of every event appended here (the cluster's registry, outbound webhooks), and
+        #: Who hears of every event appended through `append` (the cluster's registry, outbound webhooks), and
         #: of every workspace that ended here (the cluster, to record it and give its lease up).
         self.on_appended: list[Appended] = []
         self.on_ended: list[Callable[[Workspace], None]] = []
@@ -134,21 +125,33 @@ class WorkspaceManager:
             for ended in self.on_ended:
                 ended(workspace)
 
+    # -- events ------------------------------------------------------------------------------
+
+    async def append(self, project_id: str, kind: str, data: Mapping[str, Any]) -> Event:
+        """Append an event to the project's log: the one path of every event written here (the
+        workspaces', adoption's, provider webhooks', the API's). It is counted, and every
+        `on_appended` listener is told of it.
+
+        Raises:
+            BrokerUnavailable: the broker stayed unreachable; nothing was appended, nobody is told.
+        """
+        event = await self.broker.append(project_id, kind, data)
+        self.events_appended[kind] += 1
+        if events.is_command_exit(kind, data):
+            self.commands_ended[events.command_outcome(data)] += 1
+        for appended in self.on_appended:
+            appended(project_id, kind, data)
+        return event
+
     def _emitter(self, project_id: str) -> Any:
         async def emit(kind: str, data: Mapping[str, Any]) -> None:
             try:
-                await self.broker.append(project_id, kind, data)
+                await self.append(project_id, kind, data)
             except BrokerUnavailable as exc:
                 # A long broker outage must not take the workspace (and its dev server) down with
                 # it: the event is lost (no seq was assigned, so no reader sees a hole), and said so.
                 self.events_lost[kind] += 1
                 logger.error("project %s: %s event lost: %s", project_id, kind, exc)
-                return
-            self.events_appended[kind] += 1
-            if kind == "command" and data.get("state") == "exited":
-                self.commands_ended[_outcome(data)] += 1
-            for appended in self.on_appended:
-                appended(project_id, kind, data)
 
         return emit
 
