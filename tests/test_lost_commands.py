@@ -13,8 +13,8 @@ import redis.asyncio as aioredis
 
 from realtime.core.errors import BrokerUnavailable
 from realtime.core.signing import PreviewSigner
-from realtime.log.broker import MemoryBroker
-from realtime.webhooks.outbound import CallbackMapper
+from realtime.log.memory import MemoryBroker
+from realtime.webhooks.delivery import OutboundEventMapper
 from realtime.workspaces.manager import WorkspaceManager
 from runtime.workspace.lifecycle import LifecycleConfig
 from tests.conftest import REDIS_URL, delete_prefix
@@ -68,7 +68,7 @@ async def test_append_raises_when_the_broker_is_down_and_tells_nobody() -> None:
 
 def test_a_lost_exit_maps_to_command_exited_saying_lost() -> None:
     """The webhook of a lost exit is `command.exited` with `lost: true` (and no exit code)."""
-    assert CallbackMapper().feed("demo", "command", LOST) == (
+    assert OutboundEventMapper().feed("demo", "command", LOST) == (
         "command.exited", {"command_id": LOST["command_id"], "exit_code": None, "lost": True})
 
 
