@@ -21,7 +21,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from realtime.config.settings import ConfigError
-from realtime.core.backoff import Backoff
 from realtime.web.app import create_app
 from realtime.webhooks.delivery import (
     Action,
@@ -34,6 +33,7 @@ from realtime.webhooks.delivery import (
 )
 from realtime.webhooks.outbound import OutboundWebhooks
 from realtime.webhooks.store import MemoryDeliveryStore, RedisDeliveryStore
+from runtime.backoff import Backoff
 from tests.conftest import REDIS_URL, delete_prefix
 from tests.harness import Running, bound_socket, fixture_files, make_settings, running_server, serve_asgi
 

@@ -14,7 +14,6 @@ from standardwebhooks import Webhook
 
 from realtime.check import Finding, run_checks
 from realtime.config.settings import ConfigError, Settings
-from realtime.core.backoff import Backoff
 from realtime.webhooks.config import (
     delivery_policy,
     make_webhook,
@@ -22,6 +21,7 @@ from realtime.webhooks.config import (
     validate_callback_url,
     validate_webhook_settings,
 )
+from runtime.backoff import Backoff
 
 pytestmark = pytest.mark.anyio
 

@@ -40,13 +40,13 @@ from realtime.cluster.leases import Leases, Renewal
 from realtime.cluster.registry import Registry, RegistryWriter, is_live, public
 from realtime.cluster.serving import RequestServer
 from realtime.config import logs
-from realtime.core.backoff import Backoff
 from realtime.core.errors import ApiError
 from realtime.core.signing import PreviewTarget
 from realtime.log.redis_broker import RedisBroker
 from realtime.redis.connection import retrying
 from realtime.workspaces import dispatch
 from realtime.workspaces.manager import WorkspaceManager
+from runtime.backoff import Backoff
 from runtime.workspace.lifecycle import State
 
 __all__ = ["ACK_S", "CALL_BACKOFF", "RedisCluster"]

@@ -12,8 +12,8 @@ import redis.asyncio as redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from realtime.core.backoff import Backoff
 from realtime.core.errors import BrokerUnavailable
+from runtime.backoff import Backoff
 
 __all__ = ["MAX_CONNECTIONS", "RETRY_BACKOFF", "TRANSIENT", "connect", "retrying"]
 

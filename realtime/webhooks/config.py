@@ -24,12 +24,12 @@ from standardwebhooks import Webhook
 
 from realtime.config.masking import mask_url
 from realtime.config.settings import ConfigError, Settings, is_loopback
-from realtime.core.backoff import Backoff
 from realtime.redis.connection import connect
 from realtime.webhooks.delivery import DELIVERY_JITTER, RetryPolicy
 from realtime.webhooks.inbound import InboundHandler, MemorySeenIds, RedisSeenIds, SeenIds
 from realtime.webhooks.outbound import OutboundWebhooks
 from realtime.webhooks.store import DeliveryStore, MemoryDeliveryStore, RedisDeliveryStore
+from runtime.backoff import Backoff
 
 __all__ = [
     "WebhookSecret",

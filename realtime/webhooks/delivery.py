@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from standardwebhooks import Webhook
 
-from realtime.core.backoff import Backoff
+from runtime.backoff import Backoff
 from runtime.events import EventKind, is_command_exit, status_state
 
 __all__ = [

@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime.backoff import Backoff
 from runtime.base import DEFAULT_TEMPLATE
 
 __all__ = ["ModalConfig", "RetryPolicy", "sandbox_name"]
@@ -28,7 +29,7 @@ class RetryPolicy:
 
     def backoff(self, failures: int) -> float:
         """The pause before the next attempt after `failures` consecutive failures (no jitter)."""
-        return min(self.wait_initial * 2.0 ** (failures - 1), self.wait_max)
+        return Backoff(first=self.wait_initial, cap=self.wait_max).bare(failures - 1)
 
 
 @dataclass(frozen=True, slots=True)

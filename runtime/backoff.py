@@ -1,4 +1,5 @@
-"""The one backoff: capped exponential delays with jitter, pure (the caller sleeps; chance is passed in)."""
+"""The one backoff of the service and its runtimes: capped exponential delays with jitter, pure (the
+caller sleeps; chance is passed in). In `runtime` so that both the server and the sandbox providers use it."""
 
 from __future__ import annotations
 
