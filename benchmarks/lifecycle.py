@@ -18,7 +18,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from realtime.config.settings import DEFAULT_TEMPLATE
+from runtime.base import DEFAULT_TEMPLATE
 from tests.harness import make_settings, running_server
 
 
