@@ -17,10 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import signal
 from collections.abc import Mapping, Sequence
-
-import anyio
 
 from runtime.base import OutputSink, Stream
 from runtime.errors import FileNotFound
@@ -28,7 +25,7 @@ from runtime.modal.calls import SandboxCalls
 from runtime.modal.checkpoint import Checkpoints
 from runtime.modal.process import ModalProcess, new_process_id
 from runtime.modal.processes import Processes
-from runtime.workspace.commands import KILL_GRACE_S
+from runtime.workspace.steps import end_process
 
 __all__ = ["DevServer", "decode_record", "encode_record", "fingerprint"]
 
@@ -114,9 +111,4 @@ class DevServer:
         """End a dev server another owner started (SIGTERM, SIGKILL after a grace), dropping its output."""
         offsets = await self._checkpoints.read(process_id) or (0, 0)
         old = await self._processes.attach(process_id, _discard, offsets)
-        await old.kill(signal.SIGTERM)
-        with anyio.move_on_after(KILL_GRACE_S) as scope:
-            await old.wait()
-        if scope.cancelled_caught:
-            await old.kill(signal.SIGKILL)
-            await old.wait()
+        await end_process(old)
