@@ -50,6 +50,20 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {env.get(name)!r}")
+    return value
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if not value > 0:
+        raise ConfigError(f"{name} must be a positive number, got {env.get(name)!r}")
+    return value
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name, "").strip().lower()
     if not raw:
@@ -138,6 +152,28 @@ class Settings:
     modal_sandbox_timeout_s: int = 4 * 3600
     modal_idle_timeout_s: int = 1800
     modal_registry_secret: str | None = None
+    #: Older signing keys, still accepted when verifying tokens and preview URLs (the current
+    #: `signing_key` signs); for rotating keys without logging everyone out.
+    signing_keys_old: tuple[bytes, ...] = ()
+    #: The largest file read whole (bigger ones need `offset`/`length`), and how long one file call
+    #: of a workspace may take before it is abandoned.
+    max_read_bytes: int = 8 * 1024 * 1024
+    file_op_timeout_s: float = 30.0
+    #: Commands running at once in one workspace (more: 429 `too_many_commands`).
+    max_commands: int = 32
+    #: Rate limits per token (a token bucket each): websocket ops, and HTTP API calls.
+    rate_ops_per_s: float = 50.0
+    rate_ops_burst: int = 200
+    rate_http_per_s: float = 100.0
+    rate_http_burst: int = 400
+    #: Replies and other control frames queued for one socket that does not read (frames, bytes).
+    ws_control_frames: int = 256
+    ws_control_bytes: int = 1024 * 1024
+    #: The HTTP server: connections at once (past it: 503), seconds to send a request's headers,
+    #: and seconds an idle keep-alive connection is kept.
+    http_limit_concurrency: int = 10_000
+    http_header_timeout_s: float = 10.0
+    http_keepalive_s: float = 5.0
 
     @classmethod
     def from_env(
@@ -226,6 +262,23 @@ class Settings:
             modal_sandbox_timeout_s=_int(env, "WORKSPACE_MODAL_SANDBOX_TIMEOUT_S", d["modal_sandbox_timeout_s"]),
             modal_idle_timeout_s=_int(env, "WORKSPACE_MODAL_IDLE_TIMEOUT_S", d["modal_idle_timeout_s"]),
             modal_registry_secret=env.get("WORKSPACE_MODAL_REGISTRY_SECRET") or None,
+            signing_keys_old=tuple(
+                item.strip().encode() for item in env.get("WORKSPACE_SIGNING_KEYS", "").split(",") if item.strip()
+            ),
+            max_read_bytes=_positive_int(env, "WORKSPACE_MAX_READ_BYTES", d["max_read_bytes"]),
+            file_op_timeout_s=_positive_float(env, "WORKSPACE_FILE_OP_TIMEOUT_S", d["file_op_timeout_s"]),
+            max_commands=_positive_int(env, "WORKSPACE_MAX_COMMANDS", d["max_commands"]),
+            rate_ops_per_s=_positive_float(env, "WORKSPACE_RATE_OPS_PER_S", d["rate_ops_per_s"]),
+            rate_ops_burst=_positive_int(env, "WORKSPACE_RATE_OPS_BURST", d["rate_ops_burst"]),
+            rate_http_per_s=_positive_float(env, "WORKSPACE_RATE_HTTP_PER_S", d["rate_http_per_s"]),
+            rate_http_burst=_positive_int(env, "WORKSPACE_RATE_HTTP_BURST", d["rate_http_burst"]),
+            ws_control_frames=_positive_int(env, "WORKSPACE_WS_CONTROL_FRAMES", d["ws_control_frames"]),
+            ws_control_bytes=_positive_int(env, "WORKSPACE_WS_CONTROL_BYTES", d["ws_control_bytes"]),
+            http_limit_concurrency=_positive_int(
+                env, "WORKSPACE_HTTP_LIMIT_CONCURRENCY", d["http_limit_concurrency"]
+            ),
+            http_header_timeout_s=_positive_float(env, "WORKSPACE_HTTP_HEADER_TIMEOUT_S", d["http_header_timeout_s"]),
+            http_keepalive_s=_positive_float(env, "WORKSPACE_HTTP_KEEPALIVE_S", d["http_keepalive_s"]),
         )
 
 
@@ -237,6 +290,8 @@ _SOURCES: dict[str, str | None] = {
     "redis_url": "REDIS_URL",
     "token_generated": None,
     "max_command_timeout_s": None,
+    "signing_keys_old": "WORKSPACE_SIGNING_KEYS",
+    "http_keepalive_s": "WORKSPACE_HTTP_KEEPALIVE_S",
 }
 
 
