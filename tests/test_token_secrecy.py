@@ -8,7 +8,6 @@ import os
 import re
 import secrets
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -78,7 +77,7 @@ async def _use_every_door(base: str, service: str, forged: str) -> list[str]:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("fmt", ["text", "json"])
 async def test_no_token_reaches_the_log_however_it_was_passed(tmp_path: Path, fmt: str) -> None:
-    """Tokens in query strings, headers and subprotocols appear in no log line (access, debug, errors), in text and JSON."""
+    """Tokens in query strings, headers and subprotocols reach no log line (access, debug), in text or JSON."""
     service = "svc-" + secrets.token_urlsafe(32)
     signing_key = "key-" + secrets.token_urlsafe(32)
     forged = "forged-" + secrets.token_urlsafe(24)
@@ -123,7 +122,7 @@ async def test_no_token_reaches_the_log_however_it_was_passed(tmp_path: Path, fm
 
 
 def test_redact_masks_every_shape_a_secret_takes() -> None:
-    """Query values of secret names (however encoded), bearer values, JWTs, subprotocol tokens, URL passwords, known values."""
+    """Secret-named query values (however encoded), credentials, JWTs, subprotocol tokens, passwords, known values."""
     from realtime.config.masking import redact  # imported here: the other tests run on servers without it
 
     jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJkZW1vIn0.c2lnbmF0dXJlLWJ5dGVz"
@@ -166,9 +165,11 @@ async def test_readyz_says_which_check_failed_but_not_its_exception(
 ) -> None:
     """/readyz names each failing check with a fixed reason; the exception text goes to the log only."""
     settings = lambda port: make_settings(tmp_path / "root", port)  # noqa: E731
-    async with running_server(settings, runtime_factory=_broken_runtime, broker=_BrokenBroker()) as server:
-        async with httpx.AsyncClient(base_url=server.url, trust_env=False) as anonymous:
-            response = await anonymous.get("/readyz")
+    async with (
+        running_server(settings, runtime_factory=_broken_runtime, broker=_BrokenBroker()) as server,
+        httpx.AsyncClient(base_url=server.url, trust_env=False) as anonymous,
+    ):
+        response = await anonymous.get("/readyz")
     assert response.status_code == 503
     assert response.json() == {
         "ok": False,
