@@ -177,3 +177,37 @@ async def test_readyz_says_which_check_failed_but_not_its_exception(
     }
     logged = caplog.text
     assert "redis-internal.corp.example" in logged and ".private-tools" in logged
+
+
+def test_exceptions_and_split_arguments_are_masked_in_json() -> None:
+    """A secret in an exception's text, or split between the format and an argument, is masked in the JSON line."""
+    import io
+    import logging
+
+    from realtime.config import logs
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(logs.Redact(["the-configured-service-token"]))
+    handler.setFormatter(logs.JsonFormatter())
+    logger = logging.getLogger("test.token_secrecy")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("sent authorization: Bearer %s", "s3cret-bearer-value")
+        logger.info("calling %s", httpx.URL("https://hooks.example/cb?sig=s3cret-sig&id=7"))
+        try:
+            raise ConnectionError("redis://app:s3cret-password@redis:6379 refused the-configured-service-token")
+        except ConnectionError:
+            logger.exception("broker down")
+    finally:
+        logger.removeHandler(handler)
+    lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["message"] for line in lines] == [
+        "sent authorization: ****",
+        "calling https://hooks.example/cb?sig=****&id=7",
+        "broker down",
+    ]
+    assert "s3cret" not in stream.getvalue() and "the-configured-service-token" not in stream.getvalue()
+    assert "redis://app:****@redis:6379 refused ****" in str(lines[2]["exc"])

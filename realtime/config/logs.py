@@ -76,8 +76,8 @@ class Redact(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         known = self._known
-        if isinstance(record.msg, str):
-            record.msg = redact(record.msg, known)
+        # The format is left alone (masking it could change its placeholders): only the arguments,
+        # then the message as a whole.
         if isinstance(record.args, tuple):
             record.args = tuple(self._clean(arg) for arg in record.args)
         elif isinstance(record.args, Mapping):
