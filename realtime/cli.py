@@ -12,6 +12,7 @@ import anyio
 from dotenv import load_dotenv
 
 from realtime.config import logs
+from realtime.config.masking import secret_values
 from realtime.config.settings import ConfigError, Settings
 from realtime.web.app import create_app
 from realtime.web.server import Server, uvicorn_config
@@ -25,7 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"realtime: configuration error: {exc}", file=sys.stderr)
         return 2
-    logs.configure(args.log_level, args.log_format, settings.instance_id)
+    logs.configure(args.log_level, args.log_format, settings.instance_id, secret_values(settings))
     if settings.token_generated:
         print(f"realtime: dev token (WORKSPACE_TOKEN): {settings.token}", flush=True)
     try:

@@ -275,7 +275,7 @@ import { WorkspaceClient } from "%(client)s";
 
 const sockets = [];
 class FakeSocket {
-  constructor(url) { this.url = url; this.sent = []; sockets.push(this); }
+  constructor(url, protocols) { this.url = url; this.protocols = protocols; this.sent = []; sockets.push(this); }
   send(frame) { this.sent.push(JSON.parse(frame)); }
   close(code = 1000, reason = "") { this.serverClose(code, reason); }
   serverClose(code, reason = "") { queueMicrotask(() => this.onclose?.({ code, reason })); }
@@ -305,6 +305,7 @@ client.on("connection", (c) => out.states.push(c.state));
 const connected = client.connect();
 await until(() => sockets.length === 1);
 out.url1 = sockets[0].url;
+out.protocols1 = sockets[0].protocols;
 sockets[0].deliver(hello(0, true, "e1"));
 await connected;
 sockets[0].deliver({ type: "batch", events: [event(1), event(2), event(3)] });
@@ -354,9 +355,11 @@ def test_client_module_resumes_without_duplicates_or_gaps(tmp_path: Path) -> Non
     assert out["seqs"] == [1, 2, 3, 4, 11]
     assert out["logs"] == 5
     assert out["dropped"] == 2
-    assert out["url1"] == "ws://svc/ws/projects/p?token=t&since=0"
-    assert out["url2"] == "ws://svc/ws/projects/p?token=t&since=3&epoch=e1"
-    assert out["url3"] == "ws://svc/ws/projects/p?token=t&since=4&epoch=e1"
+    # The token travels as a subprotocol (base64url of "t"), never in the URL.
+    assert out["url1"] == "ws://svc/ws/projects/p?since=0"
+    assert out["protocols1"] == ["qai.v1", "qai.token.dA"]
+    assert out["url2"] == "ws://svc/ws/projects/p?since=3&epoch=e1"
+    assert out["url3"] == "ws://svc/ws/projects/p?since=4&epoch=e1"
     assert out["resets"] == [[4, 10]]
     assert out["exec"] == ["exec", "ls", {"command_id": "c1"}]
     assert out["readError"] == ["OpError", "not_found", "no"]

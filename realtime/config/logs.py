@@ -3,7 +3,11 @@
 The project and connection are bound per task (`bind`), in context variables that tasks started
 from there inherit, so a log line deep inside an op or a workspace says whose it is without every
 call passing them along. `configure` installs the handler: `text` for people, `json` (one object
-per line) for log pipelines.
+per line) for log pipelines; uvicorn's access and error lines go through the same handler.
+
+Secrets never reach the output: the handler's `Redact` filter masks every record (message,
+arguments, exception text) with `masking.redact`, knowing the configured secrets too; query strings
+in access lines keep their shape with secret values as `****`.
 """
 
 from __future__ import annotations
@@ -11,12 +15,15 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 
-__all__ = ["ContextFilter", "JsonFormatter", "bind", "configure"]
+from realtime.config.masking import redact
+
+__all__ = ["ContextFilter", "JsonFormatter", "Redact", "bind", "configure"]
 
 _project: ContextVar[str | None] = ContextVar("project_id", default=None)
 _connection: ContextVar[str | None] = ContextVar("connection_id", default=None)
@@ -48,6 +55,54 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class Redact(logging.Filter):
+    """Masks secrets in every record it passes (see `masking.redact`), plus the `known` secret values.
+
+    Each string argument is masked in place, so formatters that read the arguments (uvicorn's access
+    formatter) keep working; should the whole message still show a secret (one split across the format
+    and an argument, or inside an object's `str`), the record becomes that message, masked.
+    Filters with the same secrets are equal, so configuring the same logger again does not stack them.
+    """
+
+    def __init__(self, known: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._known = tuple(known)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Redact) and other._known == self._known
+
+    def __hash__(self) -> int:
+        return hash((Redact, self._known))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        known = self._known
+        # The format is left alone (masking it could change its placeholders): only the arguments,
+        # then the message as a whole.
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._clean(arg) for arg in record.args)
+        elif isinstance(record.args, Mapping):
+            record.args = {key: self._clean(value) for key, value in record.args.items()}
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a malformed format: logging reports it, with nothing to mask
+            message = None
+        if message is not None and (masked := redact(message, known)) != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _PLAIN.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, known)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info, known)
+        return True
+
+    def _clean(self, value: Any) -> Any:
+        return redact(value, self._known) if isinstance(value, str) else value
+
+
+_PLAIN = logging.Formatter()
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -68,14 +123,16 @@ class JsonFormatter(logging.Formatter):
         for name in FIELDS:
             if (value := getattr(record, name, None)) is not None:
                 body[name] = value
-        if record.exc_info:
-            body["exc"] = self.formatException(record.exc_info)
+        if record.exc_info or record.exc_text:
+            body["exc"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
         return orjson.dumps(body).decode()
 
 
-def configure(level: str, fmt: Literal["text", "json"], instance: str | None) -> None:
-    """Send every log record to stderr in `fmt`, with its context."""
+def configure(level: str, fmt: Literal["text", "json"], instance: str | None, secrets: Iterable[str] = ()) -> None:
+    """Send every log record to stderr in `fmt`, with its context, and with `secrets` (and every
+    token-shaped value) masked."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(Redact(secrets))
     handler.addFilter(ContextFilter(instance))
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from runtime import events
 from runtime.events import EventKind
 
 __all__ = ["Services", "json_response", "read_body", "read_json", "routes"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,14 +298,20 @@ async def metrics(request: Request) -> Response:
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
+#: What /readyz says of each failing check: a fixed reason; what was raised goes to the log only
+#: (it may name internal hosts, paths or credentials).
+_NOT_READY = {"broker": "broker unreachable", "runtime": "runtime unavailable"}
+
+
 async def readyz(request: Request) -> Response:
     services = _services(request)
     problems: dict[str, str] = {}
     for name, check in (("broker", services.broker.check), ("runtime", services.manager.runtime.check)):
         try:
             await check()
-        except Exception as exc:  # noqa: BLE001 - any failure of a check means "not ready", with its reason
-            problems[name] = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - any failure of a check means "not ready"
+            logger.warning("not ready: the %s check failed: %s: %s", name, type(exc).__name__, exc)
+            problems[name] = _NOT_READY[name]
     if problems:
         return json_response({"ok": False, "problems": problems}, 503)
     return json_response({"ok": True})

@@ -1,15 +1,41 @@
-"""Bearer authentication for the HTTP API, as pure ASGI middleware."""
+"""Bearer authentication for the HTTP API, as pure ASGI middleware; where a websocket's token comes from.
+
+A token belongs in a header, never in a URL (URLs end up in access logs, browser history and
+`Referer`). Browsers cannot set headers on a websocket, but they can offer subprotocols: a socket
+offers `qai.v1` and `qai.token.<the token, base64url without padding>`, and the handshake answers
+`qai.v1` only, so the token is never echoed. `?token=` still works (and is masked in logs).
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
+from collections.abc import Sequence
 
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from realtime.core.tokens import Access, SessionTokens, TokenError, TokenGrant
 
-__all__ = ["BearerAuth", "Denied", "bearer_token", "project_grant"]
+__all__ = [
+    "SUBPROTOCOL",
+    "BearerAuth",
+    "Denied",
+    "bearer_token",
+    "offered_subprotocol",
+    "project_grant",
+    "subprotocol_token",
+    "token_subprotocol",
+]
+
+#: The websocket subprotocol of this protocol: the one a handshake ever answers.
+SUBPROTOCOL = "qai.v1"
+#: Prefix of the subprotocol that carries a token (RFC 6455 allows no `=`, `/` or `+` there: base64url).
+TOKEN_PREFIX = "qai.token."
+#: Longest token accepted in a subprotocol (a session token is ~250 characters).
+MAX_SUBPROTOCOL_TOKEN = 4096
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 #: Routes under /api that authenticate themselves: signed inbound webhooks, and the event feed
 #: (which also takes a project's session token, in the query for browsers' EventSource).
@@ -28,7 +54,7 @@ def project_grant(tokens: SessionTokens, token: str | None, project_id: str) -> 
         Denied: no token, a bad or expired one, or one for another project.
     """
     if not token:
-        raise Denied("missing token: pass ?token= or an Authorization header")
+        raise Denied("missing token: send a Bearer header, a qai.token subprotocol (websocket) or ?token=")
     try:
         grant = tokens.check(token)
     except TokenError as exc:
@@ -45,6 +71,36 @@ def bearer_token(scope: Scope) -> str | None:
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
     return None
+
+
+def token_subprotocol(token: str) -> str:
+    """The subprotocol that carries `token` (what clients offer next to `qai.v1`)."""
+    return TOKEN_PREFIX + base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+
+
+def offered_subprotocol(offered: Sequence[str]) -> str | None:
+    """The subprotocol to answer a handshake with: `qai.v1` when offered, else none; never a token."""
+    return SUBPROTOCOL if SUBPROTOCOL in offered else None
+
+
+def subprotocol_token(offered: Sequence[str]) -> str | None:
+    """The token in a `qai.token.<base64url>` subprotocol, or None when none is offered.
+
+    Raises:
+        Denied: the token subprotocol is empty, too long, not base64url of UTF-8, or offered twice.
+    """
+    carried = [name[len(TOKEN_PREFIX) :] for name in offered if name.startswith(TOKEN_PREFIX)]
+    if not carried:
+        return None
+    if len(carried) > 1:
+        raise Denied("more than one token subprotocol")
+    (encoded,) = carried
+    if len(encoded) > MAX_SUBPROTOCOL_TOKEN or not _BASE64URL.fullmatch(encoded):
+        raise Denied("malformed token subprotocol: expected qai.token.<base64url of the token>")
+    try:
+        return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise Denied("malformed token subprotocol: expected qai.token.<base64url of the token>") from None
 
 
 class BearerAuth:

@@ -1,4 +1,9 @@
-"""Serving the app with uvicorn: its configuration from `Settings`, and a graceful drain on shutdown."""
+"""Serving the app with uvicorn: its configuration from `Settings`, and a graceful drain on shutdown.
+
+uvicorn's own loggers get no handlers of their own: their records (access lines included) go to the
+handler `realtime.config.logs.configure` installs, in its format (text or JSON), and each passes a
+`Redact` filter where it is made, so a token in a request target never reaches any handler.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import anyio
 import uvicorn
 from starlette.applications import Starlette
 
+from realtime.config.logs import Redact
 from realtime.config.settings import Settings
 from realtime.fanout.hub import Hub
 
@@ -31,9 +37,25 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
         # Compression would be done once per socket, undoing "encode once, send the same bytes".
         "ws_per_message_deflate": settings.ws_deflate,
         "timeout_graceful_shutdown": settings.drain_timeout_s,
+        "log_config": _LOG_CONFIG,
         **overrides,
     }
     return uvicorn.Config(app, **options)
+
+
+#: Instead of uvicorn's LOGGING_CONFIG (its own handlers and formats, access lines on stdout, query
+#: strings verbatim): its loggers propagate to ours, and mask secrets in what they log.
+_LOG_CONFIG: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"redact": {"()": Redact}},
+    "loggers": {
+        "uvicorn": {"handlers": [], "propagate": True},
+        "uvicorn.error": {"handlers": [], "filters": ["redact"], "propagate": True},
+        "uvicorn.access": {"handlers": [], "filters": ["redact"], "propagate": True},
+        "uvicorn.asgi": {"handlers": [], "filters": ["redact"], "propagate": True},
+    },
+}
 
 
 class Server(uvicorn.Server):

@@ -40,7 +40,7 @@ from realtime.fanout.hub import Hub, locate
 from realtime.fanout.outbox import CLOSE_POLICY, CLOSE_RESTART, Closing, Outbox
 from realtime.fanout.writer import write
 from realtime.web.api import Services
-from realtime.web.auth import Denied, bearer_token, project_grant
+from realtime.web.auth import Denied, bearer_token, offered_subprotocol, project_grant, subprotocol_token
 from realtime.workspaces import dispatch
 
 __all__ = ["websocket_endpoint"]
@@ -65,10 +65,11 @@ def _since(raw: str | None) -> int | None:
 async def websocket_endpoint(websocket: WebSocket) -> None:
     services: Services = websocket.state.services
     hub: Hub = websocket.state.hub
-    await websocket.accept()
+    offered = websocket.scope.get("subprotocols") or []
+    await websocket.accept(subprotocol=offered_subprotocol(offered))
     try:
         project_id = parse_project_id(websocket.path_params["project_id"])
-        token = websocket.query_params.get("token") or bearer_token(websocket.scope)
+        token = subprotocol_token(offered) or websocket.query_params.get("token") or bearer_token(websocket.scope)
         grant = project_grant(services.tokens, token, project_id)
         since = _since(websocket.query_params.get("since"))
     except (Denied, ApiError) as exc:

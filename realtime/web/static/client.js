@@ -12,6 +12,9 @@
 // `WorkspaceClient` keeps one channel open per project: it resumes after any drop with `since`
 // and `epoch`, delivers every event once and in `seq` order (never a duplicate, never a gap),
 // and answers each op with a promise. `WorkspaceApi` wraps the HTTP routes.
+//
+// The token never goes in the socket's URL (URLs end up in logs and history): it travels as the
+// subprotocol `qai.token.<base64url>`, next to `qai.v1`, which is all the server answers with.
 
 /** An op's or an HTTP call's failure: `code` is the protocol's error code. */
 export class OpError extends Error {
@@ -28,6 +31,17 @@ export const EVENT_KINDS = ["status", "log", "file", "preview", "command", "cust
 
 const CLOSE_POLICY = 1008;
 const NORMAL_CLOSE = 1000;
+/** The websocket subprotocol of the protocol (what the server's handshake answers). */
+export const SUBPROTOCOL = "qai.v1";
+
+/** The subprotocols a socket offers for `token`: `qai.v1` and `qai.token.<base64url of the token>`. */
+export function tokenProtocols(token) {
+  if (!token) return [SUBPROTOCOL];
+  let binary = "";
+  for (const byte of new TextEncoder().encode(String(token))) binary += String.fromCharCode(byte);
+  const encoded = btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  return [SUBPROTOCOL, `qai.token.${encoded}`];
+}
 
 /** The project a session token is for (its `sub` claim, not verified), or null. */
 export function tokenProject(token) {
@@ -216,22 +230,25 @@ export class WorkspaceClient {
     this._emit("connection", { state, attempt: this._attempt, ...details });
   }
 
-  async _url() {
+  /** The socket's URL (no token in it) and the subprotocols that carry the token. */
+  async _target() {
     const token = typeof this._token === "function" ? await this._token() : this._token;
-    const params = new URLSearchParams({ token });
+    const params = new URLSearchParams();
     if (this._since !== null && this._since !== undefined) {
       params.set("since", String(this._since));
       if (this._epoch) params.set("epoch", this._epoch);
     }
     const base = this._base.replace(/^http/, "ws");
-    return `${base}/ws/projects/${encodeURIComponent(this.projectId)}?${params}`;
+    const query = params.toString();
+    const url = `${base}/ws/projects/${encodeURIComponent(this.projectId)}${query ? `?${query}` : ""}`;
+    return { url, protocols: tokenProtocols(token) };
   }
 
   async _open() {
     this._setState(this._attempt === 0 && !this._hello ? "connecting" : "reconnecting", {});
-    let url;
+    let target;
     try {
-      url = await this._url();
+      target = await this._target();
     } catch (error) {
       this._retry({ reason: `no token: ${error.message || error}` });
       return;
@@ -239,7 +256,7 @@ export class WorkspaceClient {
     if (!this._wanted) return;
     let socket;
     try {
-      socket = new this._WebSocket(url);
+      socket = new this._WebSocket(target.url, target.protocols);
     } catch (error) {
       this._retry({ reason: `cannot open ${this._base}: ${error.message || error}` });
       return;
