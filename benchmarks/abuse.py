@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+import anyio.abc
 import httpx
 import orjson
 from websockets.asyncio.client import connect
@@ -68,7 +69,7 @@ class Outcome:
 
 @dataclass
 class Server:
-    process: subprocess.Popen[bytes]
+    process: anyio.abc.Process
     port: int
     log: Path
     client: httpx.AsyncClient
@@ -101,14 +102,14 @@ async def serve(base: Path, redis_url: str | None) -> AsyncIterator[Server]:
         env.update(REDIS_URL=redis_url, WORKSPACE_REDIS_PREFIX=f"abuse-{secrets.token_hex(4)}")
     log = base / "server.log"
     with log.open("wb") as sink:
-        process = subprocess.Popen(
+        process = await anyio.open_process(
             [sys.executable, "-m", "realtime.cli", "serve", "--host", "127.0.0.1", "--port", "0"],
             env=env, cwd=base, stdout=sink, stderr=subprocess.STDOUT,
         )
     try:
         with anyio.fail_after(30):
             while (found := LISTENING.search(log.read_text(errors="replace"))) is None:
-                if process.poll() is not None:
+                if process.returncode is not None:
                     raise RuntimeError(f"realtime serve exited: {log.read_text()[-2000:]}")
                 await anyio.sleep(0.05)
         port = int(found.group(1))
@@ -118,11 +119,11 @@ async def serve(base: Path, redis_url: str | None) -> AsyncIterator[Server]:
             yield Server(process, port, log, client)
     finally:
         process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
+        with anyio.move_on_after(20) as waited:
+            await process.wait()
+        if waited.cancelled_caught:
             process.kill()
-            process.wait()
+            await process.wait()
 
 
 def fixture_files(extra: dict[str, str] | None = None) -> list[dict[str, str]]:
@@ -131,12 +132,13 @@ def fixture_files(extra: dict[str, str] | None = None) -> list[dict[str, str]]:
 
 
 async def provision(server: Server, project_id: str, files: list[dict[str, str]]) -> dict[str, Any]:
-    response = await server.client.post("/api/workspaces", json={"project_id": project_id, "files": files, "wait": True})
+    body = {"project_id": project_id, "files": files, "wait": True}
+    response = await server.client.post("/api/workspaces", json=body)
     response.raise_for_status()
-    body: dict[str, Any] = response.json()
-    if body["state"] != "ready":
-        raise RuntimeError(f"{project_id} did not get ready: {body}")
-    return body
+    result: dict[str, Any] = response.json()
+    if result["state"] != "ready":
+        raise RuntimeError(f"{project_id} did not get ready: {result}")
+    return result
 
 
 async def mint(server: Server, project_id: str, scope: str) -> str:
@@ -182,7 +184,10 @@ class Watch:
             await anyio.sleep(0.05)
 
 
-async def measured(server: Server, bystander_ws: str, name: str, attack: Callable[[Outcome], Awaitable[None]]) -> Outcome:
+Attack = Callable[[Outcome], Awaitable[None]]
+
+
+async def measured(server: Server, bystander_ws: str, name: str, attack: Attack) -> Outcome:
     outcome = Outcome(name)
     watch = Watch(server, bystander_ws)
     async with anyio.create_task_group() as tg:
@@ -353,10 +358,8 @@ async def slow_connections(server: Server, outcome: Outcome) -> None:
     closed = 0
     with anyio.move_on_after(15):
         for stream in streams:
-            try:
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                 await stream.receive()
-            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                pass
             closed += 1
     for stream in streams:
         await stream.aclose()
@@ -413,9 +416,10 @@ async def main() -> int:
         async with serve(Path(tmp), args.redis) as server:
             await provision(server, "bystander", fixture_files())
             attacker = await provision(server, "attacker", fixture_files({"server.js": TENANT_SERVER}))
-            bystander_ws = f"ws://127.0.0.1:{server.port}/ws/projects/bystander?token={await mint(server, 'bystander', 'write')}"
+            bystander_token = await mint(server, "bystander", "write")
+            bystander_ws = f"ws://127.0.0.1:{server.port}/ws/projects/bystander?token={bystander_token}"
             preview = attacker["preview_url"]
-            classes: list[tuple[str, Callable[[Outcome], Awaitable[None]]]] = [
+            classes: list[tuple[str, Attack]] = [
                 ("gateway reaching elsewhere", lambda o: gateway_elsewhere(server, preview, o)),
                 ("cookies across tenants", lambda o: tenant_cookies(server, preview, o)),
                 ("memory from a read-only token", lambda o: unread_socket_flood(server, "attacker", o)),
