@@ -1,6 +1,9 @@
 """The websocket relay between the browser and the dev server (a page's HMR socket, say).
 
 Invariants:
+- The upstream URI is built from parts (`target.websocket_uri`), and the connection goes to the
+  project origin's host and port, named explicitly: the path cannot move it, and a redirect from the
+  dev server to any other origin is refused (the browser gets a 502), never followed.
 - The upstream websocket is opened before the browser's is accepted, so a dev server that refuses
   (its status is passed on) or does not answer (502 "starting" page) leaves the browser's unaccepted.
 - The browser's socket is accepted with the subprotocol the dev server chose.
@@ -19,14 +22,15 @@ from dataclasses import dataclass
 import anyio
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI, SecurityError
 from websockets.frames import EXTERNAL_CLOSE_CODES
 from websockets.typing import Origin, Subprotocol
 
 from realtime.core.signing import PreviewTarget
 from realtime.preview.headers import HeaderRewrite
 from realtime.preview.pages import deny, dev_server_refused_page, not_running_page
-from realtime.preview.request import client_host, header, request_target
+from realtime.preview.request import client_host, header
+from realtime.preview.target import websocket_uri
 
 __all__ = ["WebSocketRelay"]
 
@@ -53,24 +57,28 @@ class WebSocketRelay:
     def __init__(self, *, connect_timeout: float) -> None:
         self._connect_timeout = connect_timeout
 
-    async def __call__(self, websocket: WebSocket, target: PreviewTarget, rewrite: HeaderRewrite) -> None:
-        """Open the upstream websocket for `websocket` (connected, not accepted) and relay until either closes."""
-        upstream = await self._connect(websocket, target, rewrite)
+    async def __call__(
+        self, websocket: WebSocket, resource: bytes, target: PreviewTarget, rewrite: HeaderRewrite
+    ) -> None:
+        """Open the upstream websocket for `websocket` (connected, not accepted) at `resource` (its path and
+        query, from `origin_form`) and relay until either closes."""
+        upstream = await self._connect(websocket, resource, target, rewrite)
         if upstream is not None:
             await _relay(websocket, upstream)
 
     async def _connect(
-        self, websocket: WebSocket, target: PreviewTarget, rewrite: HeaderRewrite
+        self, websocket: WebSocket, resource: bytes, target: PreviewTarget, rewrite: HeaderRewrite
     ) -> ClientConnection | None:
         """The upstream websocket, or None once the browser's has been denied."""
         scope = websocket.scope
         origin = rewrite.websocket_origin(scope["headers"])
         user_agent = header(scope, b"user-agent")
-        ws_scheme = "wss" if rewrite.upstream.scheme == "https" else "ws"
-        ws_url = f"{ws_scheme}://{rewrite.upstream.netloc}{request_target(scope).decode('ascii')}"
         try:
             return await connect(
-                ws_url,
+                websocket_uri(rewrite.upstream, resource),
+                # Named explicitly, so websockets refuses to follow a redirect to any other origin.
+                host=rewrite.upstream.host,
+                port=rewrite.upstream.port,
                 origin=Origin(origin) if origin is not None else None,
                 subprotocols=[Subprotocol(name) for name in scope.get("subprotocols", [])] or None,
                 additional_headers=rewrite.websocket_headers(scope["headers"], client_host(scope)),
@@ -83,6 +91,11 @@ class WebSocketRelay:
         except InvalidStatus as exc:
             # The dev server itself refused (wrong path, host check): pass its status on.
             await deny(websocket, dev_server_refused_page(exc.response.status_code), close_code=1011)
+        except (SecurityError, ValueError) as exc:
+            # A redirect to another origin (websockets refuses it: host and port are explicit), a TLS
+            # downgrade, or too many redirects.
+            logger.info("preview upstream %s for %s redirected away: %r", target.origin, target.project_id, exc)
+            await deny(websocket, dev_server_refused_page(502), close_code=1011)
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
             logger.info("preview upstream %s for %s unreachable: %r", target.origin, target.project_id, exc)
             await deny(websocket, not_running_page(), close_code=1011)
