@@ -19,10 +19,13 @@ import anyio
 import httpx
 import pytest
 from anyio.abc import SocketAttribute, SocketStream
+from playwright.async_api import async_playwright
 from starlette.types import Receive, Scope, Send
+from websockets.asyncio.client import connect
 
 from realtime.core.signing import PreviewSigner, PreviewTarget
 from realtime.preview.gateway import PreviewGateway
+from tests.browser import launch_args
 from tests.harness import bound_socket, serve_asgi
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
@@ -70,8 +73,10 @@ class Tenant:
             response += [(b"set-cookie", c.format(hostname=hostname).encode()) for c in TENANT_COOKIES]
         if scope["path"] == "/clear":
             response.append((b"clear-site-data", b'"cookies", "storage"'))
+        body = json.dumps(self.seen[-1]).encode()
+        response.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": 200, "headers": response})
-        await send({"type": "http.response.body", "body": json.dumps(self.seen[-1]).encode()})
+        await send({"type": "http.response.body", "body": body})
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         await receive()  # websocket.connect
@@ -218,3 +223,99 @@ async def test_dev_server_redirecting_a_websocket_elsewhere_is_not_followed(atta
     assert status >= 400
     assert b"Traceback" not in body
     assert attack.trap.visits == 0
+
+
+# -- cookies and credentials across tenants -----------------------------------------------------------
+
+
+def cookie_attributes(set_cookie: str) -> dict[str, str]:
+    """The attributes of one Set-Cookie value, names lowercased (the cookie's own name=value left out)."""
+    attributes = {}
+    for part in set_cookie.split(";")[1:]:
+        name, _, value = part.strip().partition("=")
+        attributes[name.lower()] = value
+    return attributes
+
+
+async def browser_cookies(attack: Attack) -> list[str]:
+    """The name=value pairs a browser keeps from the tenant's Set-Cookie headers (all host-only, once fixed)."""
+    status, headers, _ = await attack.send(b"/set-cookies")
+    assert status == 200
+    return [value.split(";")[0].strip() for value in headers["set-cookie"]]
+
+
+async def test_tenant_set_cookie_is_confined_to_its_preview_host(attack: Attack) -> None:
+    """Set-Cookie from a tenant never carries a Domain (not the preview domain, the parent or its own host), and a
+    SameSite=None cookie is Secure."""
+    status, headers, _ = await attack.send(b"/set-cookies")
+    assert status == 200
+    assert len(headers["set-cookie"]) == len(TENANT_COOKIES)
+    for value in headers["set-cookie"]:
+        attributes = cookie_attributes(value)
+        assert "domain" not in attributes, value
+        assert attributes.get("path", "/").startswith("/")
+        if attributes.get("samesite", "").lower() == "none":
+            assert "secure" in attributes, value
+
+
+async def test_parent_domain_cookie_and_authorization_never_reach_the_tenant(attack: Attack) -> None:
+    """The tenant sees the cookies it set itself, and neither the service's parent-domain cookie nor Authorization."""
+    cookies = "; ".join([PARENT_COOKIE, *await browser_cookies(attack)])
+    status, _, body = await attack.send(b"/echo", headers=(f"cookie: {cookies}", f"authorization: {SERVICE_AUTH}"))
+    assert status == 200
+    seen = json.loads(body)
+    assert seen["cookie"] == "own=1; wide=2; parent=3; self=4"
+    assert seen["authorization"] is None
+
+
+async def test_cookies_of_one_preview_never_reach_another(attack: Attack) -> None:
+    """Cookies a browser holds from one tenant's preview (say, tossed to the whole preview domain) are not
+    forwarded to another tenant's preview."""
+    cookies = "; ".join(await browser_cookies(attack))
+    status, _, body = await attack.send(b"/echo", host=attack.host(OTHER), headers=(f"cookie: {cookies}",))
+    assert status == 200
+    assert json.loads(body)["cookie"] is None
+
+
+async def test_websocket_handshake_carries_no_parent_cookie_or_authorization(attack: Attack) -> None:
+    """The tenant's websocket handshake gets its own cookies only, and no Authorization."""
+    cookies = "; ".join([PARENT_COOKIE, *await browser_cookies(attack)])
+    host = attack.host()
+    async with connect(
+        f"ws://{host}/hmr",
+        host="127.0.0.1",
+        port=attack.port,
+        proxy=None,
+        additional_headers={"cookie": cookies, "authorization": SERVICE_AUTH},
+    ) as ws:
+        seen = json.loads(await ws.recv())
+    assert seen["cookie"] == "own=1; wide=2; parent=3; self=4"
+    assert seen["authorization"] is None
+
+
+async def test_tenant_cannot_clear_the_parent_domain_cookies(attack: Attack) -> None:
+    """Clear-Site-Data (whose "cookies" clears the whole registrable domain) never reaches the browser."""
+    status, headers, _ = await attack.send(b"/clear")
+    assert status == 200
+    assert "clear-site-data" not in headers
+
+
+async def test_in_a_browser_cookies_stay_on_their_preview_host(attack: Attack) -> None:
+    """In Chromium, a tenant's cookies (Domain attributes and all) come back to it alone; the parent domain's
+    cookie and one a page script tosses to the whole preview domain reach neither tenant."""
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(**launch_args())
+        try:
+            context = await browser.new_context()
+            parent = {"name": "session", "value": "parent-secret", "domain": ".preview.localhost", "path": "/"}
+            await context.add_cookies([parent])  # type: ignore[list-item]
+            page = await context.new_page()
+            tenant, other = f"http://{attack.host()}", f"http://{attack.host(OTHER)}"
+            await page.goto(f"{tenant}/set-cookies")
+            await page.evaluate("document.cookie = 'tossed=1; domain=preview.localhost; path=/'")
+            await page.goto(f"{tenant}/echo")
+            assert json.loads(await page.inner_text("body"))["cookie"] == "own=1; wide=2; parent=3"
+            await page.goto(f"{other}/echo")
+            assert json.loads(await page.inner_text("body"))["cookie"] is None
+        finally:
+            await browser.close()
