@@ -22,6 +22,7 @@ from anyio.abc import SocketAttribute, SocketStream
 from playwright.async_api import async_playwright
 from starlette.types import Receive, Scope, Send
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from realtime.core.signing import PreviewSigner, PreviewTarget
 from realtime.preview.gateway import PreviewGateway
@@ -34,6 +35,7 @@ KEY = b"gateway-attack-test-key"
 TENANT, OTHER = "tenant-a", "tenant-b"
 PARENT_COOKIE = "session=parent-secret"  # a cookie of the service's own (parent) domain
 SERVICE_AUTH = "Bearer the-service-token"
+MAX_MESSAGE = 64 * 1024
 
 TENANT_COOKIES = [
     "own=1; Path=/",
@@ -49,6 +51,7 @@ class Tenant:
 
     trap_port: int
     seen: list[dict[str, Any]] = field(default_factory=list)
+    flood_closed: list[int | None] = field(default_factory=list)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {name.decode(): value.decode() for name, value in scope["headers"]}
@@ -87,6 +90,10 @@ class Tenant:
             await send({"type": "websocket.http.response.body", "body": b""})
             return
         await send({"type": "websocket.accept"})
+        if scope["path"] == "/ws-flood":
+            await send({"type": "websocket.send", "bytes": b"x" * (MAX_MESSAGE + 1)})
+            self.flood_closed.append((await receive()).get("code"))
+            return
         await send({"type": "websocket.send", "text": json.dumps(self.seen[-1])})
         await send({"type": "websocket.close", "code": 1000})
 
@@ -162,7 +169,7 @@ async def attack() -> AsyncIterator[Attack]:
         async with anyio.create_task_group() as tg:
             tg.start_soon(listener.serve, trap.handle)
             async with httpx.AsyncClient(trust_env=False) as upstream:
-                gateway = PreviewGateway(signer, resolve, upstream)
+                gateway = PreviewGateway(signer, resolve, upstream, max_message_bytes=MAX_MESSAGE)
                 async with serve_asgi(tenant, dev_sock), serve_asgi(gateway, gateway_sock):
                     yield Attack(signer, port, tenant, trap)
             tg.cancel_scope.cancel()
@@ -223,6 +230,18 @@ async def test_dev_server_redirecting_a_websocket_elsewhere_is_not_followed(atta
     assert status >= 400
     assert b"Traceback" not in body
     assert attack.trap.visits == 0
+
+
+async def test_dev_server_message_over_the_bound_closes_the_relay(attack: Attack) -> None:
+    """A dev server's websocket message over the bound is never buffered or relayed: both sides are closed with
+    1009, and the gateway goes on serving."""
+    host = attack.host()
+    async with connect(f"ws://{host}/ws-flood", host="127.0.0.1", port=attack.port, proxy=None) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    assert attack.tenant.flood_closed == [1009]
+    assert (await attack.send(b"/echo"))[0] == 200
 
 
 # -- cookies and credentials across tenants -----------------------------------------------------------

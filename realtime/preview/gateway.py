@@ -25,7 +25,7 @@ from realtime.core.signing import PreviewSigner, PreviewTarget, VerifyResult
 from realtime.preview.headers import HeaderRewrite, UpstreamOrigin
 from realtime.preview.pages import Refusal, bad_request_page, deny, refusal_page
 from realtime.preview.proxy import HttpProxy
-from realtime.preview.relay import WebSocketRelay
+from realtime.preview.relay import DEFAULT_MAX_MESSAGE_BYTES, WebSocketRelay
 from realtime.preview.request import request_host, request_target
 from realtime.preview.target import MalformedTarget
 
@@ -47,6 +47,7 @@ class PreviewGateway:
             have no timeout: a first compile or an event stream may take long, and a browser
             that leaves is noticed.
         clock: unix time in seconds, for the expiry check.
+        max_message_bytes: the largest websocket message a dev server may send through the relay.
     """
 
     def __init__(
@@ -57,12 +58,13 @@ class PreviewGateway:
         *,
         connect_timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self._signer = signer
         self._resolve = resolve
         self._clock = clock
         self._proxy = HttpProxy(client, connect_timeout=connect_timeout)
-        self._relay = WebSocketRelay(connect_timeout=connect_timeout)
+        self._relay = WebSocketRelay(connect_timeout=connect_timeout, max_message_bytes=max_message_bytes)
 
     def is_preview_request(self, scope: Scope) -> bool:
         """Whether an ASGI connection is addressed to a preview host (dispatch on this)."""

@@ -7,7 +7,10 @@ Invariants:
 - The upstream websocket is opened before the browser's is accepted, so a dev server that refuses
   (its status is passed on) or does not answer (502 "starting" page) leaves the browser's unaccepted.
 - The browser's socket is accepted with the subprotocol the dev server chose.
-- Text stays text and bytes stay bytes, both ways; no message size limit is imposed.
+- Text stays text and bytes stay bytes, both ways. A dev server's message is bounded
+  (`max_message_bytes`; a bigger one closes the dev server's side with 1009, which the browser is
+  told) and at most `_QUEUE_FRAMES` frames of it are buffered before the relay stops reading, so a
+  tenant cannot fill the server's memory; the browser's are bounded by the server (`ws_max_size`).
 - Whichever side closes first, the other is closed with the same code and reason where that code may
   be sent on (1005 "no status" becomes 1000; any other reserved code becomes 1001 towards the dev
   server, 1011 towards the browser). Cancellation closes the dev server's side with 1001.
@@ -32,11 +35,14 @@ from realtime.preview.pages import deny, dev_server_refused_page, not_running_pa
 from realtime.preview.request import client_host, header
 from realtime.preview.target import websocket_uri
 
-__all__ = ["WebSocketRelay"]
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "WebSocketRelay"]
 
 logger = logging.getLogger(__name__)
 
 _CLOSE_TIMEOUT = 5.0
+_QUEUE_FRAMES = 4
+#: The largest message a dev server may send through the relay, as uvicorn's default `ws_max_size`.
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -52,10 +58,12 @@ class WebSocketRelay:
 
     Args:
         connect_timeout: seconds to wait for the upstream websocket's opening handshake.
+        max_message_bytes: the largest message the dev server may send.
     """
 
-    def __init__(self, *, connect_timeout: float) -> None:
+    def __init__(self, *, connect_timeout: float, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self._connect_timeout = connect_timeout
+        self._max_message_bytes = max_message_bytes
 
     async def __call__(
         self, websocket: WebSocket, resource: bytes, target: PreviewTarget, rewrite: HeaderRewrite
@@ -86,7 +94,8 @@ class WebSocketRelay:
                 proxy=None,
                 open_timeout=self._connect_timeout,
                 close_timeout=_CLOSE_TIMEOUT,
-                max_size=None,
+                max_size=self._max_message_bytes,
+                max_queue=_QUEUE_FRAMES,
             )
         except InvalidStatus as exc:
             # The dev server itself refused (wrong path, host check): pass its status on.
@@ -137,7 +146,7 @@ async def _client_to_upstream(
             text = message.get("text")
             await upstream.send(text if text is not None else message.get("bytes") or b"")
     except ConnectionClosed as exc:
-        closing.upstream = (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd is not None else (1006, "")
+        closing.upstream = _close_of(exc)
         scope.cancel()
 
 
@@ -152,10 +161,17 @@ async def _upstream_to_client(
             else:
                 await websocket.send_bytes(data)
     except ConnectionClosed as exc:
-        closing.upstream = (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd is not None else (1006, "")
+        closing.upstream = _close_of(exc)
         scope.cancel()
     except WebSocketDisconnect:
         return  # the browser has gone: its disconnect message reaches _client_to_upstream, which ends
+
+
+def _close_of(exc: ConnectionClosed) -> tuple[int, str]:
+    """How the dev server's side closed: its close frame, else the one the relay sent (1009 for a message
+    over the bound, say), else 1006."""
+    frame = exc.rcvd if exc.rcvd is not None else exc.sent
+    return (frame.code, frame.reason) if frame is not None else (1006, "")
 
 
 def _relayable(code: int, *, fallback: int) -> int:
