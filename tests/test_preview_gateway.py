@@ -28,6 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin, Subprotocol
 
 from realtime.core.signing import PreviewSigner, PreviewTarget
+from realtime.preview.cookies import cookie_namespace
 from realtime.preview.gateway import PreviewGateway
 from tests.harness import bound_socket, fixture_files, make_settings, running_server, serve_asgi
 
@@ -268,9 +269,13 @@ async def test_location_naming_the_dev_server_is_rewritten(env: Env) -> None:
 
 
 async def test_cookies_are_relayed_and_never_replayed(env: Env) -> None:
-    """Every Set-Cookie reaches the browser, and the gateway never sends them upstream on its own."""
-    response = await env.get("/set-cookie")
-    assert [value.split(";")[0] for value in response.headers.get_list("set-cookie")] == ["a=1", "b=2"]
+    """Every Set-Cookie reaches the browser, in the preview host's namespace, and the gateway never sends them
+    upstream on its own."""
+    host = env.host()
+    namespace = cookie_namespace(host.partition(":")[0]).decode()
+    response = await env.get("/set-cookie", host)
+    cookies = [value.split(";")[0] for value in response.headers.get_list("set-cookie")]
+    assert cookies == [f"{namespace}a=1", f"{namespace}b=2"]
     env.client.cookies.clear()
     assert (await env.get("/echo-headers")).json()["cookie"] is None
 

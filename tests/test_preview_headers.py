@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from realtime.preview.cookies import cookie_namespace
 from realtime.preview.headers import HeaderRewrite, Headers, UpstreamOrigin
 from realtime.preview.request import request_target
 
 PREVIEW_HOST = "demo-abcdefghij2345672345672345672345.preview.localhost:8000"
 PREVIEW_ORIGIN = f"http://{PREVIEW_HOST}"
 DEV = "http://127.0.0.1:5173"
+NAMESPACE = cookie_namespace(PREVIEW_HOST.partition(":")[0])
 HOP_BY_HOP = [b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"host", b"expect"]
 
 
@@ -98,11 +102,86 @@ def test_no_forwarded_for_without_a_client() -> None:
     assert b"x-forwarded-for" not in upstream_request([], client=None)
 
 
-def test_cookies_pass_unchanged_both_ways() -> None:
-    """The browser's Cookie goes upstream as is, and every Set-Cookie comes back in order."""
-    assert upstream_request([(b"cookie", b"a=1; b=2")])[b"cookie"] == [b"a=1; b=2"]
+def test_cookies_are_confined_to_the_preview_host() -> None:
+    """The dev server gets only the cookies of the preview host's namespace, under their own names, and every
+    Set-Cookie comes back in order, renamed into that namespace."""
+    ns = NAMESPACE
+    sent = b"session=parent; " + ns + b"a=1; pvaaaaaaaa_x=9; " + ns + b"b=2"
+    assert upstream_request([(b"cookie", sent)])[b"cookie"] == [b"a=1; b=2"]
+    assert b"cookie" not in upstream_request([(b"cookie", b"session=parent")])
     raw = [(b"set-cookie", b"a=1; Path=/"), (b"Set-Cookie", b"b=2; HttpOnly")]
-    assert rewrite().response_headers(raw) == [(b"set-cookie", b"a=1; Path=/"), (b"set-cookie", b"b=2; HttpOnly")]
+    expected = [(b"set-cookie", ns + b"a=1; Path=/"), (b"set-cookie", ns + b"b=2; HttpOnly")]
+    assert rewrite().response_headers(raw) == expected
+
+
+def test_authorization_never_reaches_the_dev_server() -> None:
+    """Whatever the browser sends as Authorization (the service's token, say) is not forwarded."""
+    seen = upstream_request([(b"authorization", b"Bearer service-token"), (b"accept", b"*/*")])
+    assert b"authorization" not in seen
+    assert seen[b"accept"] == [b"*/*"]
+
+
+@pytest.mark.parametrize(
+    ("sent", "expected"),
+    [
+        (b"a=1; Domain=.preview.localhost; Path=/", b"a=1; Path=/"),
+        (b"a=1; domain=localhost", b"a=1"),
+        (b"a=1;Domain=" + PREVIEW_HOST.partition(":")[0].encode() + b";path=/app", b"a=1; Path=/app"),
+        (b"a=1; Path=relative; Max-Age=60; Expires=Wed, 21 Oct 2037 07:28:00 GMT", None),
+        (b"a=1; SameSite=none", b"a=1; SameSite=None; Secure"),
+        (b"a=1; samesite=LAX; httponly", b"a=1; SameSite=Lax; HttpOnly"),
+        (b"a=1; SameSite=bogus; Priority=High; Partitioned", b"a=1; Secure; Partitioned"),
+        (b" a = x=y ", b"a=x=y"),
+        (b"no-name-or-value", b""),
+        (b"=nameless", b""),
+    ],
+)
+def test_set_cookie_is_host_only_with_known_attributes(sent: bytes, expected: bytes | None) -> None:
+    """A tenant's Set-Cookie loses its Domain and any unknown attribute, keeps a sane Path, and a SameSite=None
+    or Partitioned cookie is Secure; a cookie without a name is dropped."""
+    if expected is None:
+        expected = b"a=1; Max-Age=60; Expires=Wed, 21 Oct 2037 07:28:00 GMT"
+    crossed = rewrite().response_headers([(b"set-cookie", sent)])
+    assert crossed == ([(b"set-cookie", NAMESPACE + expected)] if expected else [])
+
+
+def test_every_cookie_of_an_https_preview_is_secure() -> None:
+    """On an https preview every cookie the tenant sets is Secure."""
+    crossed = rewrite(scheme="https").response_headers([(b"set-cookie", b"a=1; Path=/")])
+    assert crossed == [(b"set-cookie", NAMESPACE + b"a=1; Path=/; Secure")]
+
+
+def test_each_preview_host_has_its_own_namespace() -> None:
+    """Two preview hosts never share a cookie namespace, and port and case do not change it."""
+    other = "demo-abcdefghij2345672345672345672346.preview.localhost:8000"
+    assert rewrite(host=other).cookie_namespace != NAMESPACE
+    assert rewrite(host=PREVIEW_HOST.upper().replace(":8000", ":9000")).cookie_namespace == NAMESPACE
+    assert re.fullmatch(rb"pv[a-z2-7]{8}_", NAMESPACE)
+
+
+@given(st.binary(max_size=60))
+def test_no_set_cookie_ever_names_a_domain(sent: bytes) -> None:
+    """Whatever a tenant sends as Set-Cookie, the browser gets it host-only, in the host's namespace, or not at all."""
+    for _, value in rewrite().response_headers([(b"set-cookie", sent)]):
+        assert value.startswith(NAMESPACE)
+        attributes = [part.strip().partition(b"=")[0].lower() for part in value.split(b";")[1:]]
+        assert b"domain" not in attributes
+
+
+@given(st.lists(st.tuples(st.sampled_from([b"", NAMESPACE, b"pv", b"pvaaaaaaaa_"]), st.binary(max_size=12))))
+def test_only_the_namespace_cookies_are_forwarded(pairs: list[tuple[bytes, bytes]]) -> None:
+    """Whatever the browser's Cookie header holds, the dev server gets only pairs it sent with the namespace."""
+    sent = b"; ".join(prefix + rest for prefix, rest in pairs)
+    namespaced = {(prefix + rest).strip() for prefix, rest in pairs if prefix == NAMESPACE}
+    for forwarded in upstream_request([(b"cookie", sent)]).get(b"cookie", []):
+        for pair in forwarded.split(b"; "):
+            assert any(original.endswith(pair) for original in namespaced)
+
+
+@pytest.mark.parametrize(("value", "kept"), [(b'"cookies"', False), (b'"*"', False), (b'"cache", "storage"', True)])
+def test_clear_site_data_cannot_clear_cookies(value: bytes, kept: bool) -> None:
+    """Clear-Site-Data naming cookies (which clears the whole registrable domain's) never reaches the browser."""
+    assert bool(rewrite().response_headers([(b"clear-site-data", value)])) is kept
 
 
 # -- Origin and Referer go to the upstream origin -----------------------------------------------------
@@ -188,21 +267,21 @@ def test_loopback_twin_is_only_for_a_loopback_upstream() -> None:
 # -- the websocket handshake --------------------------------------------------------------------------
 
 
-def test_websocket_handshake_carries_only_credentials_and_forwarding() -> None:
-    """The upstream handshake gets Cookie, Accept-Language, Authorization and X-Forwarded-*, nothing else."""
+def test_websocket_handshake_carries_only_its_cookies_and_forwarding() -> None:
+    """The upstream handshake gets the preview host's cookies, Accept-Language and X-Forwarded-*, nothing else
+    (no Authorization)."""
     raw = [
         (b"host", PREVIEW_HOST.encode()),
         (b"origin", PREVIEW_ORIGIN.encode()),
         (b"user-agent", b"ua/1"),
         (b"sec-websocket-key", b"k"),
-        (b"cookie", b"a=1"),
+        (b"cookie", b"session=parent; " + NAMESPACE + b"a=1"),
         (b"accept-language", b"en"),
         (b"authorization", b"Bearer t"),
     ]
     assert rewrite().websocket_headers(raw, "10.0.0.7") == [
         ("cookie", "a=1"),
         ("accept-language", "en"),
-        ("authorization", "Bearer t"),
         ("x-forwarded-host", PREVIEW_HOST),
         ("x-forwarded-proto", "http"),
         ("x-forwarded-for", "10.0.0.7"),

@@ -6,6 +6,10 @@ project's current generation and the clock. What passes is proxied to the sandbo
 port, or a provider tunnel that is never shown to the browser) by `HttpProxy` or `WebSocketRelay`,
 headers rewritten as `headers.py` states; what fails gets a 403 plain page (`pages.py`), for a
 websocket before it is accepted.
+
+The request target is checked before anything else: only an origin-form path and query is served,
+re-encoded (`target.py`), and anything else gets a 400 plain page, HTTP and websocket alike. The
+upstream's scheme, host and port come from the project's `PreviewTarget.origin` alone.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from starlette.websockets import WebSocket
 
 from realtime.core.signing import PreviewSigner, PreviewTarget, VerifyResult
 from realtime.preview.headers import HeaderRewrite, UpstreamOrigin
-from realtime.preview.pages import Refusal, deny, refusal_page
+from realtime.preview.pages import Refusal, bad_request_page, deny, refusal_page
 from realtime.preview.proxy import HttpProxy
-from realtime.preview.relay import WebSocketRelay
-from realtime.preview.request import request_host
+from realtime.preview.relay import DEFAULT_MAX_MESSAGE_BYTES, WebSocketRelay
+from realtime.preview.request import request_host, request_target
+from realtime.preview.target import MalformedTarget
 
 __all__ = ["PreviewGateway", "Resolver"]
 
@@ -42,6 +47,7 @@ class PreviewGateway:
             have no timeout: a first compile or an event stream may take long, and a browser
             that leaves is noticed.
         clock: unix time in seconds, for the expiry check.
+        max_message_bytes: the largest websocket message a dev server may send through the relay.
     """
 
     def __init__(
@@ -52,12 +58,13 @@ class PreviewGateway:
         *,
         connect_timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self._signer = signer
         self._resolve = resolve
         self._clock = clock
         self._proxy = HttpProxy(client, connect_timeout=connect_timeout)
-        self._relay = WebSocketRelay(connect_timeout=connect_timeout)
+        self._relay = WebSocketRelay(connect_timeout=connect_timeout, max_message_bytes=max_message_bytes)
 
     def is_preview_request(self, scope: Scope) -> bool:
         """Whether an ASGI connection is addressed to a preview host (dispatch on this)."""
@@ -87,19 +94,29 @@ class PreviewGateway:
         return HeaderRewrite(self._signer.scheme, host, UpstreamOrigin.parse(target.origin))
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            resource = request_target(scope)
+        except MalformedTarget:
+            await bad_request_page()(scope, receive, send)
+            return
         host = request_host(scope)
         target = await self._authorize(host)
         if isinstance(target, Refusal):
             await refusal_page(target)(scope, receive, send)
             return
-        await self._proxy(scope, receive, send, target, self._rewrite(host, target))
+        await self._proxy(scope, receive, send, resource, target, self._rewrite(host, target))
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send)
         await websocket.receive()  # websocket.connect
+        try:
+            resource = request_target(scope)
+        except MalformedTarget:
+            await deny(websocket, bad_request_page(), close_code=1008)
+            return
         host = request_host(scope)
         target = await self._authorize(host)
         if isinstance(target, Refusal):
             await deny(websocket, refusal_page(target), close_code=1008)
             return
-        await self._relay(websocket, target, self._rewrite(host, target))
+        await self._relay(websocket, resource, target, self._rewrite(host, target))

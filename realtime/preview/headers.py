@@ -14,10 +14,15 @@ preview host. Invariants, both ways:
   forwarded unchanged, so the dev server can still refuse a foreign site.
 - A Location naming the upstream origin (same scheme and port; for a loopback upstream, any loopback
   name) names the preview origin instead, keeping path, query and fragment. Relative ones stay.
-- Cookies pass as they are: the browser's Cookie goes upstream and every Set-Cookie comes back, in
-  order and unchanged (the gateway's HTTP client keeps none of them; see `proxy.py`).
-- A websocket handshake carries only Cookie, Accept-Language, Authorization and the X-Forwarded-*
-  headers; Origin and User-Agent go to the websocket client as its own parameters.
+- Authorization never reaches a tenant: whatever the browser holds for the service is not the dev
+  server's.
+- Cookies are confined to the preview host (`cookies.py`): the dev server gets only the cookies it
+  set through this preview host, under their own names; every Set-Cookie comes back in order,
+  renamed into the host's namespace and host-only (no Domain). A Clear-Site-Data naming cookies
+  (which would clear the whole registrable domain's) never reaches the browser. The gateway's HTTP
+  client keeps no cookie (see `proxy.py`).
+- A websocket handshake carries only Cookie, Accept-Language and the X-Forwarded-* headers; Origin
+  and User-Agent go to the websocket client as its own parameters.
 
 Request header names are lowercase, as ASGI gives them; response header names are lowercased here.
 """
@@ -26,6 +31,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from realtime.preview.cookies import confine_set_cookie, cookie_namespace, forward_cookie
 
 __all__ = ["DEFAULT_PORTS", "HeaderRewrite", "Headers", "UpstreamOrigin"]
 
@@ -38,7 +45,8 @@ _HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"host", b"expect"}
 )
 _SET_BY_GATEWAY = frozenset({b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-for"})
-_WEBSOCKET_FORWARDED = frozenset({b"cookie", b"accept-language", b"authorization"})
+_WEBSOCKET_FORWARDED = frozenset({b"cookie", b"accept-language"})
+_NEVER_FORWARDED = frozenset({b"authorization"})
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -99,9 +107,15 @@ class HeaderRewrite:
         """The preview host lowercased, without port or trailing dot."""
         return self.preview_host.strip().lower().partition(":")[0].removesuffix(".")
 
+    @property
+    def cookie_namespace(self) -> bytes:
+        """The prefix of the names of the cookies this preview host's tenant set (see `cookies.py`)."""
+        return cookie_namespace(self.preview_hostname)
+
     def request_headers(self, raw: Headers, client_host: str | None) -> Headers:
         """The headers to send upstream for the browser's `raw` ones, from a browser at `client_host`."""
-        dropped = _connection_tokens(raw)
+        dropped = _connection_tokens(raw) | _NEVER_FORWARDED
+        namespace = self.cookie_namespace
         forwarded_for: list[bytes] = []
         headers: Headers = []
         for name, value in raw:
@@ -113,6 +127,10 @@ class HeaderRewrite:
                 continue
             if name in (b"origin", b"referer"):
                 value = self._to_upstream(value, keep_path=name == b"referer")
+            elif name == b"cookie":
+                if (cookie := forward_cookie(value, namespace)) is None:
+                    continue
+                value = cookie
             headers.append((name, value))
         if client_host is not None:
             forwarded_for.append(client_host.encode("latin-1"))
@@ -140,6 +158,7 @@ class HeaderRewrite:
     def response_headers(self, raw: Headers) -> Headers:
         """The headers to send the browser for the upstream's `raw` ones, names lowercased."""
         dropped = _connection_tokens(raw)
+        namespace, https = self.cookie_namespace, self.preview_scheme == "https"
         headers: Headers = []
         for name, value in raw:
             lower = name.lower()
@@ -147,6 +166,12 @@ class HeaderRewrite:
                 continue
             if lower == b"location":
                 value = self._to_preview(value)
+            elif lower == b"set-cookie":
+                if (cookie := confine_set_cookie(value, namespace, https=https)) is None:
+                    continue
+                value = cookie
+            elif lower == b"clear-site-data" and (b"cookies" in value or b"*" in value):
+                continue
             headers.append((lower, value))
         return headers
 

@@ -14,7 +14,7 @@ from html import escape
 from starlette.responses import HTMLResponse
 from starlette.websockets import WebSocket
 
-__all__ = ["Refusal", "deny", "dev_server_refused_page", "not_running_page", "refusal_page"]
+__all__ = ["Refusal", "bad_request_page", "deny", "dev_server_refused_page", "not_running_page", "refusal_page"]
 
 
 class Refusal(enum.Enum):
@@ -28,6 +28,11 @@ class Refusal(enum.Enum):
 def refusal_page(refusal: Refusal) -> HTMLResponse:
     """403: the label is not valid, has expired, or names no running preview."""
     return _page(403, "Preview unavailable", refusal.value)
+
+
+def bad_request_page() -> HTMLResponse:
+    """400: the request target is not a path the preview can serve (absolute form, control characters)."""
+    return _page(400, "Bad request", "This address is not one the preview can serve.")
 
 
 def not_running_page() -> HTMLResponse:

@@ -8,6 +8,8 @@ Invariants:
   event stream may take long, and a browser that leaves is noticed instead.
 - When the browser leaves, the upstream request ends too: mid-upload nothing is sent back; mid-response
   the relay is cancelled and the upstream response closed (shielded, so cancellation cannot skip it).
+- The upstream URL is built from parts: scheme, host and port of the project's origin, then the
+  request's path and query as `target.origin_form` checked and re-encoded them.
 - No upstream redirect is followed (the browser follows the rewritten Location), and the HTTP client
   keeps no cookie: its jar accepts none, so no project's cookies reach another's request.
 - Nothing answering at the origin gets the 502 "starting" page; a response broken off after its
@@ -27,7 +29,8 @@ from starlette.types import Receive, Scope, Send
 from realtime.core.signing import PreviewTarget
 from realtime.preview.headers import HeaderRewrite
 from realtime.preview.pages import not_running_page
-from realtime.preview.request import client_host, request_target
+from realtime.preview.request import client_host
+from realtime.preview.target import http_url
 
 __all__ = ["HttpProxy"]
 
@@ -53,16 +56,23 @@ class HttpProxy:
         self._timeout = httpx.Timeout(connect_timeout, read=None, write=None, pool=connect_timeout)
 
     async def __call__(
-        self, scope: Scope, receive: Receive, send: Send, target: PreviewTarget, rewrite: HeaderRewrite
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        resource: bytes,
+        target: PreviewTarget,
+        rewrite: HeaderRewrite,
     ) -> None:
-        """Send the request of `scope` to `target` and relay its response, headers rewritten by `rewrite`."""
+        """Send the request of `scope` for `resource` (its path and query, from `origin_form`) to `target`'s
+        dev server and relay its response, headers rewritten by `rewrite`."""
         has_body = _has_body(scope)
         body_read = anyio.Event()
         if not has_body:
             body_read.set()
         request = httpx.Request(
             scope["method"],
-            httpx.URL(target.origin).copy_with(raw_path=request_target(scope)),
+            http_url(rewrite.upstream, resource),
             headers=rewrite.request_headers(scope["headers"], client_host(scope)),
             content=_request_body(receive, body_read) if has_body else None,
             extensions={"timeout": self._timeout.as_dict()},

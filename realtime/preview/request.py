@@ -6,10 +6,9 @@ and the first occurrence wins.
 
 from __future__ import annotations
 
-import string
-from urllib.parse import quote_from_bytes
-
 from starlette.types import Scope
+
+from realtime.preview.target import origin_form
 
 __all__ = ["client_host", "header", "request_host", "request_target"]
 
@@ -31,9 +30,9 @@ def client_host(scope: Scope) -> str | None:
 
 
 def request_target(scope: Scope) -> bytes:
-    """The request's path and query as received, with any non-ASCII byte percent-encoded."""
-    path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-    target = quote_from_bytes(path, safe=string.punctuation)
-    if query := scope.get("query_string", b""):
-        target += "?" + quote_from_bytes(query, safe=string.punctuation)
-    return target.encode("ascii")
+    """The request's path and query as received, re-encoded by `target.origin_form`.
+
+    Raises:
+        MalformedTarget: the target is not an origin-form path and query (the gateway answers 400).
+    """
+    return origin_form(scope.get("raw_path"), scope["path"], scope.get("query_string", b""))
