@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from realtime.cluster.protocol import Cluster
 from realtime.cluster.redis_cluster import RedisCluster
 from realtime.cluster.solo import SoloCluster
+from realtime.config.secret_policy import validate_secrets
 from realtime.config.settings import Settings
 from realtime.core.errors import INTERNAL, ApiError, BrokerUnavailable, error_for
 from realtime.core.signing import PreviewSigner
@@ -138,6 +139,7 @@ def create_app(
 
     `app.state.hub` is the app's fan-out hub, which the server drains on shutdown.
     """
+    validate_secrets(settings)  # off loopback: no short or public token or signing key
     validate_webhook_settings(settings)  # webhook URL, secrets and retries: refused before anything starts
     signer = PreviewSigner(settings.signing_key, settings.preview_url)
     tokens = SessionTokens(settings.signing_key, settings.token)
