@@ -4,7 +4,8 @@ Keys (`RedisKeys`):
 
 - `…:{p}:workspace` (`workspace`) the registry entry: the owner's snapshot of the workspace (state,
   preview, commands) and what another instance needs to adopt it (`env`, `generation`, `origin`,
-  `preview_key`: `PRIVATE`, never shown to clients), JSON, expiring `ttl_s` after its last write;
+  `preview_key`, and `preview_keys` under every listed signing key: `PRIVATE`, never shown to
+  clients), JSON, expiring `ttl_s` after its last write;
 - `…:workspaces` (`active`) the set of projects whose workspace is not stopped;
 - `…:preview:<key>` (`preview`) which project a preview hostname's key names, for every gateway.
 
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 #: Event kinds after which a workspace's snapshot (state, preview, commands) has changed.
 #: Fields of a registry entry that only instances need (never shown to clients).
-PRIVATE = ("env", "generation", "origin", "preview_key")
+PRIVATE = ("env", "generation", "origin", "preview_key", "preview_keys")
 
 
 def public(entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,8 +78,8 @@ class Registry:
                 pipe.sadd(self._keys.active, project_id)
             else:
                 pipe.srem(self._keys.active, project_id)
-            if "preview_key" in entry:
-                pipe.set(self._keys.preview(entry["preview_key"]), project_id, ex=self._ttl_s)
+            for preview_key in {entry.get("preview_key"), *entry.get("preview_keys", ())} - {None}:
+                pipe.set(self._keys.preview(preview_key), project_id, ex=self._ttl_s)
             await pipe.execute()
 
     async def forget_commands(self, project_id: str) -> None:
@@ -205,6 +206,7 @@ class RegistryWriter:
         if origin is not None:
             entry["origin"] = origin
             entry["preview_key"] = self._manager.preview_key(project_id)
+            entry["preview_keys"] = list(self._manager.preview_keys(project_id))  # older signing keys' too
         await self._registry.write(project_id, entry)
         if ended is not None:
             await self._released(project_id)

@@ -141,8 +141,8 @@ def create_app(
     """
     validate_secrets(settings)  # off loopback: no short or public token or signing key
     validate_webhook_settings(settings)  # webhook URL, secrets and retries: refused before anything starts
-    signer = PreviewSigner(settings.signing_key, settings.preview_url)
-    tokens = SessionTokens(settings.signing_key, settings.token)
+    signer = PreviewSigner(settings.signing_key, settings.preview_url, settings.signing_keys_old)
+    tokens = SessionTokens(settings.signing_key, settings.token, old_keys=settings.signing_keys_old)
     the_broker = broker or make_broker(settings)
     hub = Hub(the_broker, OutboxLimits(queue_events=settings.ws_queue_events, queue_bytes=settings.ws_queue_bytes))
 
