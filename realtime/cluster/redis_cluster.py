@@ -41,6 +41,7 @@ from realtime.cluster.registry import Registry, RegistryWriter, is_live, public
 from realtime.cluster.serving import RequestServer
 from realtime.config import logs
 from realtime.core.errors import ApiError
+from realtime.core.keys import Keyring, Sealer
 from realtime.core.signing import PreviewTarget
 from realtime.log.redis_broker import RedisBroker
 from realtime.redis.connection import retrying
@@ -63,7 +64,7 @@ class RedisCluster:
     """Ownership, op routing, adoption and the workspace registry over Redis (see the module doc)."""
 
     def __init__(self, broker: RedisBroker, manager: WorkspaceManager, *, lease_ms: int, ttl_s: int,
-                 retry_s: float) -> None:
+                 retry_s: float, keyring: Keyring) -> None:
         self.instance = broker.instance
         self._broker = broker
         self._redis = broker.redis
@@ -72,7 +73,9 @@ class RedisCluster:
         self._lease_s = lease_ms / 1000
         self._retry_s = retry_s
         self._leases = Leases(broker.redis, broker.keys, self.instance, lease_ms, retry_s)
-        self._registry = Registry(broker.redis, broker.keys, ttl_s=ttl_s, retry_s=retry_s)
+        self._registry = Registry(
+            broker.redis, broker.keys, ttl_s=ttl_s, retry_s=retry_s, sealer=Sealer(keyring, "registry-env")
+        )
         self._writer = RegistryWriter(
             self._registry, manager, instance=self.instance, owns=self.owns, released=self._give_up
         )

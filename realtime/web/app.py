@@ -23,6 +23,7 @@ from realtime.cluster.solo import SoloCluster
 from realtime.config.secret_policy import validate_secrets
 from realtime.config.settings import Settings
 from realtime.core.errors import INTERNAL, ApiError, BrokerUnavailable, error_for
+from realtime.core.keys import Keyring
 from realtime.core.signing import PreviewSigner
 from realtime.core.tokens import SessionTokens
 from realtime.fanout.hub import Hub
@@ -70,7 +71,8 @@ def make_cluster(settings: Settings, broker: Broker, manager: WorkspaceManager) 
 
     if isinstance(broker, RedisBroker):
         return RedisCluster(
-            broker, manager, lease_ms=settings.lease_ms, ttl_s=settings.redis_ttl_s, retry_s=settings.redis_retry_s
+            broker, manager, lease_ms=settings.lease_ms, ttl_s=settings.redis_ttl_s, retry_s=settings.redis_retry_s,
+            keyring=Keyring.of(settings.signing_key, settings.signing_keys_old),
         )
     return SoloCluster(manager, settings.instance_id)
 
