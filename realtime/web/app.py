@@ -194,7 +194,7 @@ def create_app(
                     "gateway": PreviewGateway(signer, cluster.resolve, proxy_http),
                     "outbound": outbound,
                     "inbound": inbound,
-                    "metric_sources": (outbound, inbound),
+                    "metric_sources": (outbound, inbound, cluster),
                 }
             finally:
                 with anyio.CancelScope(shield=True):
