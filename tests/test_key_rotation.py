@@ -12,7 +12,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from realtime.core.keys import key_id
+from realtime.core.keys import Keyring, Sealer, derive, key_id
 from realtime.core.signing import PreviewSigner, VerifyResult
 from realtime.core.tokens import Access, SessionTokens, TokenError
 from tests.conftest import REDIS_URL, delete_prefix
@@ -137,3 +137,39 @@ async def test_every_instance_serves_an_old_preview_url_after_rotation(tmp_path:
             assert (await b.preview_get(stranger)).status_code == 403
     finally:
         delete_prefix(REDIS_URL, prefix)
+
+
+# -- the key helpers (realtime/core/keys.py) ----------------------------------------------------------
+
+
+def test_subkeys_differ_per_purpose_and_key_ids_reveal_nothing_of_the_key() -> None:
+    """Each purpose has its own 32-byte subkey; a key id is 8 base32 characters, the same for the same key."""
+    subkeys = {derive(NEW, purpose) for purpose in ("key-id", "owner-rpc", "registry-env")}
+    assert len(subkeys) == 3 and all(len(subkey) == 32 for subkey in subkeys)
+    assert derive(NEW, "owner-rpc") != derive(OLD, "owner-rpc")
+    assert key_id(NEW) == key_id(NEW) != key_id(OLD)
+    assert len(key_id(NEW)) == 8 and key_id(NEW).isalnum() and key_id(NEW) not in NEW.decode()
+
+
+def test_a_sealed_value_opens_after_rotation_and_only_for_its_use() -> None:
+    """Sealed under the old key it opens once rotated; another key, use or associated data does not open it."""
+    sealed = Sealer(Keyring.of(OLD), "registry-env").seal(b"secret", b"demo")
+    assert "secret" not in sealed and sealed.startswith("v1.")
+    assert Sealer(Keyring.of(NEW, [OLD]), "registry-env").open(sealed, b"demo") == b"secret"
+    for sealer, associated in (
+        (Sealer(Keyring.of(NEW), "registry-env"), b"demo"),
+        (Sealer(Keyring.of(OLD), "owner-rpc"), b"demo"),
+        (Sealer(Keyring.of(OLD), "registry-env"), b"other"),
+    ):
+        with pytest.raises(ValueError):
+            sealer.open(sealed, associated)
+    for garbage in ("", "v1.", "v1.!!!!", "plain", sealed[:-2]):
+        with pytest.raises(ValueError):
+            Sealer(Keyring.of(OLD), "registry-env").open(garbage, b"demo")
+
+
+def test_a_keyring_needs_a_key_and_no_empty_one() -> None:
+    """An empty key would sign nothing worth checking: refused."""
+    for keys in ((), (b"",), (NEW, b"")):
+        with pytest.raises(ValueError):
+            Keyring(keys)

@@ -13,6 +13,7 @@ import pytest
 
 from realtime import check
 from realtime.config import secret_policy
+from realtime.config.masking import effective_config
 from realtime.config.secret_policy import MIN_SECRET_BYTES, public_values, validate_secrets
 from realtime.config.settings import ConfigError, Settings
 from realtime.core.tokens import Access, SessionTokens
@@ -132,3 +133,12 @@ def test_cli_check_off_loopback_fails_the_example_signing_key(tmp_path: Path) ->
     failed = [line for line in proc.stdout.splitlines() if line.startswith("FAIL  secrets")]
     assert failed and "WORKSPACE_SIGNING_KEY" in failed[0] and ".env.example" in failed[0], proc.stdout
     assert key not in proc.stdout + proc.stderr
+
+
+def test_check_never_shows_an_older_signing_key() -> None:
+    """The configuration table masks each older key on its own, as every secret."""
+    old_keys = [f"{STRONG_KEY}-first", f"{STRONG_KEY}-second"]
+    env = {"WORKSPACE_SIGNING_KEYS": ",".join(old_keys)}
+    shown = dict(effective_config(settings(**env), env))["WORKSPACE_SIGNING_KEYS"]
+    assert shown == ", ".join(f"{key[:4]}**** ({len(key)} chars)" for key in old_keys)
+    assert all(key[4:8] not in shown for key in old_keys)
