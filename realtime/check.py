@@ -23,6 +23,7 @@ import anyio
 
 from realtime.config.image import parse_image_reference
 from realtime.config.masking import mask, mask_url
+from realtime.config.secret_policy import MIN_SECRET_BYTES, secret_problems, validate_secrets
 from realtime.config.settings import DEFAULT_TEMPLATE, ConfigError, Settings
 from realtime.webhooks.config import (
     parse_secret,
@@ -39,6 +40,7 @@ __all__ = [
     "check_modal_credentials",
     "check_modal_sdk",
     "check_redis",
+    "check_secrets",
     "check_webhook_secret",
     "exit_code",
     "format_report",
@@ -81,6 +83,22 @@ def check_image(ref: str | None, runtime: str = "modal") -> Finding:
     if runtime != "modal":
         detail += f" (unused by the {runtime} runtime)"
     return Finding(name, True, detail)
+
+
+# --- the service's secrets: the rule of realtime.config.secret_policy, worded ---------------------------
+
+
+def check_secrets(settings: Settings) -> Finding:
+    """The service token and signing keys: refused off loopback when short or public (as `serve` does)."""
+    name = "secrets"
+    try:
+        validate_secrets(settings)
+    except ConfigError as exc:
+        return Finding(name, False, f"serve refuses to start: {exc}")
+    problems = secret_problems(settings)
+    if problems:
+        return Finding(name, True, f"on loopback (warning: refused off loopback: {'; '.join(problems)})")
+    return Finding(name, True, f"token and signing key(s) of at least {MIN_SECRET_BYTES} bytes, none public")
 
 
 # --- webhooks: the rules of realtime.webhooks.config, worded -----------------------------------------
@@ -273,6 +291,7 @@ async def run_checks(
         findings.append(check_modal_credentials(env, home))
     else:
         findings.append(Finding("modal credentials", None, f"runtime is {settings.runtime}"))
+    findings.append(check_secrets(settings))
     findings.append(check_image(settings.image, settings.runtime))
     findings.append(check_callback_url(settings.callback_url))
     findings.append(_check_callback_secret(settings))

@@ -13,10 +13,13 @@ from urllib.parse import urlencode, urlsplit
 
 import anyio
 import httpx
+import orjson
 import uvicorn
 from starlette.types import ASGIApp
 
+from realtime.cluster.rpc_auth import RpcAuth
 from realtime.config.settings import Settings
+from realtime.core.keys import Keyring
 from realtime.fanout.hub import Hub
 from realtime.web.app import create_app
 from realtime.web.server import Server, uvicorn_config
@@ -108,6 +111,18 @@ def make_settings(root: Path, port: int, template: Path = FIXTURE_APP, **env: st
         **env,
     }
     return Settings.from_env(environ, host="127.0.0.1", port=port)
+
+
+def sign_request(signing_key: bytes, project_id: str, request: Mapping[str, Any]) -> bytes:
+    """An owner-RPC request as an instance with `signing_key` publishes it on the project's command channel."""
+    return RpcAuth(Keyring.of(signing_key)).sign_request(project_id, orjson.dumps(request))
+
+
+def open_reply(signing_key: bytes, channel: str, payload: bytes) -> bytes:
+    """The body of an owner-RPC reply heard on `channel`, checked as an instance with `signing_key` does."""
+    body = RpcAuth(Keyring.of(signing_key)).open_reply(channel, payload)
+    assert body is not None, f"reply not signed with the instances' key: {payload[:80]!r}"
+    return body
 
 
 def fake_modal_runtime(settings: Settings) -> Runtime:

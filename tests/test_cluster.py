@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ import redis.asyncio as aioredis
 
 from realtime.config.settings import ConfigError, Settings
 from tests.conftest import REDIS_URL, delete_prefix
-from tests.harness import Running, fixture_files, make_settings, running_server
+from tests.harness import Running, fixture_files, make_settings, open_reply, running_server, sign_request
 
 pytestmark = pytest.mark.anyio
 
@@ -140,8 +141,9 @@ async def test_a_request_sent_twice_runs_once(tmp_path: Path) -> None:
     async with instances(tmp_path, "a") as (prefix, (a,), redis):
         await a.provision("demo", fixture_files())
         reply_channel = f"{prefix}:reply:test"
-        request = orjson.dumps({
-            "id": "test:1", "op": "exec", "reply": reply_channel,
+        # Signed as an instance signs it (an unsigned one is refused: tests/test_rpc_auth.py).
+        request = sign_request(a.settings.signing_key, "demo", {
+            "id": "test:1", "op": "exec", "reply": reply_channel, "ts": int(time.time() * 1000),
             "args": {"command": {"argv": ["true"], "cwd": None, "env": None, "timeout_s": 30, "wait": True}},
         })
         async with redis.pubsub() as pubsub:
@@ -152,8 +154,11 @@ async def test_a_request_sent_twice_runs_once(tmp_path: Path) -> None:
             with anyio.fail_after(30):
                 while len(results) < 2:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
-                    if message is not None and orjson.loads(message["data"])["type"] == "ok":
-                        results.append(orjson.loads(message["data"])["result"])
+                    reply = None if message is None else orjson.loads(
+                        open_reply(a.settings.signing_key, reply_channel, message["data"])
+                    )
+                    if reply is not None and reply["type"] == "ok":
+                        results.append(reply["result"])
         assert results[0] == results[1]
         assert results[0]["exit_code"] == 0
         started = [e for e in await a.events("demo") if e["kind"] == "command" and e["data"]["state"] == "started"]

@@ -5,7 +5,7 @@ and `project_snapshot`, a project's state as clients are shown it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 import anyio
@@ -43,6 +43,10 @@ class Cluster(Protocol):
 
     async def resolve(self, project_key: str) -> PreviewTarget | None:
         """Where the gateway reaches the preview a hostname's project key names."""
+        ...
+
+    def counters(self) -> Iterable[tuple[str, str, dict[str, str], float]]:
+        """For the metrics collector: (name, help, labels, value) of the cluster's own counters."""
         ...
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None: ...

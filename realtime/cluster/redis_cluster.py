@@ -8,7 +8,8 @@ Keys and channels (`RedisKeys`, hash-tagged per project like the event log's):
   project, so the asking instance claims the lease and runs the op itself. The owner acknowledges,
   runs the op and publishes the result to the asker's own reply channel `…:reply:<instance>`
   (`rpc.py`: the messages, the asker's decisions, the owner's memory of requests served;
-  `serving.py`: the owner's end).
+  `serving.py`: the owner's end). Requests and replies are signed with a subkey of the signing key
+  (`rpc_auth.py`): what anyone else publishes there is refused and counted, never run.
 - `…:{p}:workspace`, `…:workspaces`, `…:preview:<key>`: the registry (`registry.py`), so every
   instance answers `GET /api/workspaces/{id}` and serves a preview alike.
 
@@ -24,10 +25,13 @@ two instances.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from typing import Any, assert_never
 
 import anyio
@@ -38,9 +42,11 @@ from realtime.cluster import ops, rpc
 from realtime.cluster.adoption import Adoption
 from realtime.cluster.leases import Leases, Renewal
 from realtime.cluster.registry import Registry, RegistryWriter, is_live, public
+from realtime.cluster.rpc_auth import Refusal, RpcAuth
 from realtime.cluster.serving import RequestServer
 from realtime.config import logs
 from realtime.core.errors import ApiError
+from realtime.core.keys import Keyring, Sealer
 from realtime.core.signing import PreviewTarget
 from realtime.log.redis_broker import RedisBroker
 from realtime.redis.connection import retrying
@@ -63,7 +69,7 @@ class RedisCluster:
     """Ownership, op routing, adoption and the workspace registry over Redis (see the module doc)."""
 
     def __init__(self, broker: RedisBroker, manager: WorkspaceManager, *, lease_ms: int, ttl_s: int,
-                 retry_s: float) -> None:
+                 retry_s: float, keyring: Keyring) -> None:
         self.instance = broker.instance
         self._broker = broker
         self._redis = broker.redis
@@ -72,7 +78,9 @@ class RedisCluster:
         self._lease_s = lease_ms / 1000
         self._retry_s = retry_s
         self._leases = Leases(broker.redis, broker.keys, self.instance, lease_ms, retry_s)
-        self._registry = Registry(broker.redis, broker.keys, ttl_s=ttl_s, retry_s=retry_s)
+        self._registry = Registry(
+            broker.redis, broker.keys, ttl_s=ttl_s, retry_s=retry_s, sealer=Sealer(keyring, "registry-env")
+        )
         self._writer = RegistryWriter(
             self._registry, manager, instance=self.instance, owns=self.owns, released=self._give_up
         )
@@ -80,8 +88,12 @@ class RedisCluster:
         self._owned: set[str] = set()
         #: The asker's side: replies to the requests sent from here, by request id.
         self._waiting: dict[str, MemoryObjectSendStream[rpc.Reply]] = {}
+        self._rpc_auth = RpcAuth(keyring)
+        #: Replies refused (not signed by an instance for our reply channel), by reason.
+        self._refused_replies: Counter[Refusal] = Counter()
         self._server = RequestServer(
-            broker.redis, instance=self.instance, retry_s=retry_s, owns=self.owns, run=self._run_owned
+            broker.redis, instance=self.instance, retry_s=retry_s, owns=self.owns, run=self._run_owned,
+            auth=self._rpc_auth,
         )
         self._tg: anyio.abc.TaskGroup | None = None
         manager.on_appended.append(self._writer.appended)
@@ -93,6 +105,13 @@ class RedisCluster:
 
     def owns(self, project_id: str) -> bool:
         return project_id in self._owned
+
+    def counters(self) -> Iterable[tuple[str, str, dict[str, str], float]]:
+        """For the metrics collector: owner-RPC messages refused, by message and reason."""
+        help_text = "Owner RPC messages refused and never acted on (unsigned or forged, stale, replayed)"
+        for message, refused in (("request", self._server.refused), ("reply", self._refused_replies)):
+            for reason, count in sorted(refused.items()):
+                yield "realtime_rpc_refused", help_text, {"message": message, "reason": reason.value}, count
 
     # -- lifetime --------------------------------------------------------------------------------
 
@@ -141,7 +160,7 @@ class RedisCluster:
         request = rpc.Request(
             f"{self.instance}:{secrets.token_hex(8)}", op, ops.encode(op, args), self._keys.reply(self.instance)
         )
-        payload, channel = request.encode(), self._keys.commands(project_id)
+        channel = self._keys.commands(project_id)
         # Long enough for a dead owner's lease to lapse and someone (maybe us) to take over.
         pending = rpc.PendingCall(
             project_id, op, idempotent=ops.is_idempotent(op), deadline=time.monotonic() + self._lease_s * 2 + ACK_S
@@ -153,7 +172,10 @@ class RedisCluster:
             while True:
                 if project_id in self._owned:
                     return await self._run_owned(project_id, op, args)
-                receivers = await retrying(lambda: self._redis.publish(channel, payload), self._retry_s)
+                # Signed anew at each publication: its `ts` says when, so the owner can tell a replay.
+                published = dataclasses.replace(request, ts=int(time.time() * 1000))
+                payload = self._rpc_auth.sign_request(project_id, published.encode())
+                receivers = await retrying(functools.partial(self._redis.publish, channel, payload), self._retry_s)
                 if receivers == 0:
                     if await self._claim(project_id, op):
                         return await self._run_owned(project_id, op, args)
@@ -200,10 +222,18 @@ class RedisCluster:
                     assert_never(decision)
 
     def _on_reply(self, payload: bytes) -> None:
+        channel = self._keys.reply(self.instance)
+        body = self._rpc_auth.open_reply(channel, payload)
+        if body is None:
+            self._refused_replies[Refusal.bad_signature] += 1
+            count = self._refused_replies[Refusal.bad_signature]
+            if count & (count - 1) == 0:  # the 1st, 2nd, 4th …: seen in the log, not flooding it
+                logger.warning("refused a reply on %s not signed by an instance (%d so far)", channel, count)
+            return
         try:
-            reply = rpc.decode_reply(payload)
+            reply = rpc.decode_reply(body)
         except rpc.MalformedMessage as exc:
-            logger.warning("malformed reply on %s (%s): %r", self._keys.reply(self.instance), exc, payload[:200])
+            logger.warning("malformed reply on %s (%s)", channel, exc)
             return
         send = self._waiting.get(reply.id)
         if send is not None:

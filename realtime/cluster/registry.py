@@ -4,7 +4,12 @@ Keys (`RedisKeys`):
 
 - `…:{p}:workspace` (`workspace`) the registry entry: the owner's snapshot of the workspace (state,
   preview, commands) and what another instance needs to adopt it (`env`, `generation`, `origin`,
-  `preview_key`: `PRIVATE`, never shown to clients), JSON, expiring `ttl_s` after its last write;
+  `preview_key`, and `preview_keys` under every listed signing key: `PRIVATE`, never shown to
+  clients), JSON, expiring `ttl_s` after its last write. `env` (the workspace's secrets) is sealed
+  (`keys.Sealer`, AES-GCM under the signing key's `registry-env` subkey, bound to the project): whoever
+  reads Redis does not see it, every instance with the key (or an older listed one) opens it, and an
+  `env` that does not open (plain text planted in Redis, sealed for another project or under a key
+  not listed) is dropped with a warning, never used;
 - `…:workspaces` (`active`) the set of projects whose workspace is not stopped;
 - `…:preview:<key>` (`preview`) which project a preview hostname's key names, for every gateway.
 
@@ -25,6 +30,7 @@ import anyio.abc
 import orjson
 import redis.asyncio as aioredis
 
+from realtime.core.keys import Sealer
 from realtime.redis.connection import retrying
 from realtime.redis.keys import RedisKeys
 from realtime.workspaces.manager import WorkspaceManager
@@ -37,7 +43,9 @@ logger = logging.getLogger(__name__)
 
 #: Event kinds after which a workspace's snapshot (state, preview, commands) has changed.
 #: Fields of a registry entry that only instances need (never shown to clients).
-PRIVATE = ("env", "generation", "origin", "preview_key")
+#: What a sealed `env` is bound to (with the project id): it opens for no other project or use.
+_ENV_CONTEXT = b"registry-env\0"
+PRIVATE = ("env", "generation", "origin", "preview_key", "preview_keys")
 
 
 def public(entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -54,11 +62,30 @@ def is_live(entry: Mapping[str, Any]) -> bool:
 class Registry:
     """Reads and writes the registry's keys (see the module doc)."""
 
-    def __init__(self, redis: aioredis.Redis, keys: RedisKeys, *, ttl_s: int, retry_s: float) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: RedisKeys, *, ttl_s: int, retry_s: float, sealer: Sealer) -> None:
         self._redis = redis
         self._keys = keys
         self._ttl_s = ttl_s
         self._retry_s = retry_s
+        self._sealer = sealer
+
+    def _encode(self, project_id: str, entry: Mapping[str, Any]) -> bytes:
+        if entry.get("env") is None:
+            return orjson.dumps(entry)
+        sealed = self._sealer.seal(orjson.dumps(entry["env"]), _ENV_CONTEXT + project_id.encode())
+        return orjson.dumps({**entry, "env": sealed})
+
+    def _open_env(self, project_id: str, sealed: Any) -> dict[str, str] | None:
+        if sealed is None:
+            return None
+        try:
+            env = orjson.loads(self._sealer.open(sealed, _ENV_CONTEXT + project_id.encode()))
+        except ValueError:  # orjson.JSONDecodeError is one
+            env = None
+        if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+            logger.warning("the registry's env of %s does not open with the signing keys: not used", project_id)
+            return None
+        return env
 
     async def entry(self, project_id: str) -> dict[str, Any] | None:
         """The project's entry; None when it has none (never had, or it expired).
@@ -67,18 +94,23 @@ class Registry:
             BrokerUnavailable: Redis stayed unreachable.
         """
         raw = await retrying(lambda: self._redis.get(self._keys.workspace(project_id)), self._retry_s)
-        return None if raw is None else dict(orjson.loads(raw))
+        if raw is None:
+            return None
+        entry = dict(orjson.loads(raw))
+        if "env" in entry:
+            entry["env"] = self._open_env(project_id, entry["env"])
+        return entry
 
     async def write(self, project_id: str, entry: Mapping[str, Any]) -> None:
         """Record the entry, the project in the active set or out of it, and its preview key."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(self._keys.workspace(project_id), orjson.dumps(entry), ex=self._ttl_s)
+            pipe.set(self._keys.workspace(project_id), self._encode(project_id, entry), ex=self._ttl_s)
             if is_live(entry):
                 pipe.sadd(self._keys.active, project_id)
             else:
                 pipe.srem(self._keys.active, project_id)
-            if "preview_key" in entry:
-                pipe.set(self._keys.preview(entry["preview_key"]), project_id, ex=self._ttl_s)
+            for preview_key in {entry.get("preview_key"), *entry.get("preview_keys", ())} - {None}:
+                pipe.set(self._keys.preview(preview_key), project_id, ex=self._ttl_s)
             await pipe.execute()
 
     async def forget_commands(self, project_id: str) -> None:
@@ -86,7 +118,7 @@ class Registry:
         entry = await self.entry(project_id)
         if entry is not None:
             entry["commands"] = []
-            await self._redis.set(self._keys.workspace(project_id), orjson.dumps(entry), ex=self._ttl_s)
+            await self._redis.set(self._keys.workspace(project_id), self._encode(project_id, entry), ex=self._ttl_s)
 
     async def active(self) -> set[str]:
         """The projects whose workspace is not stopped."""
@@ -205,6 +237,7 @@ class RegistryWriter:
         if origin is not None:
             entry["origin"] = origin
             entry["preview_key"] = self._manager.preview_key(project_id)
+            entry["preview_keys"] = list(self._manager.preview_keys(project_id))  # older signing keys' too
         await self._registry.write(project_id, entry)
         if ended is not None:
             await self._released(project_id)

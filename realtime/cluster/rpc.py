@@ -3,11 +3,14 @@ the decisions of both ends. No event loop and no Redis here (`redis_cluster.py` 
 
 The wire (JSON objects, one per pub/sub message; identical on every instance of a deployment):
 
-- a request, on the project's `commands` channel: `{"id", "op", "args", "reply"}`, where `args` is
-  the op's arguments in wire form and `reply` the asker's reply channel;
+- a request, on the project's `commands` channel: `{"id", "op", "args", "reply", "ts"}`, where `args`
+  is the op's arguments in wire form, `reply` the asker's reply channel and `ts` the unix ms of its
+  publication;
 - its answers, on that reply channel, each with the request's `id` and a `type`:
   `ack` (`owner`: the instance that took it), `ok` (`result`), `error` (`code`, `message`,
   `status`), `not_owner` (the instance no longer owns the project: ask again).
+
+Each travels signed by the sending instance (`rpc_auth.py`: who may speak, and replays refused).
 
 The asker (`PendingCall`): before an acknowledgement it waits `ack_s`, then asks again; after one,
 it waits as long as the acknowledging owner holds the project's lease. If that owner is gone, an
@@ -65,15 +68,19 @@ class MalformedMessage(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """Run `op` with `args` (wire form) and answer on the channel `reply`."""
+    """Run `op` with `args` (wire form) and answer on the channel `reply`; published at `ts` (unix ms)."""
 
     id: str
     op: str
     args: dict[str, Any]
     reply: str
+    ts: int | None = None
 
     def encode(self) -> bytes:
-        return orjson.dumps({"id": self.id, "op": self.op, "args": self.args, "reply": self.reply})
+        message = {"id": self.id, "op": self.op, "args": self.args, "reply": self.reply}
+        if self.ts is not None:
+            message["ts"] = self.ts
+        return orjson.dumps(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +170,7 @@ def decode_request(payload: bytes) -> Request:
         op=_field(message, "op", str),
         args=_field(message, "args", dict),
         reply=_field(message, "reply", str),
+        ts=None if message.get("ts") is None else _field(message, "ts", int),
     )
 
 
@@ -310,6 +318,9 @@ class ServedRequests:
 
     def __len__(self) -> int:
         return len(self._served)
+
+    def __contains__(self, call_id: str) -> bool:
+        return call_id in self._served
 
     def take(self, call_id: str) -> tuple[Served, bool]:
         """The request's record, and whether this is the first time it is taken (then: run it)."""

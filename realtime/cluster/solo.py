@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import anyio
@@ -36,6 +36,9 @@ class SoloCluster:
 
     async def projects(self) -> set[str]:
         return {workspace.project_id for workspace in self._manager.all()}
+
+    def counters(self) -> Iterable[tuple[str, str, dict[str, str], float]]:
+        return ()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

@@ -145,6 +145,8 @@ def effective_config(settings: Settings, env: Mapping[str, str] | None = None) -
             shown = "(unset: random at each start; signed URLs and sessions die with the process)"
         elif value is None:
             shown = "(unset)"
+        elif isinstance(value, tuple):  # the older signing keys: each masked alone
+            shown = ", ".join(mask(key.decode(errors="replace")) for key in value) or "(none)"
         elif is_secret_name(f.name):
             shown = mask(value.decode(errors="replace") if isinstance(value, bytes) else str(value))
         elif f.name.endswith("_url"):

@@ -14,6 +14,14 @@ lowercasing that browsers and DNS apply to hostnames:
 - mac: base32 of HMAC-SHA256(key, "preview:{project_id}:{generation}:{expires_at}") cut to 80 bits.
   Bumping the project's `generation` revokes every URL signed before.
 
+Rotation: the current key (`WORKSPACE_SIGNING_KEY`) signs; older keys (`WORKSPACE_SIGNING_KEYS`)
+still verify. The label spends no characters on a key id: its project key is an HMAC under the key
+that signed it, so it already names that key (for its project). Verifying finds the listed key whose
+project key for the claimed project is the label's (one HMAC per listed key), then checks the MAC
+under that key; a label of a key not listed matches none and is a `bad_signature`. So the 63-character
+budget is untouched, and labels signed before keys had ids stay valid. The gateway resolves a label
+by its project key: `project_keys` lists the project's key under every listed key.
+
 Everything here is pure: no I/O, no clock (callers pass `now`).
 """
 
@@ -24,6 +32,7 @@ import enum
 import hashlib
 import hmac
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -94,19 +103,21 @@ class PreviewSigner:
     """Signs and verifies preview URLs for one key and one URL template.
 
     Args:
-        key: the HMAC key (`WORKSPACE_SIGNING_KEY`).
+        key: the HMAC key (`WORKSPACE_SIGNING_KEY`); it signs.
+        old_keys: older keys (`WORKSPACE_SIGNING_KEYS`), still accepted when verifying.
         url_template: the preview base URL, such as `http://{slug}.preview.localhost:8000` or
             `https://{slug}.preview.example.com`; `{slug}` stands for the whole signed label.
 
     Raises:
-        ValueError: the key is empty, or the template is not an http(s) origin with exactly one
+        ValueError: a key is empty, or the template is not an http(s) origin with exactly one
             `{slug}` standing for a whole hostname label followed by at least one more label.
     """
 
-    def __init__(self, key: bytes, url_template: str) -> None:
-        if not key:
+    def __init__(self, key: bytes, url_template: str, old_keys: Sequence[bytes] = ()) -> None:
+        if not key or not all(old_keys):
             raise ValueError("the preview signing key must not be empty")
         self._key = key
+        self._keys = (key, *old_keys)
         self._template = url_template.rstrip("/")
         self._scheme, self._prefix, self._suffix = _parse_template(url_template)
 
@@ -117,8 +128,11 @@ class PreviewSigner:
 
     def project_key(self, project_id: str) -> str:
         """The stable, unguessable id of a project inside its preview labels (10 base32 characters)."""
-        digest = hmac.new(self._key, b"project:" + project_id.encode(), hashlib.sha256).digest()
-        return _b32(digest[:7])[:_KEY_CHARS]
+        return _project_key(self._key, project_id)
+
+    def project_keys(self, project_id: str) -> tuple[str, ...]:
+        """The project's key under each listed key, the current one first: any may be in a label."""
+        return tuple(_project_key(key, project_id) for key in self._keys)
 
     def label(self, project_id: str, generation: int, expires_at: int) -> str:
         """The signed hostname label for a project's preview, valid until `expires_at` (unix seconds).
@@ -129,7 +143,7 @@ class PreviewSigner:
         if not 0 <= expires_at <= _MAX_EXPIRY:
             raise ValueError(f"expires_at must be within 0..{_MAX_EXPIRY}, got {expires_at}")
         token = self.project_key(project_id) + _encode_expiry(expires_at)
-        token += self._mac(project_id, generation, expires_at)
+        token += _mac(self._key, project_id, generation, expires_at)
         return f"{slugify(project_id)}-{token}"
 
     def url(self, project_id: str, generation: int, expires_at: int) -> str:
@@ -165,21 +179,31 @@ class PreviewSigner:
     def verify(self, parsed: ParsedLabel, project_id: str, generation: int, now: float) -> VerifyResult:
         """Check a parsed label against the project it claims and the project's current generation.
 
-        A label signed for another project, key or generation, or with any character changed, is a
-        `bad_signature`; a genuine label past its expiry is `expired`.
+        A label signed for another project, generation or key not listed, or with any character
+        changed, is a `bad_signature`; a genuine label past its expiry is `expired`.
         """
-        expected = self.project_key(project_id) + self._mac(project_id, generation, parsed.expires_at)
-        actual = parsed.project_key + parsed.mac
-        genuine = hmac.compare_digest(expected, actual) and parsed.slug == slugify(project_id)
+        signer = next(
+            (key for key in self._keys if hmac.compare_digest(_project_key(key, project_id), parsed.project_key)), None
+        )
+        if signer is None:
+            return VerifyResult.bad_signature
+        expected = _mac(signer, project_id, generation, parsed.expires_at)
+        genuine = hmac.compare_digest(expected, parsed.mac) and parsed.slug == slugify(project_id)
         if not genuine:
             return VerifyResult.bad_signature
         if now >= parsed.expires_at:
             return VerifyResult.expired
         return VerifyResult.ok
 
-    def _mac(self, project_id: str, generation: int, expires_at: int) -> str:
-        message = f"preview:{project_id}:{generation}:{expires_at}".encode()
-        return _b32(hmac.new(self._key, message, hashlib.sha256).digest()[:_MAC_BYTES])
+
+def _project_key(key: bytes, project_id: str) -> str:
+    digest = hmac.new(key, b"project:" + project_id.encode(), hashlib.sha256).digest()
+    return _b32(digest[:7])[:_KEY_CHARS]
+
+
+def _mac(key: bytes, project_id: str, generation: int, expires_at: int) -> str:
+    message = f"preview:{project_id}:{generation}:{expires_at}".encode()
+    return _b32(hmac.new(key, message, hashlib.sha256).digest()[:_MAC_BYTES])
 
 
 def _parse_template(url_template: str) -> tuple[str, list[str], list[str]]:

@@ -1,13 +1,22 @@
-"""Session tokens for browsers: short-lived JWTs scoped to one project and to `read` or `write`."""
+"""Session tokens for browsers: short-lived JWTs scoped to one project and to `read` or `write`.
+
+Rotation: the current signing key signs, and names itself in the JWT header (`kid`, its
+`keys.key_id`); the older keys still verify. A token is checked against the key its `kid` names
+(an unknown `kid` is refused), or, without `kid` (minted before tokens carried one), against each.
+"""
 
 from __future__ import annotations
 
 import enum
 import hmac
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
+
+from realtime.core.keys import key_id
 
 __all__ = ["AUDIENCE", "Access", "SessionTokens", "TokenError", "TokenGrant"]
 
@@ -46,11 +55,21 @@ class TokenGrant:
 
 
 class SessionTokens:
-    """Mints and checks session tokens; also recognises the service token (constant-time)."""
+    """Mints and checks session tokens; also recognises the service token (constant-time).
 
-    def __init__(self, key: bytes, service_token: str, *, default_ttl_s: int = 3600, max_ttl_s: int = 86400) -> None:
-        # A per-purpose subkey: always 32 bytes, and never the same key as preview signing.
-        self._key = hmac.new(key, b"session-tokens", "sha256").digest()
+    Args:
+        key: the signing key (`WORKSPACE_SIGNING_KEY`): it signs; old_keys: older ones, still verifying.
+    """
+
+    def __init__(
+        self, key: bytes, service_token: str, *, old_keys: Iterable[bytes] = (), default_ttl_s: int = 3600,
+        max_ttl_s: int = 86400,
+    ) -> None:
+        # A per-purpose subkey of each key: always 32 bytes, and never the same key as preview signing.
+        keys = (key, *old_keys)
+        self._keys = {key_id(k): hmac.new(k, b"session-tokens", "sha256").digest() for k in keys}
+        self._kid = key_id(key)
+        self._key = self._keys[self._kid]
         self._service_token = service_token.encode()
         self.default_ttl_s = default_ttl_s
         self.max_ttl_s = max_ttl_s
@@ -66,7 +85,33 @@ class SessionTokens:
         ttl = min(ttl_s or self.default_ttl_s, self.max_ttl_s)
         expires_at = issued + ttl
         claims = {"aud": AUDIENCE, "sub": project_id, "scope": access.value, "iat": issued, "exp": expires_at}
-        return jwt.encode(claims, self._key, algorithm=ALGORITHM), expires_at
+        return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self._kid}), expires_at
+
+    def _candidates(self, token: str) -> list[bytes]:
+        """The keys that may have signed `token`: the one its `kid` names, or every one without a `kid`."""
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.InvalidTokenError:
+            raise TokenError("invalid token") from None
+        if kid is None:
+            return list(self._keys.values())
+        key = self._keys.get(kid) if isinstance(kid, str) else None
+        return [] if key is None else [key]
+
+    def _decode(self, token: str) -> dict[str, Any]:
+        for key in self._candidates(token):
+            try:
+                claims: dict[str, Any] = jwt.decode(
+                    token, key, algorithms=[ALGORITHM], audience=AUDIENCE, options={"require": ["exp", "sub", "aud"]}
+                )
+            except jwt.InvalidSignatureError:
+                continue  # another key's token (no `kid`): try the next
+            except jwt.ExpiredSignatureError:
+                raise TokenError("token expired") from None
+            except jwt.InvalidTokenError:
+                raise TokenError("invalid token") from None
+            return claims
+        raise TokenError("invalid token")
 
     def check(self, token: str) -> TokenGrant:
         """Accept the service token or a valid session token.
@@ -76,14 +121,7 @@ class SessionTokens:
         """
         if self.is_service_token(token):
             return TokenGrant(project_id=None, access=Access.write, service=True)
-        try:
-            claims = jwt.decode(
-                token, self._key, algorithms=[ALGORITHM], audience=AUDIENCE, options={"require": ["exp", "sub", "aud"]}
-            )
-        except jwt.ExpiredSignatureError:
-            raise TokenError("token expired") from None
-        except jwt.InvalidTokenError:
-            raise TokenError("invalid token") from None
+        claims = self._decode(token)
         try:
             access = Access(claims.get("scope"))
         except ValueError:

@@ -20,8 +20,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from realtime.cluster.protocol import Cluster
 from realtime.cluster.redis_cluster import RedisCluster
 from realtime.cluster.solo import SoloCluster
+from realtime.config.secret_policy import validate_secrets
 from realtime.config.settings import Settings
 from realtime.core.errors import INTERNAL, ApiError, BrokerUnavailable, error_for
+from realtime.core.keys import Keyring
 from realtime.core.signing import PreviewSigner
 from realtime.core.tokens import SessionTokens
 from realtime.fanout.hub import Hub
@@ -69,7 +71,8 @@ def make_cluster(settings: Settings, broker: Broker, manager: WorkspaceManager) 
 
     if isinstance(broker, RedisBroker):
         return RedisCluster(
-            broker, manager, lease_ms=settings.lease_ms, ttl_s=settings.redis_ttl_s, retry_s=settings.redis_retry_s
+            broker, manager, lease_ms=settings.lease_ms, ttl_s=settings.redis_ttl_s, retry_s=settings.redis_retry_s,
+            keyring=Keyring.of(settings.signing_key, settings.signing_keys_old),
         )
     return SoloCluster(manager, settings.instance_id)
 
@@ -138,9 +141,10 @@ def create_app(
 
     `app.state.hub` is the app's fan-out hub, which the server drains on shutdown.
     """
+    validate_secrets(settings)  # off loopback: no short or public token or signing key
     validate_webhook_settings(settings)  # webhook URL, secrets and retries: refused before anything starts
-    signer = PreviewSigner(settings.signing_key, settings.preview_url)
-    tokens = SessionTokens(settings.signing_key, settings.token)
+    signer = PreviewSigner(settings.signing_key, settings.preview_url, settings.signing_keys_old)
+    tokens = SessionTokens(settings.signing_key, settings.token, old_keys=settings.signing_keys_old)
     the_broker = broker or make_broker(settings)
     hub = Hub(the_broker, OutboxLimits(queue_events=settings.ws_queue_events, queue_bytes=settings.ws_queue_bytes))
 
@@ -190,7 +194,7 @@ def create_app(
                     "gateway": PreviewGateway(signer, cluster.resolve, proxy_http),
                     "outbound": outbound,
                     "inbound": inbound,
-                    "metric_sources": (outbound, inbound),
+                    "metric_sources": (outbound, inbound, cluster),
                 }
             finally:
                 with anyio.CancelScope(shield=True):

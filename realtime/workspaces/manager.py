@@ -160,12 +160,17 @@ class WorkspaceManager:
     def sign(self, project_id: str, port: int) -> dict[str, Any]:
         expires_at = int(time.time()) + self._preview_ttl_s
         generation = self._generations.setdefault(project_id, 0)
-        self._keys[self._signer.project_key(project_id)] = project_id
+        for key in self._signer.project_keys(project_id):  # URLs signed with an older key resolve too
+            self._keys[key] = project_id
         return {"url": self._signer.url(project_id, generation, expires_at), "expires_at": expires_at}
 
     def preview_key(self, project_id: str) -> str:
         """The key a preview hostname of the project carries (see `PreviewSigner.project_key`)."""
         return self._signer.project_key(project_id)
+
+    def preview_keys(self, project_id: str) -> tuple[str, ...]:
+        """The project's key under every listed signing key, the current one first (key rotation)."""
+        return self._signer.project_keys(project_id)
 
     def generation(self, project_id: str) -> int:
         """How many times the project's preview URLs were revoked (signed URLs carry it)."""
