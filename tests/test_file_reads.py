@@ -4,6 +4,7 @@ and no workspace's file calls can hold up another's."""
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import threading
@@ -15,13 +16,16 @@ from typing import Any
 import anyio
 import pytest
 
-from realtime.core.errors import error_for
+from realtime.core.errors import ApiError, error_for
+from realtime.core.ops import OPS, ParseContext, PathArgs, from_wire, to_wire
 from runtime.base import FileUpload
 from runtime.errors import BadRange, FileOpTimeout, FileTooLarge, NotAFile, PathError
 from runtime.local.calls import FileCalls
 from runtime.local.runtime import LocalRuntime, LocalSandbox
 from tests import fake_modal
 from tests.fake_modal import FakeCloud
+from tests.harness import Running, fixture_files, make_settings, running_server, runtime_kind
+from tests.wsclient import open_peer
 
 pytestmark = pytest.mark.anyio
 
@@ -275,3 +279,112 @@ async def test_modal_refuses_a_named_pipe_without_opening_it(cloud: FakeCloud) -
             await sandbox.read_range("pipe", 0, 10)
     assert not fired.is_set()
     assert cloud.calls["fs.read_bytes"] == 0
+
+
+# -- the op table ------------------------------------------------------------------------------------
+
+
+def test_offset_and_length_are_non_negative_integers() -> None:
+    """`read` takes integers (HTTP: their digits); anything else is a 400 before anything is read."""
+    socket_ctx = ParseContext(600, 3600, via="socket")
+    http_ctx = ParseContext(600, 3600, via="http")
+    assert OPS["read"].parse({"path": "a", "offset": 5}, socket_ctx) == PathArgs("a", offset=5)
+    assert OPS["list_or_read"].parse({"path": "a", "length": "7"}, http_ctx) == PathArgs("a", length=7)
+    for bad in (-1, True, 1.5, "5", [1]):
+        with pytest.raises(ApiError) as raised:
+            OPS["read"].parse({"path": "a", "offset": bad}, socket_ctx)
+        assert raised.value.code == "bad_request"
+    for text in ("-1", "1.5", "\u0663", "1" * 20, " 1"):
+        with pytest.raises(ApiError):
+            OPS["list_or_read"].parse({"path": "a", "offset": text}, http_ctx)
+    assert to_wire("read", PathArgs("a")) == {"path": "a", "request_id": ""}  # older instances read it
+    assert from_wire("read", to_wire("read", PathArgs("a", offset=1, length=2))) == PathArgs("a", offset=1, length=2)
+
+
+# -- over HTTP and the websocket ---------------------------------------------------------------------
+
+
+@pytest.fixture
+async def server(tmp_path: Path, runtime_kind: str) -> Any:
+    settings = lambda port: make_settings(tmp_path / "root", port, WORKSPACE_MAX_READ_BYTES="65536")  # noqa: E731
+    async with running_server(settings) as running:
+        created = await running.provision("reads", fixture_files())
+        assert created["state"] == "ready", created
+        done = await running.client.post(
+            "/api/workspaces/reads/commands",
+            json={"cmd": "truncate -s 1M big && printf 'tail' >> big && mkfifo pipe", "wait": True},
+        )
+        assert done.json()["exit_code"] == 0, done.text
+        yield running
+
+
+def _files(server: Running, **params: Any) -> Any:
+    return server.client.get("/api/workspaces/reads/files", params=params)
+
+
+async def test_http_refuses_a_file_over_the_limit_and_serves_ranges(server: Running) -> None:
+    """GET …/files: over the limit → 413 with the size; offset and length read a part, with the size."""
+    size = MiB + 4
+    whole = await _files(server, path="big")
+    assert whole.status_code == 413
+    assert whole.json()["error"]["code"] == "too_large" and str(size) in whole.json()["error"]["message"]
+    part = await _files(server, path="big", offset=size - 6, length=100)
+    assert part.status_code == 200, part.text
+    assert part.json() == {
+        "path": "big", "content": base64.b64encode(b"\0\0tail").decode(), "encoding": "base64",
+        "offset": size - 6, "length": 6, "size": size,
+    }
+    text = await _files(server, path="message.txt", offset=0)
+    assert text.json()["encoding"] == "utf-8" and text.json()["length"] == text.json()["size"]
+    await server.client.put("/api/workspaces/reads/files", json={"files": [{"path": "ctl", "content": "\x01" * 60000}]})
+    escaped = await _files(server, path="ctl")  # as JSON text, 6 bytes a byte: as base64, 4 for 3
+    assert escaped.json()["encoding"] == "base64" and len(escaped.content) < 2 * 60000
+    for params in ({"offset": "-1"}, {"length": "65537"}, {"offset": "x"}, {"length": "1e3"}):
+        refused = await _files(server, path="big", **params)
+        assert refused.status_code == 400, (params, refused.text)
+        assert refused.json()["error"]["code"] in ("bad_request", "bad_range")
+
+
+async def test_http_refuses_named_pipes_and_stays_ready(server: Running) -> None:
+    """Many reads of a FIFO are each a 400 not_a_file; the server, /readyz and other reads go on."""
+    results: list[Any] = []
+    with fifo_watchdog(_sandbox_path(server, "pipe")) as fired:
+        async with anyio.create_task_group() as tg:
+            for _ in range(50):
+                tg.start_soon(_collect, results, server, "pipe")
+        assert not fired.is_set()
+    assert [r.status_code for r in results] == [400] * 50
+    assert {r.json()["error"]["code"] for r in results} == {"not_a_file"}
+    assert (await server.client.get("/readyz")).status_code == 200
+    assert (await _files(server, path="message.txt")).status_code == 200
+
+
+def _sandbox_path(server: Running, rel: str) -> Path:
+    """Where the workspace file `rel` lives on this machine (the fake Modal's sandboxes are directories)."""
+    if runtime_kind() == "modal":
+        from tests.fake_modal import CLOUD
+
+        [state] = [s for s in CLOUD.sandboxes.values() if s.returncode is None]
+        return Path(state.map(f"/workspace/{rel}"))
+    return server.settings.root / "workspaces" / "reads" / rel
+
+
+async def _collect(results: list[Any], server: Running, path: str) -> None:
+    results.append(await _files(server, path=path))
+
+
+async def test_the_websocket_read_op_is_bounded_too(server: Running) -> None:
+    """The `read` op: over the limit → error reply too_large; `offset`/`length` read a part."""
+    async with open_peer(server.ws_url("reads", token=server.settings.token)) as peer:
+        refused = await peer.request("read", path="big")
+        assert refused["ok"] is False and refused["error"]["code"] == "too_large"
+        assert str(MiB + 4) in refused["error"]["message"]
+        part = await peer.request("read", path="big", offset=MiB, length=4)
+        assert part["ok"] is True
+        assert part["data"] == {
+            "path": "big", "content": "tail", "encoding": "utf-8", "offset": MiB, "length": 4, "size": MiB + 4,
+        }
+        pipe = await peer.request("read", path="pipe")
+        assert pipe["error"]["code"] == "not_a_file"
+        bad = await peer.request("read", path="big", offset=True)
+        assert bad["ok"] is False and bad["error"]["code"] == "bad_request"
