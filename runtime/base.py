@@ -19,6 +19,7 @@ __all__ = [
     "DevReattach",
     "DirEntry",
     "FileChange",
+    "FileRange",
     "FileUpload",
     "OutputSink",
     "Process",
@@ -64,6 +65,15 @@ class DirEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class FileRange:
+    """Part of a regular file: `content` read from `offset`, of a file `size` bytes long when read."""
+
+    content: bytes
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class FileChange:
     """A change observed in the workspace that the service itself did not make."""
 
@@ -100,7 +110,28 @@ class Sandbox(Protocol):
         """
         ...
 
-    async def read_file(self, path: str) -> bytes: ...
+    async def read_file(self, path: str) -> bytes:
+        """The whole of a regular file, never more than the runtime's read limit (`max_read_bytes`).
+
+        Only regular files are read; anything else is refused without being opened (a FIFO's open
+        would block). The limit is kept by the read itself: a larger file is never read.
+
+        Raises:
+            FileTooLarge: the file is over the read limit (read it in ranges); carries its size.
+            NotAFile: a directory, FIFO, socket or device (a `PathError`).
+            FileNotFound, PathError.
+        """
+        ...
+
+    async def read_range(self, path: str, offset: int, length: int | None = None) -> FileRange:
+        """At most `length` bytes of a regular file from `offset` (the read limit when None); only
+        those bytes are read, however large the file. Past the end, the content is empty.
+
+        Raises:
+            BadRange: `offset` or `length` is negative, or `length` is over the read limit.
+            NotAFile, FileNotFound, PathError: as `read_file`.
+        """
+        ...
 
     async def list_dir(self, path: str) -> list[DirEntry]: ...
 

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-__all__ = ["FileNotFound", "NotADirectory", "PathError", "ProviderError", "RuntimeFailure"]
+__all__ = [
+    "BadRange",
+    "FileNotFound",
+    "FileOpTimeout",
+    "FileTooLarge",
+    "NotADirectory",
+    "NotAFile",
+    "PathError",
+    "ProviderError",
+    "RuntimeFailure",
+]
 
 
 class RuntimeFailure(Exception):
@@ -17,8 +27,30 @@ class PathError(RuntimeFailure, ValueError):
     code = "bad_path"
 
 
+class NotAFile(PathError):
+    """A read of something that is not a regular file: a directory, FIFO, socket or device."""
+
+    code = "not_a_file"
+
+
 class FileNotFound(RuntimeFailure, LookupError):
     code = "not_found"
+
+
+class FileTooLarge(RuntimeFailure):
+    """A whole-file read of a file over the runtime's read limit; its message gives the size."""
+
+    code = "too_large"
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+
+class BadRange(RuntimeFailure, ValueError):
+    """A ranged read's offset or length is negative, or its length is over the read limit."""
+
+    code = "bad_range"
 
 
 class NotADirectory(RuntimeFailure, ValueError):
@@ -29,6 +61,12 @@ class ProviderError(RuntimeFailure):
     """The sandbox provider failed (unreachable, refused, out of resources)."""
 
     code = "provider_error"
+
+
+class FileOpTimeout(ProviderError):
+    """A file call did not finish within the runtime's file-call timeout (its thread may still run)."""
+
+    code = "timeout"
 
 
 class WorkspaceBusy(RuntimeFailure):

@@ -138,6 +138,7 @@ def fake_modal_runtime(settings: Settings) -> Runtime:
         template_dir=settings.template_dir,
         sandbox_timeout_s=settings.modal_sandbox_timeout_s,
         idle_timeout_s=settings.modal_idle_timeout_s,
+        max_read_bytes=settings.max_read_bytes,
         retry=retry,
     )
     return ModalRuntime(config, modal_module=fake_modal)  # type: ignore[arg-type]

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from runtime.errors import FileNotFound, NotADirectory, PathError, ProviderError, RuntimeFailure, WorkspaceBusy
+from runtime.errors import (
+    BadRange,
+    FileNotFound,
+    FileOpTimeout,
+    FileTooLarge,
+    NotADirectory,
+    PathError,
+    ProviderError,
+    RuntimeFailure,
+    WorkspaceBusy,
+)
 
 __all__ = ["INTERNAL", "ApiError", "BrokerUnavailable", "error_for", "from_runtime"]
 
@@ -30,8 +40,11 @@ INTERNAL = ApiError(500, "internal", "internal error; see the server log")
 _STATUS: list[tuple[type[RuntimeFailure], int]] = [
     (PathError, 400),
     (NotADirectory, 400),
+    (BadRange, 400),
     (FileNotFound, 404),
     (WorkspaceBusy, 409),
+    (FileTooLarge, 413),
+    (FileOpTimeout, 504),
     (ProviderError, 502),
 ]
 

@@ -14,14 +14,16 @@ Pure: parsing raises `ApiError(400)` and nothing else; no I/O.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from realtime.core.errors import ApiError
 from realtime.core.tokens import Access
 from realtime.core.validation import CommandRequest, parse_command, parse_env, parse_files, parse_path
 from runtime.base import FileUpload
+from runtime.reads import MAX_OFFSET
 
 __all__ = [
     "MAX_ID_LENGTH",
@@ -44,6 +46,8 @@ __all__ = [
 
 #: Longest client-chosen id (op ids, command ids).
 MAX_ID_LENGTH = 128
+
+_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 # -- arguments -----------------------------------------------------------------------------------
@@ -74,10 +78,21 @@ class WriteArgs:
     request_id: str = ""
 
 
+#: A field left out of the wire form when None (so that instances without it still read the rest).
+_OMIT_NONE = {"omit_none": True}
+
+
 @dataclass(frozen=True, slots=True)
 class PathArgs:
     path: str
     request_id: str = ""
+    #: A ranged read (`read`, `list_or_read` of a file): from `offset`, at most `length` bytes.
+    offset: int | None = field(default=None, metadata=_OMIT_NONE)
+    length: int | None = field(default=None, metadata=_OMIT_NONE)
+
+    @property
+    def ranged(self) -> bool:
+        return self.offset is not None or self.length is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +163,28 @@ def _write(args: Mapping[str, Any], ctx: ParseContext) -> WriteArgs:
     return WriteArgs(parse_files(args.get("files")), ctx.request_id)
 
 
+def _count(args: Mapping[str, Any], name: str, ctx: ParseContext) -> int | None:
+    """A byte offset or length: a non-negative integer (over HTTP, its decimal digits), or None."""
+    value = args.get(name)
+    if value is None:
+        return None
+    if ctx.via == "http" and isinstance(value, str) and _DIGITS.fullmatch(value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_OFFSET:
+        raise _bad(f"{name} must be an integer from 0 to {MAX_OFFSET}")
+    return value
+
+
 def _path(args: Mapping[str, Any], ctx: ParseContext) -> PathArgs:
     return PathArgs(parse_path(args.get("path")))
+
+
+def _ranged(path: str, args: Mapping[str, Any], ctx: ParseContext) -> PathArgs:
+    return PathArgs(path, offset=_count(args, "offset", ctx), length=_count(args, "length", ctx))
+
+
+def _read(args: Mapping[str, Any], ctx: ParseContext) -> PathArgs:
+    return _ranged(parse_path(args.get("path")), args, ctx)
 
 
 def _changed_path(args: Mapping[str, Any], ctx: ParseContext) -> PathArgs:
@@ -158,6 +193,10 @@ def _changed_path(args: Mapping[str, Any], ctx: ParseContext) -> PathArgs:
 
 def _path_or_root(args: Mapping[str, Any], ctx: ParseContext) -> PathArgs:
     return PathArgs(parse_path(args.get("path", ""), allow_root=True))
+
+
+def _listing_or_read(args: Mapping[str, Any], ctx: ParseContext) -> PathArgs:
+    return _ranged(parse_path(args.get("path", ""), allow_root=True), args, ctx)
 
 
 def _refresh(args: Mapping[str, Any], ctx: ParseContext) -> RefreshArgs:
@@ -211,9 +250,9 @@ OPS: Mapping[str, OpSpec] = {
         OpSpec("kill", Access.write, False, True, _kill, KillArgs,
                http=HttpBinding("DELETE", "/commands/{command_id}", source="none")),
         OpSpec("write", Access.write, False, True, _write, WriteArgs, http=HttpBinding("PUT", "/files")),
-        OpSpec("read", Access.write, True, True, _path, PathArgs),
+        OpSpec("read", Access.write, True, True, _read, PathArgs),
         OpSpec("list", Access.write, True, True, _path_or_root, PathArgs),
-        OpSpec("list_or_read", Access.write, True, True, _path_or_root, PathArgs, socket=False,
+        OpSpec("list_or_read", Access.write, True, True, _listing_or_read, PathArgs, socket=False,
                http=HttpBinding("GET", "/files", source="query")),
         OpSpec("delete", Access.write, False, True, _changed_path, PathArgs,
                http=HttpBinding("DELETE", "/files", 204, "query")),
@@ -232,11 +271,13 @@ SOCKET_ACCESS: Mapping[str, Access] = {spec.name: spec.access for spec in OPS.va
 def to_wire(op: str, args: OpArgs) -> dict[str, Any]:
     """`op`'s `args` as JSON-ready values: file contents in base64, everything else as it is."""
     wire: dict[str, Any] = {}
-    for field in fields(args):
-        value = getattr(args, field.name)
-        if field.name == "files":
+    for spec in fields(args):
+        value = getattr(args, spec.name)
+        if value is None and spec.metadata.get("omit_none"):
+            continue
+        if spec.name == "files":
             value = [[item.path, base64.b64encode(item.content).decode()] for item in value]
-        wire[field.name] = value
+        wire[spec.name] = value
     key = OPS[op].wire_key
     return wire if key is None else {key: wire}
 

@@ -85,7 +85,8 @@ def make_runtime(settings: Settings) -> Runtime:
 
         root = settings.root.resolve()
         template = TemplateCache(settings.template_dir, root / ".template-cache")
-        return LocalRuntime(root, template)
+        return LocalRuntime(root, template, max_read_bytes=settings.max_read_bytes,
+                            file_op_timeout_s=settings.file_op_timeout_s)
     if settings.runtime == "modal":
         from runtime.modal import ModalConfig, ModalRuntime
 
@@ -97,6 +98,7 @@ def make_runtime(settings: Settings) -> Runtime:
                 template_dir=settings.template_dir,
                 sandbox_timeout_s=settings.modal_sandbox_timeout_s,
                 idle_timeout_s=settings.modal_idle_timeout_s,
+                max_read_bytes=settings.max_read_bytes,
             )
         )
     raise ValueError(f"runtime {settings.runtime!r} is not available in this build")

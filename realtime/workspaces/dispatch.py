@@ -82,19 +82,36 @@ async def _write(manager: WorkspaceManager, project_id: str, args: OpArgs) -> di
 
 
 async def _read(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
-    """A file's content: UTF-8 text when it decodes, base64 otherwise."""
+    """A file's content: UTF-8 text when it decodes, base64 otherwise; a part of it with `offset`/`length`."""
     assert isinstance(args, PathArgs)
-    return await _read_file(_require_workspace(manager, project_id), args.path)
+    return await _read_file(_require_workspace(manager, project_id), args)
 
 
-async def _read_file(workspace: Workspace, path: str) -> dict[str, Any]:
-    if await workspace.is_dir(path):
-        raise ApiError(400, "not_a_file", f"{path!r} is a directory; use list")
-    raw = await workspace.read_file(path)
-    try:
-        return {"path": path, "content": raw.decode("utf-8"), "encoding": "utf-8"}
-    except UnicodeDecodeError:
-        return {"path": path, "content": base64.b64encode(raw).decode(), "encoding": "base64"}
+async def _read_file(workspace: Workspace, args: PathArgs) -> dict[str, Any]:
+    """The whole file (the runtime refuses one over the read limit, 413), or the range asked for."""
+    if await workspace.is_dir(args.path):
+        raise ApiError(400, "not_a_file", f"{args.path!r} is a directory; use list")
+    if not args.ranged:
+        return {"path": args.path, **_content(await workspace.read_file(args.path))}
+    part = await workspace.read_range(args.path, args.offset or 0, args.length)
+    return {"path": args.path, **_content(part.content), "offset": part.offset, "length": len(part.content),
+            "size": part.size}
+
+
+#: Control characters JSON escapes as six bytes (`\u0000`): text full of them goes as base64.
+_ESCAPED = bytes(c for c in range(32) if chr(c) not in "\b\t\n\f\r")
+
+
+def _content(raw: bytes) -> dict[str, str]:
+    """`content` and `encoding`: UTF-8 text unless it does not decode or escaping it in JSON would
+    make it larger than base64 (a reply is never more than about 2.4 times the bytes read)."""
+    escaped = len(raw) - len(raw.translate(None, _ESCAPED))
+    if escaped * 5 <= len(raw) // 3:
+        try:
+            return {"content": raw.decode("utf-8"), "encoding": "utf-8"}
+        except UnicodeDecodeError:
+            pass
+    return {"content": base64.b64encode(raw).decode(), "encoding": "base64"}
 
 
 async def _list(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
@@ -112,8 +129,10 @@ async def _list_or_read(manager: WorkspaceManager, project_id: str, args: OpArgs
     assert isinstance(args, PathArgs)
     workspace = _require_workspace(manager, project_id)
     if args.path == "" or await workspace.is_dir(args.path):
+        if args.ranged:
+            raise ApiError(400, "not_a_file", f"{args.path!r} is a directory; offset and length are for files")
         return await _list_dir(workspace, args.path)
-    return await _read_file(workspace, args.path)
+    return await _read_file(workspace, args)
 
 
 async def _delete(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:

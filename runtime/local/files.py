@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.base import ChangeKind, DirEntry, FileUpload, WrittenFile
+from runtime.base import ChangeKind, DirEntry, FileRange, FileUpload, WrittenFile
 from runtime.errors import FileNotFound, NotADirectory, PathError
+from runtime.local.reads import read_range, read_whole
 from runtime.paths import relative_posix, resolve_in
 from runtime.watch import EchoSuppression, file_state, is_ignored
 
@@ -115,15 +116,16 @@ class WorkspaceFiles:
                     item.target.unlink(missing_ok=True)
             raise
 
-    def read(self, rel: str) -> bytes:
-        """Raises: PathError (bad path, or a directory), FileNotFound."""
-        target = resolve_in(self.root, rel)
-        try:
-            return target.read_bytes()
-        except IsADirectoryError:
-            raise PathError(f"path {rel!r} is a directory") from None
-        except (FileNotFoundError, NotADirectoryError):
-            raise FileNotFound(f"no file at {rel!r}") from None
+    def read(self, rel: str, limit: int) -> bytes:
+        """The whole regular file, at most `limit` bytes (see `runtime.local.reads`).
+
+        Raises: FileTooLarge, NotAFile (a directory, FIFO, socket, device), FileNotFound, PathError.
+        """
+        return read_whole(self.root, resolve_in(self.root, rel), rel, limit)
+
+    def read_range(self, rel: str, offset: int, length: int | None, limit: int) -> FileRange:
+        """At most `length` bytes (`limit` when None) from `offset`. Raises: BadRange, and as `read`."""
+        return read_range(self.root, resolve_in(self.root, rel), rel, offset, length, limit)
 
     def list_dir(self, rel: str) -> list[DirEntry]:
         """Entries of a directory sorted by name. Raises: PathError, FileNotFound, NotADirectory."""

@@ -25,13 +25,15 @@ from pathlib import Path
 
 import anyio
 
-from runtime.base import PROJECT_ID_PATTERN, DirEntry, FileChange, FileUpload, OutputSink, WrittenFile
+from runtime.base import PROJECT_ID_PATTERN, DirEntry, FileChange, FileRange, FileUpload, OutputSink, WrittenFile
 from runtime.errors import FileNotFound, NotADirectory, PathError, ProviderError
+from runtime.local.calls import FileCalls
 from runtime.local.files import WorkspaceFiles
 from runtime.local.groups import PidFile, kill_stale_groups
 from runtime.local.process import LocalProcess, base_env
 from runtime.local.template import TemplateCache
 from runtime.paths import resolve_in
+from runtime.reads import DEFAULT_MAX_READ_BYTES
 from runtime.watch import EchoSuppression, watch_workspace
 
 __all__ = ["LocalRuntime", "LocalSandbox"]
@@ -40,13 +42,24 @@ logger = logging.getLogger(__name__)
 
 _PROJECT_ID = re.compile(PROJECT_ID_PATTERN)
 
+#: How long a file call may take unless configured (`WORKSPACE_FILE_OP_TIMEOUT_S`).
+_FILE_OP_TIMEOUT_S = 30.0
+
 
 class LocalSandbox:
-    """One project's workspace directory and its processes (implements `runtime.base.Sandbox`)."""
+    """One project's workspace directory and its processes (implements `runtime.base.Sandbox`).
+
+    Its file calls run through `calls` (`runtime.local.calls`): at most `FILE_CALLS` threads at
+    once, each call answered within the runtime's file-call timeout.
+    """
+
+    #: Blocking file calls of one workspace at once (threads it may hold).
+    FILE_CALLS = 4
 
     def __init__(self, project_id: str, workspace: Path, staging: Path, pids: PidFile, *,
                  env: Mapping[str, str] | None = None,
-                 on_close: Callable[[LocalSandbox], None] = lambda _: None) -> None:
+                 on_close: Callable[[LocalSandbox], None] = lambda _: None,
+                 max_read_bytes: int = DEFAULT_MAX_READ_BYTES, calls: FileCalls | None = None) -> None:
         self.project_id = project_id
         self.workspace = Path(os.path.realpath(workspace))
         self._env = dict(env or {})
@@ -54,6 +67,8 @@ class LocalSandbox:
         self._on_close = on_close
         self._echo = EchoSuppression()
         self._files = WorkspaceFiles(self.workspace, staging, self._echo)
+        self._max_read_bytes = max_read_bytes
+        self._calls = calls or FileCalls(self.FILE_CALLS, _FILE_OP_TIMEOUT_S)
         self._processes: set[LocalProcess] = set()
         self._watch_stops: set[threading.Event] = set()
         self._closed = False
@@ -64,19 +79,25 @@ class LocalSandbox:
         return frozenset(self._processes)
 
     async def write_files(self, files: Sequence[FileUpload]) -> list[WrittenFile]:
-        return await anyio.to_thread.run_sync(self._files.write, list(files))
+        batch = list(files)
+        return await self._calls.run("write files", lambda: self._files.write(batch))
 
     async def read_file(self, path: str) -> bytes:
-        return await anyio.to_thread.run_sync(self._files.read, path)
+        return await self._calls.run(f"read {path!r}", lambda: self._files.read(path, self._max_read_bytes))
+
+    async def read_range(self, path: str, offset: int, length: int | None = None) -> FileRange:
+        return await self._calls.run(
+            f"read {path!r}", lambda: self._files.read_range(path, offset, length, self._max_read_bytes)
+        )
 
     async def list_dir(self, path: str) -> list[DirEntry]:
-        return await anyio.to_thread.run_sync(self._files.list_dir, path)
+        return await self._calls.run(f"list {path!r}", lambda: self._files.list_dir(path))
 
     async def is_dir(self, path: str) -> bool:
-        return await anyio.to_thread.run_sync(self._files.is_dir, path)
+        return await self._calls.run(f"stat {path!r}", lambda: self._files.is_dir(path))
 
     async def delete(self, path: str) -> bool:
-        return await anyio.to_thread.run_sync(self._files.delete, path)
+        return await self._calls.run(f"delete {path!r}", lambda: self._files.delete(path))
 
     async def exec(
         self,
@@ -97,7 +118,7 @@ class LocalSandbox:
             raise ProviderError(f"sandbox {self.project_id!r} was terminated")
         if not argv:
             raise ValueError("argv is empty")
-        workdir = await anyio.to_thread.run_sync(self._workdir, cwd or "")
+        workdir = await self._calls.run("find the working directory", lambda: self._workdir(cwd or ""))
         try:
             proc = LocalProcess.start(argv, cwd=workdir, env=base_env(self.workspace, self._env, env),
                                       on_output=on_output, on_exit=self._exited)
@@ -175,17 +196,24 @@ class LocalRuntime:
         root: where workspaces, staging and pid files live.
         template: lays new workspaces; `None` starts them empty.
         env: environment added to every process of every sandbox.
+        max_read_bytes: the largest whole-file read (`WORKSPACE_MAX_READ_BYTES`).
+        file_op_timeout_s: how long a file call may take (`WORKSPACE_FILE_OP_TIMEOUT_S`).
     """
 
     name = "local"
 
     def __init__(self, root: Path, template: TemplateCache | None, *,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, max_read_bytes: int = DEFAULT_MAX_READ_BYTES,
+                 file_op_timeout_s: float = _FILE_OP_TIMEOUT_S) -> None:
         self.root = Path(root)
         self.template = template
         self._env = dict(env or {})
+        self._max_read_bytes = max_read_bytes
+        self._file_op_timeout_s = file_op_timeout_s
         self._sandboxes: dict[str, LocalSandbox] = {}
         self._locks: dict[str, anyio.Lock] = {}
+        #: Per project, kept across re-opens: a re-opened sandbox shares the threads still stuck.
+        self._calls: dict[str, FileCalls] = {}
 
     def workspace_dir(self, project_id: str) -> Path:
         """Where `project_id`'s files live (whether or not it exists yet)."""
@@ -213,8 +241,9 @@ class LocalRuntime:
             pids = PidFile(self.root / ".pids" / project_id)
             marker = await anyio.to_thread.run_sync(os.path.realpath, workspace)
             await kill_stale_groups(pids, marker)
+            calls = self._calls.setdefault(project_id, FileCalls(LocalSandbox.FILE_CALLS, self._file_op_timeout_s))
             sandbox = LocalSandbox(project_id, workspace, self.root / ".staging", pids, env=self._env,
-                                   on_close=self._forget)
+                                   on_close=self._forget, max_read_bytes=self._max_read_bytes, calls=calls)
             self._sandboxes[project_id] = sandbox
             return sandbox
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from runtime.backoff import Backoff
 from runtime.base import DEFAULT_TEMPLATE
+from runtime.reads import DEFAULT_MAX_READ_BYTES
 
 __all__ = ["ModalConfig", "RetryPolicy", "sandbox_name"]
 
@@ -53,6 +54,8 @@ class ModalConfig:
     #: File watch debounce window, and how long the service's own writes are kept out of it.
     debounce_s: float = 0.05
     echo_ttl_s: float = 2.0
+    #: The largest whole-file read (`WORKSPACE_MAX_READ_BYTES`); larger files are read in ranges.
+    max_read_bytes: int = DEFAULT_MAX_READ_BYTES
 
     @property
     def procs_dir(self) -> str:

@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import stat
 from collections.abc import Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
 import anyio
 
-from runtime.base import ChangeKind, DirEntry, FileUpload, WrittenFile
-from runtime.errors import FileNotFound, NotADirectory, PathError, ProviderError
+from runtime.base import ChangeKind, DirEntry, FileRange, FileUpload, WrittenFile
+from runtime.errors import FileNotFound, NotADirectory, NotAFile, PathError, ProviderError
 from runtime.modal.calls import SandboxCalls
 from runtime.modal.changes import OwnWrites
 from runtime.modal.config import ModalConfig
-from runtime.modal.scripts import UNPACK
+from runtime.modal.scripts import READ, UNPACK
 from runtime.modal.uploads import plan_upload, tarball
 from runtime.paths import normalize
+from runtime.reads import range_length, too_large
 
 __all__ = ["SandboxFiles"]
 
@@ -74,17 +76,64 @@ class SandboxFiles:
         ]
 
     async def read_file(self, path: str) -> bytes:
+        """The whole regular file, at most the read limit: a stat first, and only a regular file no
+        larger than the limit is read (`read_bytes`); a symlink, or a stat that does not say the
+        file's type, is checked and read in the sandbox (`scripts.READ`), never past the limit.
+
+        A file that grows past the limit between the stat and `read_bytes` is read (Modal's own
+        read limit bounds it) and then refused.
+        """
         rel = normalize(path)
+        limit = self._config.max_read_bytes
+        info = await self._stat(rel)
+        if info is None:
+            raise FileNotFound(f"no file at {path!r}")
+        kind = _kind(info)
+        if kind == "regular":
+            if int(info.size) > limit:
+                raise too_large(path, int(info.size), limit)
+            content = await self._read_bytes(rel, path)
+        elif kind == "follow":
+            content = (await self._read_in_sandbox(rel, path, 0, limit + 1, whole=True)).content
+        else:
+            raise NotAFile(f"path {path!r} is {kind}; only regular files can be read")
+        if len(content) > limit:
+            raise too_large(path, len(content), limit)
+        return content
+
+    async def read_range(self, path: str, offset: int, length: int | None = None) -> FileRange:
+        """At most `length` bytes (the read limit when None) from `offset`, read in the sandbox."""
+        count = range_length(path, offset, length, self._config.max_read_bytes)
+        return await self._read_in_sandbox(normalize(path), path, offset, count, whole=False)
+
+    async def _read_bytes(self, rel: str, path: str) -> bytes:
         e = self._calls.provider.exc
         try:
             return await self._calls.fs(f"read {rel!r}", lambda: self._filesystem.read_bytes.aio(self._abs(rel)))
         except ProviderError as exc:
             cause = exc.__cause__
             if isinstance(cause, e.SandboxFilesystemIsADirectoryError):
-                raise PathError(f"path {path!r} is a directory") from None
+                raise NotAFile(f"path {path!r} is a directory") from None
             if isinstance(cause, e.SandboxFilesystemNotFoundError | e.SandboxFilesystemNotADirectoryError):
                 raise FileNotFound(f"no file at {path!r}") from None
             raise
+
+    async def _read_in_sandbox(self, rel: str, path: str, offset: int, count: int, *, whole: bool) -> FileRange:
+        argv = ["sh", "-c", READ, "read", self._config.workdir, rel, str(offset), str(count),
+                "whole" if whole else "range"]
+        code, out, err = await self._calls.run(argv, f"read {rel!r}")
+        lines = err.decode(errors="replace").split()
+        if code == 93:
+            raise FileNotFound(f"no file at {path!r}")
+        if code == 94:
+            what = "a directory" if lines[:1] == ["directory"] else "not a regular file"
+            raise NotAFile(f"path {path!r} is {what}; only regular files can be read")
+        if code not in (0, 95) or not lines or not lines[0].isdigit():
+            raise ProviderError(f"reading {path!r} failed with code {code}: {err.decode(errors='replace')[:200]}")
+        size = int(lines[0])
+        if code == 95:
+            raise too_large(path, size, count - 1)
+        return FileRange(out, offset, size)
 
     async def list_dir(self, path: str) -> list[DirEntry]:
         rel = normalize(path, allow_root=True)
@@ -129,3 +178,15 @@ class SandboxFiles:
                 raise
             # Gone meanwhile, or removed by a first attempt whose answer was lost: it was there.
         return True
+
+
+def _kind(info: Any) -> str:
+    """What a stat says a path is: `regular`, `follow` (a symlink, or a mode without the file's
+    type: the sandbox must look), or what else it is, as a message says it."""
+    if info.is_dir():
+        return "a directory"
+    if info.is_symlink() or stat.S_IFMT(int(info.mode)) == 0:
+        return "follow"
+    if stat.S_ISREG(int(info.mode)):
+        return "regular"
+    return "a named pipe" if stat.S_ISFIFO(int(info.mode)) else "not a regular file"

@@ -15,7 +15,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
-from runtime.base import DirEntry, FileChange, FileUpload, OutputSink, WrittenFile
+from runtime.base import DirEntry, FileChange, FileRange, FileUpload, OutputSink, WrittenFile
 from runtime.errors import ProviderError
 from runtime.modal.calls import SandboxCalls
 from runtime.modal.changes import OwnWrites
@@ -72,6 +72,9 @@ class ModalSandbox:
 
     async def read_file(self, path: str) -> bytes:
         return await self._files.read_file(path)
+
+    async def read_range(self, path: str, offset: int, length: int | None = None) -> FileRange:
+        return await self._files.read_range(path, offset, length)
 
     async def list_dir(self, path: str) -> list[DirEntry]:
         return await self._files.list_dir(path)

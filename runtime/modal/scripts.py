@@ -11,7 +11,7 @@ it ended) and `ID.f<FOLLOWER>` (the pid of a shell copying its output to an exec
 
 from __future__ import annotations
 
-__all__ = ["DIRS", "KILLER", "RUNNER", "UNFOLLOW", "UNPACK"]
+__all__ = ["DIRS", "KILLER", "READ", "RUNNER", "UNFOLLOW", "UNPACK"]
 
 #: `sh -c RUNNER run DIR ID MODE OUT_OFFSET ERR_OFFSET FOLLOWER [ARGV...]`. MODE `start` launches
 #: ARGV detached (once: the lock directory makes a retried start attach instead); both modes then
@@ -93,3 +93,21 @@ for a; do
   fi
   i=$((i+1))
 done"""
+
+#: `sh -c READ read WORKDIR REL OFFSET COUNT (whole|range)`: at most COUNT bytes of the regular file
+#: REL from OFFSET on stdout, its size on stderr. Only a regular file (after symlinks) is read:
+#: exit 94 for a directory or anything else (`[ -f ]` is a stat: a FIFO is never opened), 93
+#: when there is nothing. `whole`: exit 95 when the size is over COUNT - 1 (nothing read). The read
+#: opens non-blocking (a FIFO put in its place meanwhile reads as empty) and seeks to OFFSET.
+READ = r"""cd "$1" || exit 93; f=$2; o=$3; n=$4
+if [ ! -f "$f" ]; then
+  if [ -d "$f" ]; then echo directory >&2; exit 94; fi
+  if [ -e "$f" ]; then echo other >&2; exit 94; fi
+  exit 93
+fi
+s=$(stat -L -c %s -- "$f") || exit 93
+echo "$s" >&2
+if [ "$5" = whole ] && [ "$s" -ge "$n" ]; then exit 95; fi
+if [ "$o" -ge "$s" ] || [ "$n" -eq 0 ]; then exit 0; fi
+exec dd if="$f" iflag=nonblock,skip_bytes,count_bytes skip="$o" count="$n" bs=65536 status=none
+"""

@@ -26,7 +26,7 @@ import anyio.abc
 import httpx
 
 from runtime import events
-from runtime.base import DirEntry, FileUpload, Runtime, Sandbox, WrittenFile
+from runtime.base import DirEntry, FileRange, FileUpload, Runtime, Sandbox, WrittenFile
 from runtime.errors import RuntimeFailure, WorkspaceBusy
 from runtime.events import Emit, EventKind
 from runtime.workspace.budget import OutputBudget
@@ -297,6 +297,9 @@ class Workspace:
 
     async def read_file(self, path: str) -> bytes:
         return await self.require_sandbox().read_file(path)
+
+    async def read_range(self, path: str, offset: int, length: int | None) -> FileRange:
+        return await self.require_sandbox().read_range(path, offset, length)
 
     async def list_dir(self, path: str) -> list[DirEntry]:
         return await self.require_sandbox().list_dir(path)
