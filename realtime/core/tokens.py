@@ -1,4 +1,9 @@
-"""Session tokens for browsers: short-lived JWTs scoped to one project and to `read` or `write`."""
+"""Session tokens for browsers: short-lived JWTs scoped to one project and to `read` or `write`.
+
+Claims: `aud`, `sub` (the project), `scope`, `iat`, `exp`, and `gen`: the project's session-token
+generation when it was minted. Bumping the generation (`POST …/tokens/revoke`) revokes every token
+of a lower one; tokens minted before `gen` existed count as generation 0.
+"""
 
 from __future__ import annotations
 
@@ -38,11 +43,17 @@ class TokenGrant:
     service: bool = False
     #: Unix seconds after which the grant ends (a session token's `exp`); `None` for the service token.
     expires_at: int | None = None
+    #: The project's session-token generation the token was minted under; `None` for the service token.
+    generation: int | None = None
 
     def allows(self, project_id: str, access: Access) -> bool:
         if self.service:
             return True
         return self.project_id == project_id and (access is Access.read or self.access is Access.write)
+
+    def revoked_by(self, generation: int) -> bool:
+        """Whether the session-token generation `generation` revokes this grant (never the service token's)."""
+        return self.generation is not None and self.generation < generation
 
 
 class SessionTokens:
@@ -59,13 +70,18 @@ class SessionTokens:
         return hmac.compare_digest(token.encode(), self._service_token)
 
     def mint(
-        self, project_id: str, access: Access, ttl_s: int | None = None, *, now: float | None = None
+        self, project_id: str, access: Access, ttl_s: int | None = None, *, now: float | None = None,
+        generation: int = 0,
     ) -> tuple[str, int]:
-        """Return `(token, expires_at)`; `ttl_s` is clamped to the maximum."""
+        """Return `(token, expires_at)`; `ttl_s` is clamped to the maximum.
+
+        `generation` is the project's session-token generation now (see the module doc).
+        """
         issued = int(now if now is not None else time.time())
         ttl = min(ttl_s or self.default_ttl_s, self.max_ttl_s)
         expires_at = issued + ttl
-        claims = {"aud": AUDIENCE, "sub": project_id, "scope": access.value, "iat": issued, "exp": expires_at}
+        claims = {"aud": AUDIENCE, "sub": project_id, "scope": access.value, "iat": issued, "exp": expires_at,
+                  "gen": generation}
         return jwt.encode(claims, self._key, algorithm=ALGORITHM), expires_at
 
     def check(self, token: str) -> TokenGrant:
@@ -91,4 +107,7 @@ class SessionTokens:
         project_id = claims["sub"]
         if not isinstance(project_id, str):
             raise TokenError("invalid token subject")
-        return TokenGrant(project_id=project_id, access=access, expires_at=int(claims["exp"]))
+        generation = claims.get("gen", 0)
+        if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
+            raise TokenError("invalid token generation")
+        return TokenGrant(project_id=project_id, access=access, expires_at=int(claims["exp"]), generation=generation)

@@ -8,8 +8,9 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from realtime.core.tokens import Access, SessionTokens, TokenError, TokenGrant
+from realtime.workspaces.revocation import Generation, Revocations
 
-__all__ = ["BearerAuth", "Denied", "bearer_token", "project_grant"]
+__all__ = ["BearerAuth", "Denied", "bearer_token", "ensure_not_revoked", "project_grant"]
 
 #: Routes under /api that authenticate themselves: signed inbound webhooks, and the event feed
 #: (which also takes a project's session token, in the query for browsers' EventSource).
@@ -36,6 +37,21 @@ def project_grant(tokens: SessionTokens, token: str | None, project_id: str) -> 
     if not grant.allows(project_id, Access.read):
         raise Denied("token is for another project")
     return grant
+
+
+async def ensure_not_revoked(revocations: Revocations, grant: TokenGrant, project_id: str) -> None:
+    """Refuse a session token the project's session-token generation has revoked since it was minted.
+
+    Check after placing the subscriber in the log (`locate`): a revocation appended before that
+    point was recorded in the store before it was appended, so it is seen here; one appended after
+    it reaches the subscriber's stream and closes it.
+
+    Raises:
+        Denied: the token was revoked.
+        BrokerUnavailable: the generation could not be read (refused, not guessed).
+    """
+    if grant.generation is not None and grant.revoked_by(await revocations.current(Generation.session, project_id)):
+        raise Denied("token revoked; ask for a fresh one")
 
 
 def bearer_token(scope: Scope) -> str | None:

@@ -2,7 +2,8 @@
 
 Revocation (see `revocation.py`): a project's preview generation is read from the durable store
 when its workspace is created here, and kept in memory while it runs (previews are signed
-synchronously); revoking writes the store first.
+synchronously); revoking writes the store first. Revoking session tokens bumps the store and then
+appends a `revoked` event, which closes every subscriber of an earlier token on every instance.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from realtime.log.broker import Broker, BrokerUnavailable
 from realtime.workspaces.revocation import Generation, MemoryRevocations, Revocations
 from runtime import events
 from runtime.base import FileUpload, Runtime
+from runtime.events import EventKind
 from runtime.workspace.lifecycle import LifecycleConfig, State, Workspace
 
 __all__ = ["Appended", "WorkspaceManager"]
@@ -192,6 +194,24 @@ class WorkspaceManager:
             BrokerUnavailable, OSError: the revocation could not be recorded; nothing changed.
         """
         self.restore_generation(project_id, await self.revocations.bump(Generation.preview, project_id))
+
+    async def session_generation(self, project_id: str) -> int:
+        """The project's session-token generation now: what a token minted now carries."""
+        return await self.revocations.current(Generation.session, project_id)
+
+    async def revoke_sessions(self, project_id: str) -> int:
+        """Invalidate every session token minted for the project so far; return the new generation.
+
+        The store is bumped first (new connections with an earlier token are refused from then
+        on), then the `revoked` event closes the live ones wherever they are.
+
+        Raises:
+            BrokerUnavailable, OSError: not recorded (nothing changed), or recorded but the event not
+                appended (live subscribers stay until asked again): either way, ask again.
+        """
+        generation = await self.revocations.bump(Generation.session, project_id)
+        await self.append(project_id, EventKind.revoked, events.revoked(generation))
+        return generation
 
     async def resolve(self, project_key: str) -> PreviewTarget | None:
         project_id = self._keys.get(project_key)
