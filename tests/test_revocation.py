@@ -196,6 +196,16 @@ async def test_a_revocation_reaches_the_sockets_of_every_instance(tmp_path: Path
         assert await feed_status(b, "demo", await mint(b, "demo")) == 200
 
 
+async def test_another_instance_refuses_a_revoked_preview_before_the_registry_says_so(tmp_path: Path) -> None:
+    """An instance that does not own the project checks preview URLs against the stored generation, not only
+    the registry entry (which the owner rewrites a moment later)."""
+    async with instances(tmp_path, "a", "b") as (prefix, (a, b), redis):
+        old = (await a.provision("demo", fixture_files()))["preview_url"]
+        assert (await b.preview_get(old)).status_code == 200
+        await redis.hincrby(f"{prefix}:{{demo}}:revocations", "preview", 1)
+        assert (await b.preview_get(old)).status_code == 403
+
+
 async def test_a_write_op_is_refused_once_revoked_even_before_the_event_arrives(tmp_path: Path) -> None:
     """A write op after a revocation whose event never reached the socket's instance is not run: 1008."""
     async with instances(tmp_path, "a") as (prefix, (a,), redis):
