@@ -197,8 +197,7 @@ async def test_a_revocation_reaches_the_sockets_of_every_instance(tmp_path: Path
 
 
 async def test_another_instance_refuses_a_revoked_preview_before_the_registry_says_so(tmp_path: Path) -> None:
-    """An instance that does not own the project checks preview URLs against the stored generation, not only
-    the registry entry (which the owner rewrites a moment later)."""
+    """A non-owner instance checks preview URLs against the stored generation, not only the registry entry."""
     async with instances(tmp_path, "a", "b") as (prefix, (a, b), redis):
         old = (await a.provision("demo", fixture_files()))["preview_url"]
         assert (await b.preview_get(old)).status_code == 200
