@@ -34,6 +34,8 @@ __all__ = [
     "output_dropped",
     "preview",
     "provider",
+    "revoked",
+    "revoked_generation",
     "status",
     "status_state",
     "system_log",
@@ -48,6 +50,7 @@ class EventKind(enum.StrEnum):
     command = "command"
     custom = "custom"
     provider = "provider"
+    revoked = "revoked"
 
 
 class LogSource(enum.StrEnum):
@@ -157,12 +160,25 @@ def provider(type: str, data: Any) -> dict[str, Any]:
     return {"type": type, "data": data}
 
 
+def revoked(generation: int) -> dict[str, Any]:
+    """`revoked`: the project's session tokens of a generation below `generation` are no longer accepted."""
+    return {"generation": generation}
+
+
 # -- readers -------------------------------------------------------------------------------------
 
 
 def is_command_exit(kind: str, data: Mapping[str, Any]) -> bool:
     """Whether the event says a command ended (its `exited` event, lost or not)."""
     return kind == EventKind.command and data.get("state") == CommandState.exited
+
+
+def revoked_generation(kind: str, data: Mapping[str, Any]) -> int | None:
+    """The generation a `revoked` event sets (tokens below it are revoked); None for any other event."""
+    if kind != EventKind.revoked:
+        return None
+    generation = data.get("generation")
+    return generation if isinstance(generation, int) and not isinstance(generation, bool) else None
 
 
 def status_state(kind: str, data: Mapping[str, Any]) -> str | None:

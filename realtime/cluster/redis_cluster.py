@@ -52,6 +52,7 @@ from realtime.log.redis_broker import RedisBroker
 from realtime.redis.connection import retrying
 from realtime.workspaces import dispatch
 from realtime.workspaces.manager import WorkspaceManager
+from realtime.workspaces.revocation import Generation
 from runtime.backoff import Backoff
 from runtime.workspace.lifecycle import State
 
@@ -344,5 +345,7 @@ class RedisCluster:
         entry = await self._registry.entry(project_id)
         if entry is None or entry.get("state") != State.ready or not entry.get("origin"):
             return None
+        # The store's generation, not only the entry's: a revocation counts before the entry is rewritten.
+        revoked = await self._manager.revocations.current(Generation.preview, project_id)
         return PreviewTarget(project_id=entry["project_id"], origin=entry["origin"],
-                             generation=int(entry.get("generation") or 0))
+                             generation=max(int(entry.get("generation") or 0), revoked))

@@ -3,6 +3,10 @@
 Rotation: the current signing key signs, and names itself in the JWT header (`kid`, its
 `keys.key_id`); the older keys still verify. A token is checked against the key its `kid` names
 (an unknown `kid` is refused), or, without `kid` (minted before tokens carried one), against each.
+
+Claims: `aud`, `sub` (the project), `scope`, `iat`, `exp`, and `gen`: the project's session-token
+generation when it was minted. Bumping the generation (`POST …/tokens/revoke`) revokes every token
+of a lower one; tokens minted before `gen` existed count as generation 0.
 """
 
 from __future__ import annotations
@@ -47,11 +51,17 @@ class TokenGrant:
     service: bool = False
     #: Unix seconds after which the grant ends (a session token's `exp`); `None` for the service token.
     expires_at: int | None = None
+    #: The project's session-token generation the token was minted under; `None` for the service token.
+    generation: int | None = None
 
     def allows(self, project_id: str, access: Access) -> bool:
         if self.service:
             return True
         return self.project_id == project_id and (access is Access.read or self.access is Access.write)
+
+    def revoked_by(self, generation: int) -> bool:
+        """Whether the session-token generation `generation` revokes this grant (never the service token's)."""
+        return self.generation is not None and self.generation < generation
 
 
 class SessionTokens:
@@ -78,13 +88,18 @@ class SessionTokens:
         return hmac.compare_digest(token.encode(), self._service_token)
 
     def mint(
-        self, project_id: str, access: Access, ttl_s: int | None = None, *, now: float | None = None
+        self, project_id: str, access: Access, ttl_s: int | None = None, *, now: float | None = None,
+        generation: int = 0,
     ) -> tuple[str, int]:
-        """Return `(token, expires_at)`; `ttl_s` is clamped to the maximum."""
+        """Return `(token, expires_at)`; `ttl_s` is clamped to the maximum.
+
+        `generation` is the project's session-token generation now (see the module doc).
+        """
         issued = int(now if now is not None else time.time())
         ttl = min(ttl_s or self.default_ttl_s, self.max_ttl_s)
         expires_at = issued + ttl
-        claims = {"aud": AUDIENCE, "sub": project_id, "scope": access.value, "iat": issued, "exp": expires_at}
+        claims = {"aud": AUDIENCE, "sub": project_id, "scope": access.value, "iat": issued, "exp": expires_at,
+                  "gen": generation}
         return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self._kid}), expires_at
 
     def _candidates(self, token: str) -> list[bytes]:
@@ -129,4 +144,7 @@ class SessionTokens:
         project_id = claims["sub"]
         if not isinstance(project_id, str):
             raise TokenError("invalid token subject")
-        return TokenGrant(project_id=project_id, access=access, expires_at=int(claims["exp"]))
+        generation = claims.get("gen", 0)
+        if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
+            raise TokenError("invalid token generation")
+        return TokenGrant(project_id=project_id, access=access, expires_at=int(claims["exp"]), generation=generation)

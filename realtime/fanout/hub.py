@@ -6,7 +6,8 @@ encoded once) to every outbox of the project (see `outbox.py`: offering never wa
 catches up from history). The pump closes its outboxes when it cannot go on: 1012 when the log's
 epoch changed (Redis lost it), 1013 for an overflowed outbox whose cursor left the retained
 history, 1011 when the broker fails in a way it does not retry itself (new subscribers then get a
-new feed). `drain()` wakes every subscriber's writer to flush and close (see `writer.py`).
+new feed), 1008 for those whose session token a `revoked` event it reads revokes. `drain()` wakes
+every subscriber's writer to flush and close (see `writer.py`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from realtime.fanout.outbox import (
     HubStats,
     Outbox,
     OutboxLimits,
+    revoked_in,
 )
 from realtime.log.broker import Broker
 
@@ -94,15 +96,22 @@ class Hub:
             await self._left.wait()
 
     @asynccontextmanager
-    async def subscribe(self, project_id: str, cursor: int, epoch: str) -> AsyncIterator[Outbox]:
-        """An outbox that receives the project's events after `cursor`, for as long as the block runs."""
+    async def subscribe(
+        self, project_id: str, cursor: int, epoch: str, *, generation: int | None = None
+    ) -> AsyncIterator[Outbox]:
+        """An outbox that receives the project's events after `cursor`, for as long as the block runs.
+
+        `generation` is the subscriber's session-token generation: a later revocation closes it 1008
+        (None, for the service token: never).
+        """
         feed = self._feeds.get(project_id)
         if feed is None or feed.failed:
             feed = self._feeds[project_id] = _Feed()
             assert self._tg is not None, "Hub.run() must be started first"
             self._tg.start_soon(self._pump, project_id, feed)
         outbox = Outbox(
-            project_id, cursor, epoch, feed=feed, broker=self.broker, limits=self.limits, stats=self.stats
+            project_id, cursor, epoch, feed=feed, broker=self.broker, limits=self.limits, stats=self.stats,
+            generation=generation,
         )
         feed.outboxes.add(outbox)
         self._sockets += 1
@@ -162,7 +171,10 @@ class Hub:
             if not history.events:
                 continue
             feed.position = history.events[-1].seq
+            revoked = revoked_in(history.events)
             for outbox in list(feed.outboxes):
+                if revoked is not None:
+                    outbox.revoke(revoked)  # before offering: even an overflowed or stalled one closes now
                 outbox.offer(history.events)
                 if outbox.overflowed and outbox.cursor + 1 < history.oldest:
                     outbox.close(Closing(CLOSE_TOO_SLOW, "fell behind the retained history; reconnect with since"))

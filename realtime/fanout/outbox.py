@@ -10,6 +10,12 @@ retained history is closed (1013) so that it resumes and is told `resumed: false
 
 Control frames (replies, hello) are never dropped and go out before further events. `close()`
 wins over everything: it cancels a send that a stalled client holds up (see `sending()`).
+
+Revocation: an outbox opened with a session token knows the token's `generation`. A `revoked`
+event of a higher generation closes it 1008, both when the pump reads it (`revoke()`, at once,
+even for a stalled client) and when the writer takes it from history: since the stream is
+gap-free, a subscriber cannot get past a revocation without being closed, whichever instance it
+is on and however late its instance reads the log.
 """
 
 from __future__ import annotations
@@ -24,18 +30,21 @@ import anyio
 
 from realtime.core.eventlog import Event
 from realtime.log.broker import Broker
+from runtime.events import revoked_generation
 
 __all__ = [
     "CLOSE_INTERNAL",
     "CLOSE_POLICY",
     "CLOSE_RESTART",
     "CLOSE_TOO_SLOW",
+    "TOKEN_REVOKED",
     "Behind",
     "Closing",
     "Feed",
     "HubStats",
     "Outbox",
     "OutboxLimits",
+    "revoked_in",
 ]
 
 #: Close codes (websocket codes; an SSE stream just ends) a subscriber may be closed with.
@@ -80,8 +89,19 @@ class Closing:
     reason: str
 
 
+#: How a subscriber whose session token was revoked is closed.
+TOKEN_REVOKED = Closing(CLOSE_POLICY, "token revoked; reconnect with a fresh token")
+
+
+def revoked_in(events: Sequence[Event]) -> int | None:
+    """The highest session-token generation the events' `revoked` events set; None when there is none."""
+    generations = [g for event in events if (g := revoked_generation(event.kind, event.data)) is not None]
+    return max(generations, default=None)
+
+
 class Behind(Exception):
-    """The subscriber's cursor is no longer in the broker's history (or the log's epoch changed)."""
+    """The subscriber may not go on: its cursor is no longer in the broker's history, the log's epoch
+    changed, or its token was revoked (the closing says which)."""
 
     def __init__(self, closing: Closing) -> None:
         super().__init__(closing.reason)
@@ -115,8 +135,11 @@ class Outbox:
         broker: Broker,
         limits: OutboxLimits,
         stats: HubStats,
+        generation: int | None = None,
     ) -> None:
         self.project_id = project_id
+        #: The session-token generation of the subscriber; None (the service token) is never revoked.
+        self.generation = generation
         self.cursor = cursor
         self.epoch = epoch
         self.closing: Closing | None = None
@@ -174,6 +197,11 @@ class Outbox:
             self._send_scope.cancel()
         self.wake()
 
+    def revoke(self, generation: int) -> None:
+        """The project's session tokens below `generation` were revoked: close now if this subscriber's is one."""
+        if self.generation is not None and self.generation < generation:
+            self.close(TOKEN_REVOKED)
+
     def wake(self) -> None:
         """Something changed (events, a reply, draining, closing): end the writer's `wait()`."""
         self._woken.set()
@@ -201,8 +229,15 @@ class Outbox:
         """The next events after the cursor (at most a frame's worth), advancing it; `[]` if none yet.
 
         Raises:
-            Behind: the events after the cursor are no longer retained, or the epoch changed.
+            Behind: the events after the cursor are no longer retained, or the epoch changed, or
+                they revoke the subscriber's token (none of them is handed out then).
         """
+        events = await self._next_events()
+        if self.generation is not None and (revoked := revoked_in(events)) is not None and revoked > self.generation:
+            raise Behind(TOKEN_REVOKED)
+        return events
+
+    async def _next_events(self) -> list[Event]:
         if self._feed.epoch and self._feed.epoch != self.epoch:
             # The log this subscriber was placed in is gone: whatever the new one holds is not its continuation.
             raise Behind(Closing(CLOSE_RESTART, _LOG_RESET))

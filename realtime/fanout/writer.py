@@ -12,7 +12,8 @@ and how it closes. Invariants:
 - Falling behind (`Behind`: the cursor left the retained history, or the log was reset) closes
   with the code it carries (1013 or 1012), like a close from the pump or the reader.
 - A session token's expiry closes 1008 at that moment, even in the middle of a send; the service
-  token does not expire.
+  token does not expire. A `revoked` event for the subscriber's token closes 1008 too (`Behind`,
+  see `outbox.py`).
 - Closing wins: `Outbox.close()` cancels a send a stalled client holds up, and the sink's `close`
   (a websocket close frame; an SSE stream just ends) runs once the sending has stopped.
 """

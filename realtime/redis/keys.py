@@ -6,7 +6,8 @@ keys on one slot, which its Lua scripts need:
 - `…:seq` the seq counter, `…:epoch` the log's incarnation, `…:log` the stream of encoded frames;
 - channel `…:events`: every append, published as `<epoch> <frame>`;
 - `…:owner` the ownership lease (the owning instance's id); channel `…:commands` the ops sent to the owner;
-- `…:workspace` the registry entry (the owner's snapshot of the workspace).
+- `…:workspace` the registry entry (the owner's snapshot of the workspace);
+- `…:revocations` the revocation generations (a hash: `preview`, `session`), kept without a TTL.
 
 Shared names: `<prefix>:workspaces` (the set of projects not stopped), channel `<prefix>:reply:<instance>`
 (answers to the ops an instance forwarded), channel `<prefix>:heartbeat:<instance>` (proves an
@@ -52,6 +53,10 @@ class RedisKeys:
     def workspace(self, project_id: str) -> str:
         """The registry entry."""
         return self._project(project_id, "workspace")
+
+    def revocations(self, project_id: str) -> str:
+        """The project's revocation generations (a hash of counters; never expires)."""
+        return self._project(project_id, "revocations")
 
     # -- shared -----------------------------------------------------------------------------------
 

@@ -19,10 +19,11 @@ from realtime.config import logs
 from realtime.config.settings import Settings
 from realtime.core.errors import ApiError
 from realtime.core.ops import OPS, OpSpec, ParseContext
-from realtime.core.tokens import Access, SessionTokens
+from realtime.core.tokens import Access, SessionTokens, TokenGrant
 from realtime.core.validation import parse_project_id
+from realtime.fanout.hub import locate
 from realtime.log.broker import Broker
-from realtime.web.auth import Denied, bearer_token, project_grant
+from realtime.web.auth import Denied, bearer_token, ensure_not_revoked, project_grant
 from realtime.web.metrics import render
 from realtime.web.sse import event_stream, parse_last_event_id, wants_event_stream
 from realtime.workspaces import dispatch
@@ -161,7 +162,8 @@ async def create_workspace(request: Request) -> Response:
     args = OPS["ensure"].parse(body, _context(request, body))
     workspace = await services.cluster.call(project_id, "ensure", args)
     epoch, seq = await _latest(services.broker, project_id)
-    token, expires_at = services.tokens.mint(project_id, Access.write)
+    generation = await services.manager.session_generation(project_id)
+    token, expires_at = services.tokens.mint(project_id, Access.write, generation=generation)
     preview = workspace["preview"]
     result = {
         "project_id": project_id,
@@ -219,15 +221,18 @@ async def get_events(request: Request) -> Response:
             epoch, since_or_none = parse_last_event_id(last_event_id)
         else:
             since_or_none = _optional_int_param(request, "since")
+        start = await locate(services.broker, project_id, since_or_none, epoch)
+        await _not_revoked(services, grant, project_id)  # after locate: see `ensure_not_revoked`
         return event_stream(
             hub=request.state.hub,
             broker=services.broker,
             cluster=services.cluster,
             project_id=project_id,
-            since=since_or_none,
-            epoch=epoch,
+            start=start,
             expires_at=grant.expires_at,
+            generation=grant.generation,
         )
+    await _not_revoked(services, grant, project_id)
     since = _int_param(request, "since", 0)
     limit = min(_int_param(request, "limit", 1000), 10_000)
     history = await services.broker.read(project_id, since, epoch=epoch, limit=limit)
@@ -239,6 +244,13 @@ async def get_events(request: Request) -> Response:
             "events": [event.as_dict() for event in history.events],
         }
     )
+
+
+async def _not_revoked(services: Services, grant: TokenGrant, project_id: str) -> None:
+    try:
+        await ensure_not_revoked(services.manager.revocations, grant, project_id)
+    except Denied as exc:
+        raise ApiError(401, "unauthorized", str(exc)) from None
 
 
 async def post_event(request: Request) -> Response:
@@ -266,8 +278,18 @@ async def post_token(request: Request) -> Response:
     ttl = body.get("ttl_s")
     if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0):
         raise ApiError(400, "bad_request", "ttl_s must be a positive integer")
-    token, expires_at = services.tokens.mint(project_id, access, ttl)
+    generation = await services.manager.session_generation(project_id)
+    token, expires_at = services.tokens.mint(project_id, access, ttl, generation=generation)
     return json_response({"token": token, "expires_at": expires_at, "scope": access.value})
+
+
+async def revoke_tokens(request: Request) -> Response:
+    """End every session token of the project minted so far: refused from now on, on every instance,
+    and the sockets and SSE streams holding one are closed 1008."""
+    services = _services(request)
+    project_id = _project(request)
+    generation = await services.manager.revoke_sessions(project_id)
+    return json_response({"project_id": project_id, "generation": generation})
 
 
 def _int_param(request: Request, name: str, default: int) -> int:
@@ -328,4 +350,5 @@ routes = [
     Route("/api/workspaces/{project_id}/events", get_events, methods=["GET"]),
     Route("/api/workspaces/{project_id}/events", post_event, methods=["POST"]),
     Route("/api/workspaces/{project_id}/tokens", post_token, methods=["POST"]),
+    Route("/api/workspaces/{project_id}/tokens/revoke", revoke_tokens, methods=["POST"]),
 ]

@@ -38,6 +38,7 @@ from realtime.web.webhook_routes import webhook_routes
 from realtime.web.websocket import websocket_endpoint
 from realtime.webhooks.config import make_inbound, make_outbound, validate_webhook_settings
 from realtime.workspaces.manager import WorkspaceManager
+from realtime.workspaces.revocation import open_revocations
 from runtime.base import Runtime
 from runtime.errors import RuntimeFailure
 from runtime.workspace.lifecycle import LifecycleConfig
@@ -177,6 +178,7 @@ def create_app(
                 config=config,
                 http=probe_http,
                 preview_ttl_s=settings.preview_ttl_s,
+                revocations=open_revocations(the_broker, settings.root, retry_s=settings.redis_retry_s),
             )
             cluster = make_cluster(settings, the_broker, manager)
             outbound, inbound = make_outbound(settings), make_inbound(settings)

@@ -17,12 +17,14 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from realtime.core.tokens import Access, SessionTokens, TokenError, TokenGrant
+from realtime.workspaces.revocation import Generation, Revocations
 
 __all__ = [
     "SUBPROTOCOL",
     "BearerAuth",
     "Denied",
     "bearer_token",
+    "ensure_not_revoked",
     "offered_subprotocol",
     "project_grant",
     "subprotocol_token",
@@ -62,6 +64,21 @@ def project_grant(tokens: SessionTokens, token: str | None, project_id: str) -> 
     if not grant.allows(project_id, Access.read):
         raise Denied("token is for another project")
     return grant
+
+
+async def ensure_not_revoked(revocations: Revocations, grant: TokenGrant, project_id: str) -> None:
+    """Refuse a session token the project's session-token generation has revoked since it was minted.
+
+    Check after placing the subscriber in the log (`locate`): a revocation appended before that
+    point was recorded in the store before it was appended, so it is seen here; one appended after
+    it reaches the subscriber's stream and closes it.
+
+    Raises:
+        Denied: the token was revoked.
+        BrokerUnavailable: the generation could not be read (refused, not guessed).
+    """
+    if grant.generation is not None and grant.revoked_by(await revocations.current(Generation.session, project_id)):
+        raise Denied("token revoked; ask for a fresh one")
 
 
 def bearer_token(scope: Scope) -> str | None:

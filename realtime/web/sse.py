@@ -6,7 +6,7 @@ right after it. The first message is a `hello` event (`event: hello`) like the w
 
 The stream is written by the same writer as a websocket (`realtime.fanout.writer`), through
 `_StreamSink`: where a websocket would be closed (drained 1012, too slow 1013, log reset 1012, its
-session token expired 1008) the stream ends, and a comment line goes out after `KEEPALIVE_S` of
+session token expired or revoked 1008) the stream ends, and a comment line goes out after `KEEPALIVE_S` of
 silence. The response listens for the client's disconnect, which ends the writer at once.
 """
 
@@ -21,9 +21,9 @@ from starlette.types import Receive, Scope, Send
 
 from realtime.cluster.protocol import Cluster, project_snapshot
 from realtime.core.errors import ApiError
-from realtime.core.eventlog import Event
+from realtime.core.eventlog import Event, Start
 from realtime.core.frames import hello_for
-from realtime.fanout.hub import Hub, locate
+from realtime.fanout.hub import Hub
 from realtime.fanout.outbox import Closing
 from realtime.fanout.writer import write
 from realtime.log.broker import Broker
@@ -111,15 +111,15 @@ def event_stream(
     broker: Broker,
     cluster: Cluster,
     project_id: str,
-    since: int | None,
-    epoch: str | None,
+    start: Start,
     expires_at: int | None,
+    generation: int | None = None,
 ) -> Response:
-    """The project's events after `since` as SSE, ending at `expires_at` (a session token's expiry), if any."""
+    """The project's events from `start` (see `locate`) as SSE, ending at `expires_at` (a session token's
+    expiry), if any, or at a revocation of the token's `generation` (None: the service token's)."""
 
     async def stream(send: Send) -> None:
-        start = await locate(broker, project_id, since, epoch)
-        async with hub.subscribe(project_id, start.cursor, start.epoch) as outbox:
+        async with hub.subscribe(project_id, start.cursor, start.epoch, generation=generation) as outbox:
             snapshot = await project_snapshot(cluster, broker, project_id)
             hello = hello_for(project_id, start, snapshot)
             outbox.push_control(f"retry: {RETRY_MS}\n".encode() + b"event: hello\ndata: " + hello + b"\n\n")

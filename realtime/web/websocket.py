@@ -3,7 +3,7 @@
 Per socket, in one task group: the socket's own task reads (parses client frames and starts each
 op), and a second task writes (`realtime.fanout.writer`: replies and the project's events from the
 hub's outbox, gap-free by cursor, through `_SocketSink`; a drain waits for the ops in flight; a
-session token's expiry closes 1008). When either ends, both do.
+session token's expiry or revocation closes 1008). When either ends, both do.
 """
 
 from __future__ import annotations
@@ -34,13 +34,20 @@ from realtime.core.frames import (
     reply_ok,
 )
 from realtime.core.ops import OpArgs
-from realtime.core.tokens import TokenGrant
+from realtime.core.tokens import Access, TokenGrant
 from realtime.core.validation import parse_project_id
 from realtime.fanout.hub import Hub, locate
-from realtime.fanout.outbox import CLOSE_POLICY, CLOSE_RESTART, Closing, Outbox
+from realtime.fanout.outbox import CLOSE_POLICY, CLOSE_RESTART, TOKEN_REVOKED, Closing, Outbox
 from realtime.fanout.writer import write
 from realtime.web.api import Services
-from realtime.web.auth import Denied, bearer_token, offered_subprotocol, project_grant, subprotocol_token
+from realtime.web.auth import (
+    Denied,
+    bearer_token,
+    ensure_not_revoked,
+    offered_subprotocol,
+    project_grant,
+    subprotocol_token,
+)
 from realtime.workspaces import dispatch
 
 __all__ = ["websocket_endpoint"]
@@ -80,9 +87,14 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         return
     epoch = websocket.query_params.get("epoch") or None
     start = await locate(services.broker, project_id, since, epoch)
+    try:
+        await ensure_not_revoked(services.manager.revocations, grant, project_id)  # after locate: see there
+    except Denied as exc:
+        await websocket.close(CLOSE_POLICY, _reason(str(exc)))
+        return
     session = _Session(services, hub, websocket, project_id, grant)
     logs.bind(project_id=project_id, connection_id=session.connection_id)
-    async with hub.subscribe(project_id, start.cursor, start.epoch) as outbox:
+    async with hub.subscribe(project_id, start.cursor, start.epoch, generation=grant.generation) as outbox:
         snapshot = await project_snapshot(services.cluster, services.broker, project_id)
         outbox.push_control(hello_for(project_id, start, {**snapshot, "connection_id": session.connection_id}))
         logger.debug(
@@ -233,6 +245,8 @@ class _Session:
 
     async def _perform(self, op: Op, args: OpArgs) -> Any:
         spec = op.spec
+        if op.access is Access.write:
+            await self._still_granted()
         if not spec.forwarded:
             return await dispatch.execute(self.services.manager, self.project_id, spec.name, args)
         if not spec.shielded:
@@ -241,3 +255,17 @@ class _Session:
         # write without its `file` events: these run to their end (they are short).
         with anyio.CancelScope(shield=True):
             return await self.services.cluster.call(self.project_id, spec.name, args)
+
+    async def _still_granted(self) -> None:
+        """Before a write op: the token must not be revoked, even if its `revoked` event has not
+        reached this instance (cut off from Redis, it cannot read the generation: refused too).
+
+        Raises:
+            ApiError: 401, and the socket is closed 1008.
+        """
+        try:
+            await ensure_not_revoked(self.services.manager.revocations, self.grant, self.project_id)
+        except Denied as exc:
+            assert self._outbox is not None
+            self._outbox.close(TOKEN_REVOKED)
+            raise ApiError(401, "unauthorized", str(exc)) from None

@@ -147,7 +147,7 @@ async def _refresh(manager: WorkspaceManager, project_id: str, args: OpArgs) -> 
     assert isinstance(args, RefreshArgs)
     workspace = _require_workspace(manager, project_id)
     if args.revoke:
-        manager.revoke(project_id)
+        await manager.revoke(project_id)
     await workspace.refresh()
     await workspace.wait_settled()
     preview = workspace.resign_preview()

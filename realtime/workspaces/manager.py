@@ -1,4 +1,10 @@
-"""The registry of this process's workspaces: creates, supervises and stops them, signs their previews."""
+"""The registry of this process's workspaces: creates, supervises and stops them, signs their previews.
+
+Revocation (see `revocation.py`): a project's preview generation is read from the durable store
+when its workspace is created here, and kept in memory while it runs (previews are signed
+synchronously); revoking writes the store first. Revoking session tokens bumps the store and then
+appends a `revoked` event, which closes every subscriber of an earlier token on every instance.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +22,10 @@ from realtime.config import logs
 from realtime.core.eventlog import Event
 from realtime.core.signing import PreviewSigner, PreviewTarget
 from realtime.log.broker import Broker, BrokerUnavailable
+from realtime.workspaces.revocation import Generation, MemoryRevocations, Revocations
 from runtime import events
 from runtime.base import FileUpload, Runtime
+from runtime.events import EventKind
 from runtime.workspace.lifecycle import LifecycleConfig, State, Workspace
 
 __all__ = ["Appended", "WorkspaceManager"]
@@ -41,8 +49,11 @@ class WorkspaceManager:
         config: LifecycleConfig,
         http: httpx.AsyncClient,
         preview_ttl_s: int,
+        revocations: Revocations | None = None,
     ) -> None:
         self.runtime = runtime
+        #: Where revocation generations are kept; the app passes a durable one (`open_revocations`).
+        self.revocations: Revocations = revocations or MemoryRevocations()
         self.broker = broker
         self._signer = signer
         self._config = config
@@ -91,6 +102,7 @@ class WorkspaceManager:
             workspace = self._workspaces.get(project_id)
             created = workspace is None or workspace.state is State.stopped
             if created:
+                self.restore_generation(project_id, await self.revocations.current(Generation.preview, project_id))
                 workspace = Workspace(
                     project_id, self.runtime, self._emitter(project_id), self._config, self.sign, self._http
                 )
@@ -180,9 +192,31 @@ class WorkspaceManager:
         """Carry revocations over from the project's previous owner."""
         self._generations[project_id] = max(generation, self._generations.get(project_id, 0))
 
-    def revoke(self, project_id: str) -> None:
-        """Invalidate every preview URL signed for the project so far."""
-        self._generations[project_id] = self._generations.get(project_id, 0) + 1
+    async def revoke(self, project_id: str) -> None:
+        """Invalidate every preview URL signed for the project so far, durably (for every instance and restart).
+
+        Raises:
+            BrokerUnavailable, OSError: the revocation could not be recorded; nothing changed.
+        """
+        self.restore_generation(project_id, await self.revocations.bump(Generation.preview, project_id))
+
+    async def session_generation(self, project_id: str) -> int:
+        """The project's session-token generation now: what a token minted now carries."""
+        return await self.revocations.current(Generation.session, project_id)
+
+    async def revoke_sessions(self, project_id: str) -> int:
+        """Invalidate every session token minted for the project so far; return the new generation.
+
+        The store is bumped first (new connections with an earlier token are refused from then
+        on), then the `revoked` event closes the live ones wherever they are.
+
+        Raises:
+            BrokerUnavailable, OSError: not recorded (nothing changed), or recorded but the event not
+                appended (live subscribers stay until asked again): either way, ask again.
+        """
+        generation = await self.revocations.bump(Generation.session, project_id)
+        await self.append(project_id, EventKind.revoked, events.revoked(generation))
+        return generation
 
     async def resolve(self, project_key: str) -> PreviewTarget | None:
         project_id = self._keys.get(project_key)
