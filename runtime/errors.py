@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["FileNotFound", "NotADirectory", "PathError", "ProviderError", "RuntimeFailure"]
+__all__ = ["FileNotFound", "NotADirectory", "PathError", "ProviderError", "RuntimeFailure", "TooManyCommands"]
 
 
 class RuntimeFailure(Exception):
@@ -35,3 +35,10 @@ class WorkspaceBusy(RuntimeFailure):
     """The operation needs a sandbox the workspace does not have (yet, or any more)."""
 
     code = "conflict"
+
+
+class TooManyCommands(RuntimeFailure):
+    """The workspace already runs as many commands as it may (`LifecycleConfig.max_commands`); nothing was
+    started. Each running command holds processes and file descriptors of the server."""
+
+    code = "too_many_commands"

@@ -102,7 +102,9 @@ def make_runtime(settings: Settings) -> Runtime:
 async def _known_error(request: Request, exc: Exception) -> Response:
     error = error_for(exc)
     assert error is not None
-    return json_response(error.body(), error.status)
+    response = json_response(error.body(), error.status)
+    response.headers.update(error.headers())
+    return response
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -154,6 +156,7 @@ def create_app(
             start_timeout_s=settings.start_timeout_s,
             output_rate_bytes=settings.output_rate_bytes,
             output_burst_bytes=settings.output_burst_bytes,
+            max_commands=settings.max_commands,
         )
         async with (
             httpx.AsyncClient(
