@@ -103,18 +103,24 @@ async def short_timeouts(tmp_path: Path) -> AsyncIterator[Running]:
 
 
 @pytest.mark.parametrize(
-    "sent",
-    [b"", b"GET /healthz HTTP/1.1\r\n", b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "],
+    ("sent", "status"),
+    [
+        (b"", None),
+        (b"GET /healthz HTTP/1.1\r\n", 408),
+        (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ", 408),
+    ],
     ids=["nothing", "request-line", "half-a-header"],
 )
-async def test_a_connection_that_never_finishes_its_head_is_closed(short_timeouts: Running, sent: bytes) -> None:
-    """A client that opens a connection and sends nothing, or part of a request head, is disconnected
-    after WORKSPACE_HTTP_HEADER_TIMEOUT_S, and the server keeps answering others."""
+async def test_a_connection_that_never_finishes_its_head_is_closed(
+    short_timeouts: Running, sent: bytes, status: int | None
+) -> None:
+    """A client that opens a connection and sends nothing (closed silently), or part of a request head
+    (408), is disconnected after WORKSPACE_HTTP_HEADER_TIMEOUT_S; the server keeps answering others."""
     async with raw_connection(port_of(short_timeouts.url)) as stream:
         if sent:
             await stream.send(sent)
         answer = await read_until_closed(stream)
-    assert answer == b"" or status_of(answer) == 408
+    assert (status_of(answer) if answer else None) == status
     assert (await short_timeouts.client.get("/healthz")).status_code == 200
 
 
