@@ -14,6 +14,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from realtime.core.signing import PreviewSigner
+from realtime.web.console import content_security_policy
+from realtime.web.hosts import ServiceHosts, hostname
 from tests.harness import Running, make_settings, running_server
 from tests.rawhttp import port_of
 
@@ -121,3 +123,44 @@ async def test_console_responses_carry_a_csp_and_nosniff(server: Running) -> Non
     asset = await server.client.get("/static/console.js")
     assert asset.headers["x-content-type-options"] == "nosniff"
     assert asset.headers["access-control-allow-origin"] == "*"
+
+
+# -- the pure parts ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "name"),
+    [
+        ("Example.COM:8080", "example.com"),
+        ("example.com.", "example.com"),
+        ("[::1]:8000", "::1"),
+        ("[::1]", "::1"),
+        ("127.0.0.1", "127.0.0.1"),
+        ("", None),
+        (":80", None),
+        ("example.com:http", None),
+        ("[::1", None),
+        ("[::1]x", None),
+        ("::1", None),
+    ],
+)
+def test_hostname_of_a_host_header(host: str, name: str | None) -> None:
+    """A Host value gives its lowercased name without port, brackets or trailing dot; a malformed one gives None."""
+    assert hostname(host) == name
+
+
+def test_service_hosts_are_the_configured_host_and_loopback() -> None:
+    """Only the service URL's host (any port) and loopback are service hosts; look-alikes are not."""
+    hosts = ServiceHosts("https://user@Workspaces.Example.com:8443/base")
+    for host in ("workspaces.example.com", "workspaces.example.com:1", "localhost", "127.0.0.5:9", "[::1]"):
+        assert host in hosts, host
+    for host in ("example.com", "workspaces.example.com.evil", "x.localhost", "0.0.0.0", "[::]", "", "user"):
+        assert host not in hosts, host
+
+
+def test_the_csp_frames_only_the_preview_domain() -> None:
+    """frame-src is the preview template with its slug (and any label before it) as a wildcard."""
+    policy = content_security_policy("https://ws.example.com", "https://app.{slug}.preview.example.com")
+    assert "frame-src https://*.preview.example.com;" in policy
+    assert "connect-src 'self' wss://ws.example.com;" in policy
+    assert "unsafe" not in policy
