@@ -12,6 +12,7 @@ __all__ = [
     "PathError",
     "ProviderError",
     "RuntimeFailure",
+    "TooManyCommands",
 ]
 
 
@@ -73,3 +74,10 @@ class WorkspaceBusy(RuntimeFailure):
     """The operation needs a sandbox the workspace does not have (yet, or any more)."""
 
     code = "conflict"
+
+
+class TooManyCommands(RuntimeFailure):
+    """The workspace already runs as many commands as it may (`LifecycleConfig.max_commands`); nothing was
+    started. Each running command holds processes and file descriptors of the server."""
+
+    code = "too_many_commands"

@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from playwright.async_api import Page, async_playwright, expect
+from playwright.async_api import ConsoleMessage, Page, async_playwright, expect
 
 from tests.browser import launch_args
 from tests.conftest import REDIS_URL, delete_prefix
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 MESSAGE = (FIXTURE_APP / "message.txt").read_text().strip()
 STREAM = "for i in $(seq 1 3000); do echo line $i; sleep 0.01; done"
-#: Playwright's own waits (expect, wait_for_function) use this ceiling; they return as soon as true.
+#: Playwright's own waits (expect) and `_wait_for` use this ceiling; they return as soon as true.
 WAIT_MS = 60_000
 
 
@@ -58,6 +58,23 @@ async def _serve(port: int, env: dict[str, str], log: Path) -> AsyncIterator[Non
                 process.send_signal(signal.SIGTERM)
             with anyio.fail_after(30):
                 await process.wait()
+
+
+async def _wait_for(page: Page, predicate: str) -> None:
+    """Until the JS expression `predicate` holds in the page, checked every frame (as `wait_for_function`
+    does; that one evals its string in the page, which the console's CSP forbids)."""
+    with anyio.fail_after(WAIT_MS / 1000):
+        await page.evaluate(f"async () => {{ while (!({predicate})) await new Promise(requestAnimationFrame); }}")
+
+
+def _watch_errors(page: Page, errors: list[str]) -> None:
+    """Collect the page's uncaught errors and every Content-Security-Policy violation it reports."""
+    def on_console(message: ConsoleMessage) -> None:
+        if "Content Security Policy" in message.text:
+            errors.append(message.text)
+
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", on_console)
 
 
 async def _sign_in(page: Page, base: str, token: str = TOKEN) -> None:
@@ -139,7 +156,7 @@ async def test_console_follows_a_workspace_across_a_server_restart(tmp_path: Pat
             browser = await playwright.chromium.launch(**launch_args())
             try:
                 page = await browser.new_page(viewport={"width": 1440, "height": 900})
-                page.on("pageerror", lambda error: errors.append(str(error)))
+                _watch_errors(page, errors)
                 async with _serve(port, env, tmp_path / "server.log"):
                     await _sign_in(page, base)
                     await page.get_by_test_id("create-project").fill("console-e2e")
@@ -182,10 +199,8 @@ async def test_console_follows_a_workspace_across_a_server_restart(tmp_path: Pat
                     # A command streaming across the restart.
                     await page.get_by_test_id("command-input").fill(STREAM)
                     await page.get_by_test_id("command-run").click()
-                    await page.wait_for_function(
-                        "window.__console.lines().filter((l) => /^line \\d+$/.test(l.text)).length >= 50",
-                        timeout=WAIT_MS,
-                    )
+                    streamed = "window.__console.lines().filter((l) => /^line \\d+$/.test(l.text)).length >= 50"
+                    await _wait_for(page, streamed)
                 # The server is gone: the page says so instead of pretending to be live.
                 connection = page.get_by_test_id("connection")
                 await expect(connection).to_have_attribute("data-state", "reconnecting", timeout=WAIT_MS)
@@ -201,7 +216,7 @@ async def test_console_follows_a_workspace_across_a_server_restart(tmp_path: Pat
                     await expect(dev.filter(has_text="listening on")).to_have_count(2, timeout=WAIT_MS)
 
                     latest, events = await _all_events(base, "console-e2e")
-                    await page.wait_for_function(f"window.__console.seq() >= {latest}", timeout=WAIT_MS)
+                    await _wait_for(page, f"window.__console.seq() >= {latest}")
                     shown = await page.evaluate("window.__console.lines()")
                     connections = await page.evaluate("window.__console.connections()")
             finally:
@@ -236,7 +251,7 @@ async def test_console_survives_a_flood_and_shows_a_history_reset(tmp_path: Path
             try:
                 page = await browser.new_page(viewport={"width": 1440, "height": 900})
                 errors: list[str] = []
-                page.on("pageerror", lambda error: errors.append(str(error)))
+                _watch_errors(page, errors)
                 await _sign_in(page, server.url, server.settings.token)
 
                 await page.goto(server.url + "/#/w/trimmed")
@@ -248,10 +263,7 @@ async def test_console_survives_a_flood_and_shows_a_history_reset(tmp_path: Path
                 await page.get_by_test_id("command-input").fill("seq 1 30000")
                 await page.get_by_test_id("command-run").click()
                 await expect(page.get_by_test_id("command-result")).to_have_text("exit 0", timeout=WAIT_MS)
-                await page.wait_for_function(
-                    "window.__console.lines().filter((l) => l.source === 'command').length === 30000",
-                    timeout=WAIT_MS,
-                )
+                await _wait_for(page, "window.__console.lines().filter((l) => l.source === 'command').length === 30000")
                 pane = page.locator('.pane[data-pane^="cmd:"]:not([hidden])')
                 await expect(pane.locator(".line .text").last).to_have_text("30000")
                 key = await pane.get_attribute("data-pane")

@@ -11,23 +11,36 @@ from runtime.errors import (
     PathError,
     ProviderError,
     RuntimeFailure,
+    TooManyCommands,
     WorkspaceBusy,
 )
 
-__all__ = ["INTERNAL", "ApiError", "BrokerUnavailable", "error_for", "from_runtime"]
+__all__ = ["INTERNAL", "RETRY_AFTER_S", "ApiError", "BrokerUnavailable", "error_for", "from_runtime"]
+
+#: What a 429 tells the client to wait before trying again, in seconds, when its refusal names no time.
+RETRY_AFTER_S = 1
 
 
 class ApiError(Exception):
-    """An error answered as `{"error": {"code", "message"}}` with `status`."""
+    """An error answered as `{"error": {"code", "message"}}` with `status`.
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    Every 429 has a `retry_after_s` (HTTP `Retry-After`), `RETRY_AFTER_S` unless given: so does one
+    rebuilt from its status alone after crossing instances.
+    """
+
+    def __init__(self, status: int, code: str, message: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after_s = RETRY_AFTER_S if retry_after_s is None and status == 429 else retry_after_s
 
     def body(self) -> dict[str, dict[str, str]]:
         return {"error": {"code": self.code, "message": self.message}}
+
+    def headers(self) -> dict[str, str]:
+        """The HTTP headers the error is answered with (`Retry-After` when there is a time to wait)."""
+        return {} if self.retry_after_s is None else {"retry-after": str(self.retry_after_s)}
 
 
 class BrokerUnavailable(Exception):
@@ -45,6 +58,7 @@ _STATUS: list[tuple[type[RuntimeFailure], int]] = [
     (WorkspaceBusy, 409),
     (FileTooLarge, 413),
     (FileOpTimeout, 504),
+    (TooManyCommands, 429),
     (ProviderError, 502),
 ]
 

@@ -1,4 +1,4 @@
-"""The application factory: the lifespan owns every resource; requests are dispatched by host."""
+"""The application factory: the lifespan owns every resource; requests are dispatched by host (`hosts.py`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import WebSocketRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from realtime.cluster.protocol import Cluster
 from realtime.cluster.redis_cluster import RedisCluster
@@ -34,6 +33,7 @@ from realtime.preview.gateway import PreviewGateway
 from realtime.web.api import Services, json_response, routes
 from realtime.web.auth import BearerAuth
 from realtime.web.console import console_routes
+from realtime.web.hosts import HostRouting, ServiceHosts
 from realtime.web.webhook_routes import webhook_routes
 from realtime.web.websocket import websocket_endpoint
 from realtime.webhooks.config import make_inbound, make_outbound, validate_webhook_settings
@@ -108,7 +108,9 @@ def make_runtime(settings: Settings) -> Runtime:
 async def _known_error(request: Request, exc: Exception) -> Response:
     error = error_for(exc)
     assert error is not None
-    return json_response(error.body(), error.status)
+    response = json_response(error.body(), error.status)
+    response.headers.update(error.headers())
+    return response
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -120,21 +122,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _internal_error(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return json_response(INTERNAL.body(), INTERNAL.status)
-
-
-class PreviewHosts:
-    """Pure ASGI middleware: requests for a preview host go to the gateway, all others on inward."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self._app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
-            gateway: PreviewGateway = scope["state"]["gateway"]
-            if gateway.is_preview_request(scope):
-                await gateway(scope, receive, send)
-                return
-        await self._app(scope, receive, send)
 
 
 def create_app(
@@ -161,6 +148,7 @@ def create_app(
             start_timeout_s=settings.start_timeout_s,
             output_rate_bytes=settings.output_rate_bytes,
             output_burst_bytes=settings.output_burst_bytes,
+            max_commands=settings.max_commands,
         )
         async with (
             httpx.AsyncClient(
@@ -214,10 +202,16 @@ def create_app(
 
     app = Starlette(
         routes=[
-            *webhook_routes, *routes, WebSocketRoute("/ws/projects/{project_id}", websocket_endpoint), *console_routes()
+            *webhook_routes,
+            *routes,
+            WebSocketRoute("/ws/projects/{project_id}", websocket_endpoint),
+            *console_routes(settings),
         ],
         lifespan=lifespan,
-        middleware=[Middleware(PreviewHosts), Middleware(BearerAuth, tokens=tokens)],
+        middleware=[
+            Middleware(HostRouting, service_hosts=ServiceHosts(settings.service_url)),
+            Middleware(BearerAuth, tokens=tokens),
+        ],
         exception_handlers={
             ApiError: _known_error,
             RuntimeFailure: _known_error,

@@ -7,6 +7,7 @@ handler `realtime.config.logs.configure` installs, in its format (text or JSON),
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 from typing import Any
@@ -18,6 +19,7 @@ from starlette.applications import Starlette
 from realtime.config.logs import Redact
 from realtime.config.settings import Settings
 from realtime.fanout.hub import Hub
+from realtime.web.http_protocol import HttpProtocol
 
 __all__ = ["Server", "uvicorn_config"]
 
@@ -25,12 +27,17 @@ logger = logging.getLogger(__name__)
 
 
 def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvicorn.Config:
-    """uvicorn's configuration: frame limit, keepalive pings and shutdown grace from the settings."""
+    """uvicorn's configuration: connection limits, frame limit, keepalive pings and shutdown grace from
+    the settings. HTTP is h11 with a request-head deadline (`realtime.web.http_protocol`)."""
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "lifespan": "on",
         "proxy_headers": False,
+        "http": functools.partial(HttpProtocol, header_timeout_s=settings.http_header_timeout_s),
+        # Past this many open connections or running requests, requests and upgrades get 503.
+        "limit_concurrency": settings.http_limit_concurrency,
+        "timeout_keep_alive": settings.http_keepalive_s,
         "ws_max_size": settings.ws_max_frame_bytes,
         "ws_ping_interval": settings.ws_ping_interval_s or None,
         "ws_ping_timeout": settings.ws_ping_timeout_s or None,

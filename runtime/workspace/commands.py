@@ -1,7 +1,9 @@
 """Running commands in a sandbox: output as `log` events, a timeout that kills the group, kill.
 
 `Commands` is a workspace's table of running commands: a command is in it from just before its
-`started` event until just after its `exited` event, which comes after all its output.
+`started` event until just after its `exited` event, which comes after all its output. At most
+`max_running` commands run at once (each holds processes and server file descriptors): one more is
+refused with `TooManyCommands` before anything of it starts or is announced.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import anyio
 
 from runtime import events
 from runtime.base import Process, Sandbox, Stream
-from runtime.errors import FileNotFound, RuntimeFailure
+from runtime.errors import FileNotFound, RuntimeFailure, TooManyCommands
 from runtime.events import Emit, EventKind, LogSource
 from runtime.workspace.steps import KILL_GRACE_S, Spawn, end_process
 
@@ -124,14 +126,16 @@ async def _exited(run: CommandRun, emit: Emit) -> None:
 
 
 class Commands:
-    """A workspace's running commands by id. Output and `started` go to `emit_output` (the output
-    budget), `exited` to `emit`; `spawn` runs the task that waits for each command's end."""
+    """A workspace's running commands by id, at most `max_running` at once. Output and `started` go to
+    `emit_output` (the output budget), `exited` to `emit`; `spawn` runs the task that waits for each
+    command's end."""
 
-    def __init__(self, emit_output: Emit, emit: Emit, spawn: Spawn) -> None:
+    def __init__(self, emit_output: Emit, emit: Emit, spawn: Spawn, *, max_running: int) -> None:
         self.running: dict[str, CommandRun] = {}
         self._emit_output = emit_output
         self._emit = emit
         self._spawn = spawn
+        self._max_running = max_running
 
     async def start(
         self, sandbox: Sandbox, argv: list[str], *, cwd: str | None, env: Mapping[str, str], timeout_s: float
@@ -140,9 +144,16 @@ class Commands:
 
         Raises:
             FileNotFound: `cwd` is not a directory of the workspace.
+            TooManyCommands: `max_running` commands are running; nothing was started.
         """
         if cwd is not None and not await sandbox.is_dir(cwd):
             raise FileNotFound(f"cwd {cwd!r} is not a directory of the workspace")
+        # Counted and claimed with no await in between, so concurrent starts cannot overshoot.
+        running = sum(1 for run in self.running.values() if not run.done.is_set())
+        if running >= self._max_running:
+            raise TooManyCommands(
+                f"the workspace already runs {running} commands, its limit; wait for one to exit or kill one"
+            )
         run = CommandRun(command_id=new_command_id(), argv=argv, cwd=cwd)
         self.running[run.command_id] = run
         await start_command(sandbox, run, self._emit_output, env=env)

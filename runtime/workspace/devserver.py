@@ -97,8 +97,9 @@ class DevServer:
                     return
                 with anyio.move_on_after(PROBE_INTERVAL_S):
                     await exited.wait()
+            # The command line is not quoted: the detail reaches every viewer and webhook.
             raise StepFailed(
-                f"dev server (`{self._command}`) exited with code {process.returncode} "
+                f"the dev server exited with code {process.returncode} "
                 f"before answering HTTP on port {port}; see the dev log"
             )
         await self.stop()

@@ -2,8 +2,10 @@
 
 The install is needed unless the install marker (`INSTALL_MARKER`, under node_modules) holds the
 sha256 of the current package.json; a successful install writes that marker. A failed install
-raises `StepFailed` whose detail quotes the last error line of its stderr; its output goes out as
-`log` events with `source: install`.
+raises `StepFailed` whose detail gives the exit code and quotes the last error line of its stderr
+(cut to `REASON_CHARS`), never the command line: the detail reaches every viewer and webhook, and an
+operator's command may carry a registry token. Its output goes out as `log` events with
+`source: install`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ __all__ = ["InstallStep", "package_sha"]
 
 #: Lines of the install's stderr kept to explain a failure.
 STDERR_TAIL = 20
+#: The most of one stderr line a failure's detail quotes.
+REASON_CHARS = 300
 
 
 def package_sha(content: bytes) -> str:
@@ -76,9 +80,9 @@ class InstallStep:
             code = await process.wait()
         if scope.cancelled_caught:
             await end_process(process)
-            raise StepFailed(f"`{self._command}` timed out after {self._timeout_s:g}s")
+            raise StepFailed(f"the install command timed out after {self._timeout_s:g}s; see the install log")
         if code != 0:
             errors = [line for line in tail if "ERR" in line] or list(tail)
-            reason = errors[-1] if errors else "no error output"
-            raise StepFailed(f"`{self._command}` exited with code {code}: {reason}")
+            reason = errors[-1][:REASON_CHARS] if errors else "no error output"
+            raise StepFailed(f"the install command exited with code {code} ({reason}); see the install log")
         await self._sandbox.write_files([FileUpload(INSTALL_MARKER, package_sha(package).encode())])

@@ -61,6 +61,8 @@ class LifecycleConfig:
     #: The output budget shared by every log source of the workspace (see `runtime.workspace.budget`).
     output_rate_bytes: float = 1024 * 1024
     output_burst_bytes: int = 16 * 1024 * 1024
+    #: Commands that may run at once in the workspace (`WORKSPACE_MAX_COMMANDS`).
+    max_commands: int = 32
 
 
 #: Builds the preview event's `url` and `expires_at` for a ready dev server of a project on a port.
@@ -90,7 +92,7 @@ class Workspace:
         self._sign_preview = sign_preview
         self._http = http
         self._output = OutputGate(emit, OutputBudget(config.output_rate_bytes, config.output_burst_bytes), self._spawn)
-        self._commands = Commands(self._output.emit, emit, self._spawn)
+        self._commands = Commands(self._output.emit, emit, self._spawn, max_running=config.max_commands)
         self._dev: DevServer | None = None
         self._pending: list[FileUpload] = []
         self._converging = False
