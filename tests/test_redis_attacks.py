@@ -1,8 +1,10 @@
 """Redis as a weak point, tried as an attacker (or an accident) would: a project that floods its history
-with big events, a lost or rolled-back `seq` key, a full Redis, a hole in a project's stream."""
+with big events, a lost or rolled-back `seq` key, a full Redis, a hole in a project's stream, and
+REDIS_URLs with TLS and ACL passwords that must never be shown."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -20,6 +22,8 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from realtime.check import check_redis
+from realtime.config.masking import effective_config, mask_url
 from realtime.core.errors import BrokerUnavailable
 from realtime.core.eventlog import Event, History, ProjectLog, start_from
 from realtime.fanout.hub import Hub
@@ -28,10 +32,11 @@ from realtime.log.memory import MemoryBroker
 from realtime.log.redis_broker import RedisBroker
 from realtime.log.window import Delivery, FollowWindow, Read, Refreshed
 from realtime.publisher import Publisher
+from realtime.redis.connection import connect
 from realtime.redis.keys import RedisKeys
 from realtime.web.app import make_broker
 from tests.conftest import REDIS_URL, delete_prefix
-from tests.harness import FIXTURE_APP, TOKEN, make_settings
+from tests.harness import FIXTURE_APP, TOKEN, fixture_files, make_settings, running_server
 from tests.procs import free_port
 from tests.wsclient import assert_contiguous, open_peer
 
@@ -404,3 +409,107 @@ async def test_garbage_on_a_projects_channel_or_in_its_stream_stalls_only_that_p
             with anyio.fail_after(10):
                 await broker.wait_after("good", 1, epoch=epochs["good"])
             assert [e.seq for e in (await broker.read("good", 1)).events] == [2]
+
+
+# --- 4. TLS, ACL users, and passwords never shown ---------------------------------------------------
+
+PASSWORD = "Zq7Kd#Kx9/Wv3?Mp5"
+PIECES = ("Zq7Kd", "Kx9", "Wv3", "Mp5")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"redis://:{PASSWORD}@127.0.0.1:6379/0",
+        f"redis://app:{PASSWORD}@127.0.0.1:6379/0",
+        f"rediss://app:{PASSWORD}@redis.internal:6380/0?ssl_cert_reqs=required",
+        "redis://app:Zq7Kd:Kx9/Wv3@127.0.0.1:6379",
+    ],
+)
+async def test_a_password_with_unescaped_characters_is_never_shown(url: str) -> None:
+    """A password with unescaped `#`, `/`, `?` or `:` shows nowhere: not masked, not in a startup error, nor `check`."""
+    shown = [mask_url(url)]
+    with pytest.raises(ValueError) as refused:
+        connect(url)
+    error: BaseException | None = refused.value
+    while error is not None:
+        shown.append(str(error))
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    shown.append((await check_redis(url, wait_s=0.5)).detail)
+    settings = make_settings(Path("/tmp"), 0, REDIS_URL=url)
+    shown += [value for _name, value in effective_config(settings, {"REDIS_URL": url})]
+    for text in shown:
+        assert not any(piece in text for piece in PIECES), text
+
+
+async def _tls_files(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "redis.crt", directory / "redis.key"
+    argv = [
+        "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+        "-addext", "subjectAltName=IP:127.0.0.1",
+    ]  # fmt: skip
+    await anyio.run_process(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return cert, key
+
+
+#: What README's "What Redis must be" asks of the service's ACL user (with the default prefix `qai`).
+ACL = ("~qai:*", "&qai:*", "+@all", "-@dangerous", "+info")
+
+
+@asynccontextmanager
+async def tls_redis(directory: Path, port: int, password: str) -> AsyncIterator[str]:
+    """A private redis-server speaking TLS only, whose one user is `app` (`password`, the ACL of the README)."""
+    cert, key = await _tls_files(directory)
+    argv = [
+        "redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+        "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+        "--tls-auth-clients", "no", "--save", "", "--appendonly", "no",
+        "--user", "default", "off", "--user", "app", "on", f">{password}", *ACL,
+    ]  # fmt: skip
+    url = f"rediss://app:{password}@127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+    async with await anyio.open_process(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as process:
+        client = aioredis.Redis.from_url(url)
+        try:
+            with anyio.fail_after(10):
+                while True:
+                    try:
+                        await client.ping()
+                        break
+                    except (aioredis.ConnectionError, OSError):
+                        await anyio.sleep(0.05)
+        finally:
+            await client.aclose()
+        try:
+            yield url
+        finally:
+            process.terminate()
+            await process.wait()
+
+
+async def test_rediss_with_an_acl_user_serves_and_the_password_is_never_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """REDIS_URL `rediss://user:password@…` (TLS, ACL user) works end to end; its password reaches no log, nor check."""
+    caplog.set_level(logging.DEBUG)
+    password = "Pw-" + secrets.token_hex(12)
+    async with tls_redis(tmp_path, free_port(), password) as url:
+        assert password not in (await check_redis(url)).detail
+        assert (await check_redis(url)).ok is True
+        wrong = url.replace(password, "not-the-password")
+        refused = await check_redis(wrong)
+        assert refused.ok is False and "not-the-password" not in refused.detail
+        plain = await check_redis(url.replace("rediss://", "redis://"), wait_s=1)
+        assert plain.ok is False and password not in plain.detail
+        settings = lambda port: make_settings(tmp_path / "root", port, REDIS_URL=url)  # noqa: E731
+        async with running_server(settings) as server:
+            body = await server.provision("demo", fixture_files())  # a lease, the registry, the log
+            assert body["state"] == "ready"
+            async with open_peer(server.ws_url("demo", token=server.settings.token, since=0)) as peer:
+                for n in range(5):
+                    await server.client.post("/api/workspaces/demo/events", json={"type": "n", "data": n})
+                await peer.until_event(lambda event: event["data"] == {"type": "n", "data": 4})
+                assert_contiguous(peer.events, 0)
+            assert (await server.client.get("/readyz")).status_code == 200
+            assert (await server.client.delete("/api/workspaces/demo")).status_code == 204
+    assert password not in caplog.text
