@@ -214,7 +214,13 @@ async def check_redis(url: str | None, wait_s: float = 3.0) -> Finding:
     from redis.backoff import NoBackoff
     from redis.exceptions import RedisError
 
+    from realtime.redis.connection import check_url
+
     shown = mask_url(url)
+    try:
+        check_url(url)
+    except ValueError as exc:
+        return Finding(name, False, str(exc))  # never redis-py's own words: they may quote the password
     try:
         client = aioredis.Redis.from_url(
             url,
@@ -223,8 +229,8 @@ async def check_redis(url: str | None, wait_s: float = 3.0) -> Finding:
             retry_on_timeout=False,
             retry=Retry(NoBackoff(), 0),
         )
-    except (ValueError, TypeError) as exc:
-        return Finding(name, False, f"{shown}: malformed REDIS_URL: {exc}")
+    except (ValueError, TypeError):
+        return Finding(name, False, f"{shown}: malformed REDIS_URL")
     try:
         with anyio.fail_after(wait_s):
             await client.ping()

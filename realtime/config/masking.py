@@ -105,19 +105,26 @@ def mask_url(url: str | None) -> str:
 
     `redis://:pass@host:6379/0` → `redis://:****@host:6379/0`; `redis://user:pass@h` → `redis://user:****@h`;
     a userinfo without `:` (`redis://pass@h`, which some write meaning a password) is masked whole.
+    The userinfo runs to the LAST `@` after `scheme://`, whatever comes between: a password holding an
+    unescaped `/`, `?`, `#` or `:` (which a URL parser reads as the path, query, fragment or port) is
+    masked whole all the same.
     """
     if not url:
         return "(unset)"
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hostpart = rest.rpartition("@")
+    if sep and at:
+        user, colon, password = userinfo.partition(":")
+        if "/" in user or "?" in user or "#" in user:
+            userinfo = MASK
+        else:
+            userinfo = f"{user}:{MASK}" if colon and password else (f"{user}:" if colon else MASK)
+        url = f"{scheme}://{hostpart}"
     try:
         parts = urlsplit(url)
     except ValueError:
         return MASK + " (unparsable URL)"
-    netloc = parts.netloc
-    userinfo, at, hostport = netloc.rpartition("@")
-    if at:
-        user, colon, password = userinfo.partition(":")
-        userinfo = f"{user}:{MASK}" if colon and password else (f"{user}:" if colon else MASK)
-        netloc = f"{userinfo}@{hostport}"
+    netloc = f"{userinfo}@{parts.netloc}" if sep and at else parts.netloc
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)

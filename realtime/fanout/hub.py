@@ -5,9 +5,10 @@ last) that reads each new event from the broker once and offers the same `Event`
 encoded once) to every outbox of the project (see `outbox.py`: offering never waits, a full outbox
 catches up from history). The pump closes its outboxes when it cannot go on: 1012 when the log's
 epoch changed (Redis lost it), 1013 for an overflowed outbox whose cursor left the retained
-history, 1011 when the broker fails in a way it does not retry itself (new subscribers then get a
-new feed), 1008 for those whose session token a `revoked` event it reads revokes. `drain()` wakes
-every subscriber's writer to flush and close (see `writer.py`).
+history, 1011 when the broker fails in a way it does not retry itself, or answers a read without
+progress (new subscribers then get a new feed): a pump never goes round without progress; 1008
+for those whose session token a `revoked` event it reads revokes. `drain()` wakes every
+subscriber's writer to flush and close (see `writer.py`).
 """
 
 from __future__ import annotations
@@ -169,6 +170,10 @@ class Hub:
                     outbox.wake()
                 continue
             if not history.events:
+                if history.latest > feed.position:
+                    # The log says it holds more but hands none: a broken log must never spin the pump
+                    # (that stalls every project of the process). Its sockets are closed to resume.
+                    raise RuntimeError(f"the log holds events after {feed.position} but returned none")
                 continue
             feed.position = history.events[-1].seq
             revoked = revoked_in(history.events)

@@ -31,8 +31,8 @@ MAX_TYPE_LENGTH = 128
 class Publisher:
     """Appends `custom` events `{type, data}`; use as an async context manager, or call `aclose()`.
 
-    `prefix`, `max_events` and `ttl_s` must match the servers' `WORKSPACE_REDIS_PREFIX`,
-    `WORKSPACE_HISTORY_EVENTS` and `WORKSPACE_REDIS_TTL_S`.
+    `prefix`, `max_events`, `max_bytes` and `ttl_s` must match the servers' `WORKSPACE_REDIS_PREFIX`,
+    `WORKSPACE_HISTORY_EVENTS`, `WORKSPACE_HISTORY_BYTES` and `WORKSPACE_REDIS_TTL_S`.
     """
 
     def __init__(
@@ -41,13 +41,14 @@ class Publisher:
         *,
         prefix: str = "qai",
         max_events: int = 100_000,
+        max_bytes: int = 10 * 1024 * 1024,
         ttl_s: int = 7 * 24 * 3600,
         max_event_bytes: int = 256 * 1024,
         retry_s: float = 30.0,
     ) -> None:
         self._redis = connect(url)
         self._appender = RedisAppender(
-            self._redis, RedisKeys(prefix), max_events=max_events, ttl_s=ttl_s, retry_s=retry_s
+            self._redis, RedisKeys(prefix), max_events=max_events, max_bytes=max_bytes, ttl_s=ttl_s, retry_s=retry_s
         )
         self._max_event_bytes = max_event_bytes
 

@@ -9,7 +9,8 @@ Keys (all from `RedisKeys`): per project `…:seq`, `…:epoch`, `…:log` and c
 
 Invariants:
 
-- an append is one Lua script, so every instance sees one gap-free order;
+- an append is one Lua script, so every instance sees one gap-free order; the stream keeps the
+  shape stream.py states (no hole, at most `max_events` and `max_bytes`), and so does each window;
 - a followed project's channel is subscribed once however many sockets follow it, and dropped when
   the last follower leaves; its deliveries go to its window, which holds back anything after a hole
   until the refresher has read the gap from the stream, and ignores duplicates: readers see every
@@ -18,7 +19,10 @@ Invariants:
   epoch, and readers learn it instead of seeing seq restart silently;
 - when the subscription is rebuilt every window is marked stale and re-read (pub/sub is
   at-most-once); readers are served from the stream meanwhile;
-- at most one refresh runs per window (its state machine refuses a second).
+- at most one refresh runs per window (its state machine refuses a second);
+- one project's bad state stays its own: a malformed message on its channel makes its window re-read
+  the stream, and a refresh that fails other than by a Redis outage fails only its followers
+  (`wait_after` raises; the hub closes their sockets 1011), never the refresher of every project.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from redis.exceptions import RedisError
 from realtime.core.errors import BrokerUnavailable
 from realtime.core.eventlog import Event, History
 from realtime.log.append import RedisAppender
-from realtime.log.read import RedisReader, parse_published
+from realtime.log.read import MalformedFrame, RedisReader, parse_published
 from realtime.log.window import Delivery, FollowWindow, Read, Refreshed
 from realtime.redis.connection import connect
 from realtime.redis.keys import RedisKeys
@@ -52,14 +56,16 @@ REFRESH_RETRY_S = 0.1
 
 
 class _Followed:
-    """A followed project: its window, its followers, and the event its readers wait on."""
+    """A followed project: its window, its followers, the event its readers wait on, and why it cannot
+    be followed any more (a refresh that failed in a way retrying does not mend)."""
 
-    __slots__ = ("changed", "refs", "window")
+    __slots__ = ("changed", "failure", "refs", "window")
 
     def __init__(self, window: FollowWindow) -> None:
         self.window = window
         self.refs = 0
         self.changed = anyio.Event()
+        self.failure: Exception | None = None
 
     def wake(self) -> None:
         changed, self.changed = self.changed, anyio.Event()
@@ -72,6 +78,7 @@ class RedisBroker:
     Args:
         prefix: of every key and channel (`WORKSPACE_REDIS_PREFIX`).
         max_events: the events each project's stream retains.
+        max_bytes: the bytes of frames each project's stream (and each window) retains at most.
         ttl_s: how long an idle project's keys live.
         window: the most recent events each followed project keeps in memory (at most `max_events`).
         retry_s: how long a command rides out a Redis outage before `BrokerUnavailable`.
@@ -84,6 +91,7 @@ class RedisBroker:
         *,
         prefix: str = "qai",
         max_events: int = 100_000,
+        max_bytes: int = 10 * 1024 * 1024,
         ttl_s: int = 7 * 24 * 3600,
         window: int = 4096,
         retry_s: float = 30.0,
@@ -92,12 +100,14 @@ class RedisBroker:
         self.keys = RedisKeys(prefix)
         self.instance = instance or secrets.token_hex(6)
         self._redis = connect(url, client_name=f"{prefix}:{self.instance}")
-        self._appender = RedisAppender(self._redis, self.keys, max_events=max_events, ttl_s=ttl_s, retry_s=retry_s)
-        self._reader = RedisReader(self._redis, self.keys, max_events=max_events, ttl_s=ttl_s, retry_s=retry_s)
+        retention = {"max_events": max_events, "max_bytes": max_bytes, "ttl_s": ttl_s, "retry_s": retry_s}
+        self._appender = RedisAppender(self._redis, self.keys, **retention)
+        self._reader = RedisReader(self._redis, self.keys, **retention)
         self._subscription = Subscription(
             self._redis, heartbeat=self.keys.heartbeat(self.instance), on_established=self._resubscribed
         )
         self._max_events = max_events
+        self._max_bytes = max_bytes
         self._window = min(window, max_events)
         self._followed: dict[str, _Followed] = {}
         self._refresh_needed = anyio.Event()
@@ -133,6 +143,8 @@ class RedisBroker:
         if followed is None:
             raise RuntimeError(f"wait_after on project {project_id!r} outside follow()")
         while not followed.window.has_after(seq, epoch=epoch):
+            if followed.failure is not None:
+                raise RuntimeError(f"project {project_id}'s log cannot be followed") from followed.failure
             await followed.changed.wait()
 
     @asynccontextmanager
@@ -141,12 +153,12 @@ class RedisBroker:
         followed = self._followed.get(project_id)
         first = followed is None
         if followed is None:
-            window = FollowWindow(self._window, retained=self._max_events)
+            window = FollowWindow(self._window, retained=self._max_events, max_bytes=self._max_bytes)
             followed = self._followed[project_id] = _Followed(window)
         followed.refs += 1
         try:
             if first:
-                await self._subscription.subscribe(self.keys.events(project_id), self._deliverer(followed))
+                await self._subscription.subscribe(self.keys.events(project_id), self._deliverer(project_id, followed))
                 if followed.window.needs_refresh:  # else the refresher got to it first
                     await self._refresh(project_id, followed)
             yield
@@ -186,9 +198,17 @@ class RedisBroker:
             tg.start_soon(self._refresher)
             task_status.started()
 
-    def _deliverer(self, followed: _Followed) -> Handler:
+    def _deliverer(self, project_id: str, followed: _Followed) -> Handler:
         def deliver(payload: bytes) -> None:
-            epoch, event = parse_published(payload)
+            try:
+                epoch, event = parse_published(payload)
+            except MalformedFrame as exc:
+                # Not from an append of ours: whatever the project's log holds is in its stream.
+                if not followed.window.needs_refresh:
+                    logger.warning("malformed message on project %s's events channel (%s)", project_id, exc)
+                followed.window.mark_stale()
+                self._refresh_needed.set()
+                return
             outcome = followed.window.deliver(epoch, event)
             if outcome is Delivery.APPENDED:
                 followed.wake()
@@ -208,7 +228,11 @@ class RedisBroker:
             await self._refresh_needed.wait()
             self._refresh_needed = anyio.Event()
             for project_id, followed in list(self._followed.items()):
-                if not followed.window.needs_refresh or self._followed.get(project_id) is not followed:
+                if (
+                    not followed.window.needs_refresh
+                    or followed.failure is not None
+                    or self._followed.get(project_id) is not followed
+                ):
                     continue
                 try:
                     await self._refresh(project_id, followed)
@@ -216,6 +240,12 @@ class RedisBroker:
                     logger.warning("cannot re-read project %s from redis: %s", project_id, exc)
                     self._refresh_needed.set()
                     await anyio.sleep(REFRESH_RETRY_S)
+                except Exception as exc:
+                    # One project's bad state (say, a malformed entry in its stream) must not end the
+                    # refresher of every project: its readers are told, and its sockets resume anew.
+                    logger.exception("cannot re-read project %s", project_id)
+                    followed.failure = exc
+                    followed.wake()
 
     async def _refresh(self, project_id: str, followed: _Followed) -> None:
         """Run the reads the window asks for until it is current (or asks for another refresh)."""

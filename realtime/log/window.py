@@ -8,11 +8,13 @@ never awaits, sleeps or touches Redis.
 
 Invariants:
 
-- the window holds consecutive seqs of one epoch, ending at `latest`, at most `size` of them;
+- the window holds consecutive seqs of one epoch, ending at `latest`, at most `size` of them and at
+  most `max_bytes` of frames (always the newest). An event that does not follow `latest` (a stream
+  read with a hole) is never put after what the window holds: the window starts again from it;
 - nothing after a hole is taken in: while the window is not `CURRENT`, and from a delivery whose seq
   jumps, deliveries are held back and applied in order once a refresh has read the stream up to
-  them. Held events are bounded (`size`, the oldest dropped): a dropped one leaves a hole, and a
-  hole asks for another refresh, so a drop costs a read, never an event;
+  them. Held events are bounded (`size` and `max_bytes`, the oldest dropped): a dropped one leaves a
+  hole, and a hole asks for another refresh, so a drop costs a read, never an event;
 - a delivery of another epoch means the log was lost and started again: the window is re-read,
   and readers learn the new epoch (`has_after`, `read`) instead of seeing seq restart;
 - reads are answered from the window only while it is `CURRENT` and holds `since`; otherwise
@@ -85,20 +87,28 @@ class FollowWindow:
 
     Args:
         size: the most events the window keeps (and holds back).
-        retained: the most events the stream retains (its `MAXLEN`), for the `oldest` of answers.
+        retained: the most events the stream retains, for the `oldest` of answers.
+        max_bytes: the most bytes of frames the window keeps (and holds back): the stream's byte
+            budget, which it trims to by the same rule.
     """
 
-    def __init__(self, size: int, *, retained: int) -> None:
-        if size < 1 or retained < size:
-            raise ValueError(f"expected 1 <= size <= retained, got size {size}, retained {retained}")
+    def __init__(self, size: int, *, retained: int, max_bytes: int = 10 * 1024 * 1024) -> None:
+        if size < 1 or retained < size or max_bytes < 1:
+            raise ValueError(
+                f"expected 1 <= size <= retained and max_bytes >= 1, got size {size}, retained {retained},"
+                f" max_bytes {max_bytes}"
+            )
         self._size = size
         self._retained = retained
+        self._max_bytes = max_bytes
         self._state = FollowState.STALE
         self._epoch = ""
         self._latest = 0
-        self._events: deque[Event] = deque(maxlen=size)
-        self._held: deque[tuple[str, Event]] = deque(maxlen=size)
-        #: The oldest seq the stream retained when last read.
+        self._events: deque[Event] = deque()
+        self._bytes = 0
+        self._held: deque[tuple[str, Event]] = deque()
+        self._held_bytes = 0
+        #: The oldest seq the stream retained when last read, or that its byte budget leaves it.
         self._retained_from = 1
         self._tail_start = 0
         self._again = False
@@ -120,6 +130,16 @@ class FollowWindow:
     def oldest(self) -> int:
         """The seq of the oldest event in the window (`latest + 1` when it is empty)."""
         return self._events[0].seq if self._events else self._latest + 1
+
+    @property
+    def bytes(self) -> int:
+        """The bytes of the frames the window keeps."""
+        return self._bytes
+
+    @property
+    def held_bytes(self) -> int:
+        """The bytes of the frames held back until a refresh."""
+        return self._held_bytes
 
     @property
     def needs_refresh(self) -> bool:
@@ -153,11 +173,11 @@ class FollowWindow:
         if epoch == self._epoch and event.seq <= self._latest:
             return Delivery.DUPLICATE
         if self._state is not FollowState.CURRENT:
-            self._held.append((epoch, event))
+            self._hold(epoch, event)
             return Delivery.HELD
         if epoch != self._epoch or event.seq > self._latest + 1:
             # A new epoch, or a hole: re-read the stream before taking anything further.
-            self._held.append((epoch, event))
+            self._hold(epoch, event)
             self._state = FollowState.STALE
             return Delivery.REFRESH
         self._push(event)
@@ -202,6 +222,7 @@ class FollowWindow:
         self._epoch = history.epoch
         self._latest = self._tail_start if history.complete else history.latest
         self._events.clear()
+        self._bytes = 0
         self._retained_from = history.oldest
         for event in history.events:
             self._push(event)
@@ -217,7 +238,7 @@ class FollowWindow:
             self._state = FollowState.STALE
             return Refreshed.AGAIN
         self._state = FollowState.CURRENT
-        held, self._held = self._held, deque(maxlen=self._size)
+        held, self._held, self._held_bytes = self._held, deque(), 0
         foreign = False
         for epoch, event in held:
             if epoch != self._epoch:
@@ -226,7 +247,7 @@ class FollowWindow:
             elif event.seq <= self._latest:
                 continue  # the stream had it
             elif self._state is FollowState.STALE or event.seq > self._latest + 1:
-                self._held.append((epoch, event))  # after a hole
+                self._hold(epoch, event)  # after a hole
                 self._state = FollowState.STALE
             else:
                 self._push(event)
@@ -235,8 +256,26 @@ class FollowWindow:
         return Refreshed.AGAIN if self._state is FollowState.STALE else Refreshed.CURRENT
 
     def _push(self, event: Event) -> None:
+        if self._events and event.seq != self._latest + 1:
+            # Not the next seq (a stream read with a hole): what the window holds does not lead to it.
+            self._events.clear()
+            self._bytes = 0
+            self._retained_from = max(self._retained_from, event.seq)
         self._events.append(event)
+        self._bytes += len(event.frame)
         self._latest = event.seq
+        while len(self._events) > 1 and (len(self._events) > self._size or self._bytes > self._max_bytes):
+            dropped = self._events.popleft()
+            self._bytes -= len(dropped.frame)
+            if self._bytes + len(dropped.frame) > self._max_bytes:
+                # The stream trims by the same byte rule: it no longer has this one either.
+                self._retained_from = max(self._retained_from, dropped.seq + 1)
+
+    def _hold(self, epoch: str, event: Event) -> None:
+        self._held.append((epoch, event))
+        self._held_bytes += len(event.frame)
+        while len(self._held) > self._size or (len(self._held) > 1 and self._held_bytes > self._max_bytes):
+            self._held_bytes -= len(self._held.popleft()[1].frame)
 
     def _expect(self, *states: FollowState) -> None:
         if self._state not in states:

@@ -3,7 +3,8 @@
 Per-project names are hash-tagged (`<prefix>:{<project>}:…`) so that Redis Cluster keeps a project's
 keys on one slot, which its Lua scripts need:
 
-- `…:seq` the seq counter, `…:epoch` the log's incarnation, `…:log` the stream of encoded frames;
+- `…:seq` the latest seq, `…:epoch` the log's incarnation, `…:log` the stream of encoded frames
+  (entries `<seq>-0`, their fields in realtime/log/stream.py);
 - channel `…:events`: every append, published as `<epoch> <frame>`;
 - `…:owner` the ownership lease (the owning instance's id); channel `…:commands` the ops sent to the owner;
 - `…:workspace` the registry entry (the owner's snapshot of the workspace);

@@ -59,6 +59,7 @@ def make_broker(settings: Settings) -> Broker:
             settings.redis_url,
             prefix=settings.redis_prefix,
             max_events=settings.history_events,
+            max_bytes=settings.history_bytes,
             ttl_s=settings.redis_ttl_s,
             retry_s=settings.redis_retry_s,
             instance=settings.instance_id,
