@@ -22,6 +22,7 @@ from realtime.cluster.redis_cluster import RedisCluster
 from realtime.cluster.solo import SoloCluster
 from realtime.config.settings import Settings
 from realtime.core.errors import INTERNAL, ApiError, BrokerUnavailable, error_for
+from realtime.core.ratelimit import Rate, RateLimiter
 from realtime.core.signing import PreviewSigner
 from realtime.core.tokens import SessionTokens
 from realtime.fanout.hub import Hub
@@ -32,6 +33,7 @@ from realtime.preview.gateway import PreviewGateway
 from realtime.web.api import Services, json_response, routes
 from realtime.web.auth import BearerAuth
 from realtime.web.console import console_routes
+from realtime.web.ratelimit import HttpRateLimit
 from realtime.web.webhook_routes import webhook_routes
 from realtime.web.websocket import websocket_endpoint
 from realtime.webhooks.config import make_inbound, make_outbound, validate_webhook_settings
@@ -142,7 +144,12 @@ def create_app(
     signer = PreviewSigner(settings.signing_key, settings.preview_url)
     tokens = SessionTokens(settings.signing_key, settings.token)
     the_broker = broker or make_broker(settings)
-    hub = Hub(the_broker, OutboxLimits(queue_events=settings.ws_queue_events, queue_bytes=settings.ws_queue_bytes))
+    hub = Hub(the_broker, OutboxLimits(
+        queue_events=settings.ws_queue_events, queue_bytes=settings.ws_queue_bytes,
+        control_frames=settings.ws_control_frames, control_bytes=settings.ws_control_bytes,
+    ))
+    op_limiter = RateLimiter(Rate(settings.rate_ops_per_s, settings.rate_ops_burst))
+    http_limit = Middleware(HttpRateLimit, tokens=tokens, rate=Rate(settings.rate_http_per_s, settings.rate_http_burst))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -187,6 +194,7 @@ def create_app(
                 yield {
                     "services": services,
                     "hub": hub,
+                    "op_limiter": op_limiter,
                     "gateway": PreviewGateway(signer, cluster.resolve, proxy_http),
                     "outbound": outbound,
                     "inbound": inbound,
@@ -209,7 +217,7 @@ def create_app(
             *webhook_routes, *routes, WebSocketRoute("/ws/projects/{project_id}", websocket_endpoint), *console_routes()
         ],
         lifespan=lifespan,
-        middleware=[Middleware(PreviewHosts), Middleware(BearerAuth, tokens=tokens)],
+        middleware=[Middleware(PreviewHosts), Middleware(BearerAuth, tokens=tokens), http_limit],
         exception_handlers={
             ApiError: _known_error,
             RuntimeFailure: _known_error,
