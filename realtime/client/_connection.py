@@ -40,6 +40,8 @@ TokenSource = str | Callable[[], Awaitable[str]]
 MAX_FRAME_BYTES = 64 * 2**20
 #: Ops without side effects: sent again on the next connection when one drops before its reply.
 _SAFE_TO_REPEAT = frozenset({"ping", "read", "list"})
+#: The longest wait before sending again an op refused `rate_limited`.
+_MAX_RETRY_AFTER_S = 60.0
 #: Close codes after which reconnecting cannot help (1008 only with a fixed token).
 _FATAL = {1008, 1009}
 
@@ -159,7 +161,8 @@ class Client(Ops):
         """Send an op and return its reply's `data`; waits for a connection if there is none.
 
         `ping`, `read` and `list` are sent again when the socket drops before their reply; the
-        others are not (they may have taken effect).
+        others are not (they may have taken effect). An op refused `rate_limited` (not carried
+        out) is sent again after the `retry_after_s` the server gives (at most a minute).
 
         Raises:
             OpError: an error reply (its `code` and `message`).
@@ -189,6 +192,9 @@ class Client(Ops):
                         raise ConnectionLost(op) from None
             finally:
                 self._pending.pop(op_id, None)
+            if not reply.ok and reply.code == "rate_limited" and reply.retry_after_s is not None:
+                await anyio.sleep(min(reply.retry_after_s, _MAX_RETRY_AFTER_S))
+                continue
             if not reply.ok:
                 raise OpError(op, reply.code or "unknown", reply.message or "")
             return reply.data

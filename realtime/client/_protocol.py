@@ -39,13 +39,15 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """The answer to the op with this `id`: `data` when `ok`, else `code` and `message`."""
+    """The answer to the op with this `id`: `data` when `ok`, else `code` and `message` (and, for
+    `rate_limited`, the seconds after which to send it again)."""
 
     id: str | int | None
     ok: bool
     data: Any
     code: str | None = None
     message: str | None = None
+    retry_after_s: float | None = None
 
 
 Output = Item | Hello | Reply
@@ -167,10 +169,12 @@ def _reply(frame: Mapping[str, Any]) -> Reply:
         return Reply(op_id if isinstance(op_id, str | int) else None, True, frame.get("data"))
     error = frame.get("error")
     error = error if isinstance(error, Mapping) else {}
+    retry_after_s = error.get("retry_after_s")
     return Reply(
         op_id if isinstance(op_id, str | int) else None,
         False,
         None,
         str(error.get("code", "unknown")),
         str(error.get("message", "")),
+        float(retry_after_s) if isinstance(retry_after_s, int | float) and retry_after_s >= 0 else None,
     )

@@ -1,4 +1,4 @@
-"""The websocket channel's frames, sans I/O: parsing client ops, encoding server frames.
+"""The websocket endpoint's frames, sans I/O: parsing client ops, encoding server frames.
 
 Every client frame is one JSON object in a text frame: `{"op", "id", …arguments}`. Parsing never
 raises anything but `FrameError`, which carries the `id` to answer (when one could be read), a

@@ -8,8 +8,16 @@ events at or before it are skipped, a hole after it is filled from history, so a
 stream is gap-free and duplicate-free by construction. A subscriber whose cursor falls out of the
 retained history is closed (1013) so that it resumes and is told `resumed: false`.
 
-Control frames (replies, hello) are never dropped and go out before further events. `close()`
-wins over everything: it cancels a send that a stalled client holds up (see `sending()`).
+Control frames (replies, hello) are never dropped while the subscriber is open, and go out
+before further events. They are bounded too, each counted until it has been sent: at most
+`OutboxLimits.control_frames` frames, and at most `control_bytes` bytes behind the frame at the
+head of the queue (the one being sent, which may be of any size: a large `read` reply is
+accepted, and bounded by its op's own limits). A frame that would pass either bound is not
+queued, and the subscriber is closed (1013) instead: a client that does not read its replies
+would otherwise have them held forever. `close()` wins over everything: it cancels a send that a
+stalled client holds up (see `sending()`), and nothing more is queued after it; its `Closing` may
+carry one last frame for the transport to send just before the close (the `rate_limited` reply
+of a socket closed 1008).
 
 Revocation: an outbox opened with a session token knows the token's `generation`. A `revoked`
 event of a higher generation closes it 1008, both when the pump reads it (`revoke()`, at once,
@@ -55,6 +63,7 @@ CLOSE_TOO_SLOW = 1013
 
 _LOG_RESET = "the event log was reset; reconnect with since to get a snapshot"
 _TOO_SLOW = "fell behind the retained history; reconnect with since"
+_UNREAD = "too many unread replies; read the socket, then reconnect with since"
 
 #: The shared empty deque of idle outboxes: never appended to (each outbox replaces it with its own).
 _EMPTY: deque[Event] = deque(maxlen=0)
@@ -68,6 +77,10 @@ class OutboxLimits:
     queue_bytes: int = 4 * 1024 * 1024
     frame_events: int = 1000
     frame_bytes: int = 256 * 1024
+    #: Control frames (hello, replies) queued and not yet sent, at most; and their bytes, at most,
+    #: not counting the frame at the head (being sent).
+    control_frames: int = 256
+    control_bytes: int = 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -83,10 +96,12 @@ class HubStats:
 
 @dataclass(frozen=True, slots=True)
 class Closing:
-    """Why a subscriber must close: a websocket close code and a reason for the client."""
+    """Why a subscriber must close: a websocket close code and a reason for the client, and maybe
+    one last frame (a websocket sends it just before the close frame; an SSE stream ignores it)."""
 
     code: int
     reason: str
+    last_frame: bytes = b""
 
 
 #: How a subscriber whose session token was revoked is closed.
@@ -155,6 +170,7 @@ class Outbox:
         self._queued_bytes = 0
         self._backlog: deque[Event] = _EMPTY
         self._control: list[bytes] = []
+        self._control_bytes = 0
         self._woken = anyio.Event()
         self._send_scope: anyio.CancelScope | None = None
 
@@ -182,10 +198,25 @@ class Outbox:
             self._queued_bytes += size
         self.wake()
 
-    def push_control(self, frame: bytes) -> None:
-        """Queue a reply; control frames are never dropped and go out before further events."""
+    def push_control(self, frame: bytes) -> bool:
+        """Queue a reply (it goes out before further events); False when it was not queued.
+
+        A frame that would take the queue past its bounds closes the subscriber (1013) instead:
+        its client is not reading. After `close()` nothing is queued.
+        """
+        if self.closing is not None:
+            return False
+        control, limits = self._control, self._limits
+        if control and (
+            len(control) >= limits.control_frames
+            or self._control_bytes - len(control[0]) + len(frame) > limits.control_bytes
+        ):
+            self.close(Closing(CLOSE_TOO_SLOW, _UNREAD))
+            return False
         self._control.append(frame)
+        self._control_bytes += len(frame)
         self.wake()
+        return True
 
     def close(self, closing: Closing) -> None:
         """Ask the subscriber to close now, interrupting a send that is blocked on a stalled client."""
@@ -217,8 +248,24 @@ class Outbox:
         await self._woken.wait()
 
     def control(self) -> list[bytes]:
+        """Take every queued control frame at once."""
         frames, self._control = self._control, []
+        self._control_bytes = 0
         return frames
+
+    def next_control(self) -> bytes | None:
+        """The next control frame to send; it stays queued (and counted) until `control_sent()`."""
+        return self._control[0] if self._control else None
+
+    def control_sent(self) -> None:
+        """The frame `next_control()` gave has been sent: release it."""
+        if self._control:
+            self._control_bytes -= len(self._control.pop(0))
+
+    @property
+    def queued_control(self) -> tuple[int, int]:
+        """Control frames queued and not yet sent: (frames, bytes)."""
+        return len(self._control), self._control_bytes
 
     @property
     def caught_up(self) -> bool:

@@ -4,7 +4,8 @@ The loop owns what every subscriber owes its client, whatever the transport; a `
 how the transport sends (one encoded frame or chunk at a time), how it encodes a round of events,
 and how it closes. Invariants:
 
-- Control frames (hello, replies) go out before the events of the same round, in order.
+- Control frames (hello, replies) go out before the events of the same round, in order; each
+  stays counted in the outbox's control bounds until it has been sent.
 - Events go out gap-free and duplicate-free, in rounds of at most a frame's worth (`Outbox.next_events`),
   each counted in `HubStats`: the events delivered, one frame, and a batch if it held several.
 - Draining (`Hub.drain()`): the writer reads the log's latest seq once, flushes every event up to
@@ -126,10 +127,15 @@ async def _write_frames(hub: Hub, outbox: Outbox, sink: Sink, owes_replies: Call
 
 
 async def _send_control(outbox: Outbox, sink: Sink) -> bool:
-    """Send the queued replies and hello; a function of its own so no frame outlives its sending."""
-    for frame in outbox.control():
+    """Send the replies and hello queued when the round began, one by one: each stays counted in
+    the outbox's bounds until it is sent (a function of its own so no frame outlives its sending)."""
+    for _ in range(outbox.queued_control[0]):
+        frame = outbox.next_control()
+        if frame is None:
+            break
         if not await sink.send(frame):
             return False
+        outbox.control_sent()
     return True
 
 

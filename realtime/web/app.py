@@ -23,6 +23,7 @@ from realtime.config.secret_policy import validate_secrets
 from realtime.config.settings import Settings
 from realtime.core.errors import INTERNAL, ApiError, BrokerUnavailable, error_for
 from realtime.core.keys import Keyring
+from realtime.core.ratelimit import Rate, RateLimiter
 from realtime.core.signing import PreviewSigner
 from realtime.core.tokens import SessionTokens
 from realtime.fanout.hub import Hub
@@ -34,6 +35,7 @@ from realtime.web.api import Services, json_response, routes
 from realtime.web.auth import BearerAuth
 from realtime.web.console import console_routes
 from realtime.web.hosts import HostRouting, ServiceHosts
+from realtime.web.ratelimit import HttpRateLimit
 from realtime.web.webhook_routes import webhook_routes
 from realtime.web.websocket import websocket_endpoint
 from realtime.webhooks.config import make_inbound, make_outbound, validate_webhook_settings
@@ -137,7 +139,12 @@ def create_app(
     signer = PreviewSigner(settings.signing_key, settings.preview_url, settings.signing_keys_old)
     tokens = SessionTokens(settings.signing_key, settings.token, old_keys=settings.signing_keys_old)
     the_broker = broker or make_broker(settings)
-    hub = Hub(the_broker, OutboxLimits(queue_events=settings.ws_queue_events, queue_bytes=settings.ws_queue_bytes))
+    hub = Hub(the_broker, OutboxLimits(
+        queue_events=settings.ws_queue_events, queue_bytes=settings.ws_queue_bytes,
+        control_frames=settings.ws_control_frames, control_bytes=settings.ws_control_bytes,
+    ))
+    op_limiter = RateLimiter(Rate(settings.rate_ops_per_s, settings.rate_ops_burst))
+    http_limit = Middleware(HttpRateLimit, tokens=tokens, rate=Rate(settings.rate_http_per_s, settings.rate_http_burst))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -184,6 +191,7 @@ def create_app(
                 yield {
                     "services": services,
                     "hub": hub,
+                    "op_limiter": op_limiter,
                     "gateway": PreviewGateway(signer, cluster.resolve, proxy_http),
                     "outbound": outbound,
                     "inbound": inbound,
@@ -212,6 +220,7 @@ def create_app(
         middleware=[
             Middleware(HostRouting, service_hosts=ServiceHosts(settings.service_url)),
             Middleware(BearerAuth, tokens=tokens),
+            http_limit,
         ],
         exception_handlers={
             ApiError: _known_error,

@@ -1,4 +1,4 @@
-"""Server-sent events: the websocket channel's event stream for viewers that cannot open a websocket.
+"""Server-sent events: the websocket endpoint's event stream for viewers that cannot open a websocket.
 
 Each event goes out as `id: <epoch>:<seq>` and `data: <the same JSON as its websocket frame>`;
 a reconnecting `EventSource` sends the last id back as `Last-Event-ID` and the stream resumes

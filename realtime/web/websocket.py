@@ -1,15 +1,22 @@
-"""The websocket channel `/ws/projects/{project_id}`: authenticate, say hello, stream events, answer ops.
+"""The websocket endpoint `/ws/projects/{project_id}`: authenticate, say hello, stream events, answer ops.
 
 Per socket, in one task group: the socket's own task reads (parses client frames and starts each
 op), and a second task writes (`realtime.fanout.writer`: replies and the project's events from the
 hub's outbox, gap-free by cursor, through `_SocketSink`; a drain waits for the ops in flight; a
 session token's expiry or revocation closes 1008). When either ends, both do.
+
+Every client frame passes the socket's `FrameGate` (`realtime.core.ratelimit`): one unit of its
+token's bucket (shared by the token's sockets on this instance). Over the limit an op is answered
+`rate_limited` (with `retry_after_s`); a bad frame over the limit, or a client that keeps sending
+through its refusals, gets one `rate_limited` reply and a 1008 close. Replies queue in the outbox
+within its control bounds: a client that does not read them is closed 1013 (see `outbox.py`).
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -17,6 +24,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from realtime.cluster.protocol import project_snapshot
@@ -26,6 +34,7 @@ from realtime.core.eventlog import Event
 from realtime.core.frames import (
     FrameError,
     Op,
+    OpId,
     batch_frame,
     hello_for,
     parse_args,
@@ -34,6 +43,7 @@ from realtime.core.frames import (
     reply_ok,
 )
 from realtime.core.ops import OpArgs
+from realtime.core.ratelimit import FrameGate, RateLimiter, Verdict, rate_limited_error, token_key
 from realtime.core.tokens import Access, TokenGrant
 from realtime.core.validation import parse_project_id
 from realtime.fanout.hub import Hub, locate
@@ -92,7 +102,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     except Denied as exc:
         await websocket.close(CLOSE_POLICY, _reason(str(exc)))
         return
-    session = _Session(services, hub, websocket, project_id, grant)
+    session = _Session(services, hub, websocket, project_id, grant, token_key(token or "", service=grant.service))
     logs.bind(project_id=project_id, connection_id=session.connection_id)
     async with hub.subscribe(project_id, start.cursor, start.epoch, generation=grant.generation) as outbox:
         snapshot = await project_snapshot(services.cluster, services.broker, project_id)
@@ -107,6 +117,11 @@ def _reason(text: str) -> str:
     """A close reason within the protocol's 123 bytes."""
     encoded = text.encode()[:123]
     return encoded.decode("utf-8", errors="ignore")
+
+
+def _rate_limited(op_id: OpId, retry_after_s: float) -> bytes:
+    """The reply refusing a frame over its token's rate."""
+    return orjson.dumps({"type": "reply", "id": op_id, "ok": False, "error": rate_limited_error(retry_after_s, "ops")})
 
 
 class _SocketSink:
@@ -136,6 +151,8 @@ class _SocketSink:
         )
         # A stalled client's unread data holds the close frame back: wait for it, but not forever.
         with anyio.move_on_after(CLOSE_WAIT_S, shield=True), suppress(WebSocketDisconnect, RuntimeError):
+            if closing.last_frame:
+                await self._websocket.send_text(closing.last_frame.decode())
             await self._websocket.close(closing.code, _reason(closing.reason))
 
 
@@ -146,12 +163,15 @@ class _Session:
     websocket: WebSocket
     project_id: str
     grant: TokenGrant
+    #: The token's rate-limit key (a digest; see `token_key`).
+    rate_key: bytes
 
     def __post_init__(self) -> None:
         self.connection_id = "c_" + secrets.token_hex(6)
         self._in_flight = 0
         #: Made at the first op: most sockets only listen, and a semaphore costs ~1 KiB.
         self._slots: anyio.Semaphore | None = None
+        self._gate: FrameGate | None = None
         self._outbox: Outbox | None = None
 
     async def run(self, outbox: Outbox) -> None:
@@ -197,17 +217,35 @@ class _Session:
             if raw is not None and len(raw) > limit:
                 outbox.close(Closing(CLOSE_TOO_BIG, f"frame over {limit} bytes"))
                 continue
-            parsed = self._parse(raw)
-            if parsed is not None:
+            admitted = self._admit(outbox, self._parse(raw))
+            if admitted is not None:
                 if self._slots is None:
                     self._slots = anyio.Semaphore(MAX_IN_FLIGHT)
                 await self._slots.acquire()  # past MAX_IN_FLIGHT ops, stop reading: the client waits
                 self._in_flight += 1
-                tg.start_soon(self._run_op, *parsed)
+                tg.start_soon(self._run_op, *admitted)
 
-    def _parse(self, raw: str | bytes | None) -> tuple[Op, OpArgs] | None:
-        """The op and its arguments, or None after queueing the error reply."""
-        assert self._outbox is not None
+    def _admit(self, outbox: Outbox, parsed: tuple[Op, OpArgs] | FrameError) -> tuple[Op, OpArgs] | None:
+        """The op to run, or None once its answer (an error, a refusal, a close) is queued."""
+        if self._gate is None:  # made at the first frame: most sockets only listen
+            limiter: RateLimiter = self.websocket.state.op_limiter
+            self._gate = FrameGate(limiter, self.rate_key, max_refusals=limiter.rate.burst)
+        admission = self._gate.admit(time.monotonic(), bad=isinstance(parsed, FrameError))
+        op_id = parsed.id if isinstance(parsed, FrameError) else parsed[0].id
+        if admission.verdict is Verdict.close:
+            refusal = _rate_limited(op_id, admission.retry_after_s)
+            outbox.close(Closing(CLOSE_POLICY, "rate limit exceeded: too many frames", refusal))
+            return None
+        if admission.verdict is Verdict.refuse:
+            outbox.push_control(_rate_limited(op_id, admission.retry_after_s))
+            return None
+        if isinstance(parsed, FrameError):
+            outbox.push_control(reply_error(parsed.id, parsed.code, parsed.message))
+            return None
+        return parsed
+
+    def _parse(self, raw: str | bytes | None) -> tuple[Op, OpArgs] | FrameError:
+        """The op and its arguments, or the error to answer it with."""
         settings = self.services.settings
         try:
             op = parse_frame(raw)
@@ -222,8 +260,7 @@ class _Session:
                 request_id=f"{self.connection_id}:{op.id}",
             )
         except FrameError as exc:
-            self._outbox.push_control(reply_error(exc.id, exc.code, exc.message))
-            return None
+            return exc
         return op, args
 
     async def _run_op(self, op: Op, args: OpArgs) -> None:
