@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup run test test-fast lint bench bench-fanout test-deps clean
+.PHONY: setup run test test-fast lint bench bench-fanout bench-abuse test-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench: setup
 
 bench-fanout: test-deps
 	$(BIN)/python benchmarks/fanout.py
+
+bench-abuse: setup
+	@scripts/ensure-node.sh
+	$(BIN)/python benchmarks/abuse.py
 
 clean:
 	rm -rf $(VENV) .workspaces .pytest_cache
