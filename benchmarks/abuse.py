@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -91,7 +92,7 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def serve(base: Path, redis_url: str | None) -> AsyncIterator[Server]:
+async def serve(base: Path, redis_url: str | None, prefix: str) -> AsyncIterator[Server]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKSPACE_") and k != "REDIS_URL"}
     env.update(
         PYTHONPATH=str(REPO), WORKSPACE_TOKEN=TOKEN, WORKSPACE_SIGNING_KEY=SIGNING_KEY,
@@ -99,7 +100,7 @@ async def serve(base: Path, redis_url: str | None) -> AsyncIterator[Server]:
         WORKSPACE_HTTP_HEADER_TIMEOUT_S="2",
     )
     if redis_url:
-        env.update(REDIS_URL=redis_url, WORKSPACE_REDIS_PREFIX=f"abuse-{secrets.token_hex(4)}")
+        env.update(REDIS_URL=redis_url, WORKSPACE_REDIS_PREFIX=prefix)
     log = base / "server.log"
     with log.open("wb") as sink:
         process = await anyio.open_process(
@@ -126,13 +127,17 @@ async def serve(base: Path, redis_url: str | None) -> AsyncIterator[Server]:
             await process.wait()
 
 
-def fixture_files(extra: dict[str, str] | None = None) -> list[dict[str, str]]:
-    files = [{"path": str(p.relative_to(FIXTURE)), "content": p.read_text()} for p in FIXTURE.rglob("*") if p.is_file()]
-    return files + [{"path": path, "content": content} for path, content in (extra or {}).items()]
+def fixture_files(replace: dict[str, str] | None = None) -> list[dict[str, str]]:
+    """The fixture app's files, with `replace`'s paths' contents swapped in."""
+    files = {str(p.relative_to(FIXTURE)): p.read_text() for p in FIXTURE.rglob("*") if p.is_file()}
+    files.update(replace or {})
+    return [{"path": path, "content": content} for path, content in files.items()]
 
 
-async def provision(server: Server, project_id: str, files: list[dict[str, str]]) -> dict[str, Any]:
-    body = {"project_id": project_id, "files": files, "wait": True}
+async def provision(
+    server: Server, project_id: str, files: list[dict[str, str]], env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    body = {"project_id": project_id, "files": files, "wait": True, "env": env}
     response = await server.client.post("/api/workspaces", json=body)
     response.raise_for_status()
     result: dict[str, Any] = response.json()
@@ -153,22 +158,38 @@ async def run_command(server: Server, project_id: str, cmd: str) -> None:
 
 
 class Watch:
-    """Samples the server's RSS and a bystander project's answer times while a class runs."""
+    """Samples the server's RSS and a bystander project's answer times while a class runs.
+
+    It runs in a thread with an event loop of its own, so that the attacker's loops (in this
+    process too) never delay the bystander's requests: what it measures is the server.
+    """
 
     def __init__(self, server: Server, ws_url: str) -> None:
         self.server = server
         self.ws_url = ws_url
         self.peak = 0.0
         self.slowest = 0.0
+        self.started = threading.Event()
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    def run(self) -> None:
+        try:
+            anyio.run(self._run)
+        except BaseException as exc:  # noqa: BLE001 - reported by `measured`
+            self.error = exc
+            self.started.set()
+
+    async def _run(self) -> None:
         async with connect(self.ws_url, max_size=None) as ws, anyio.create_task_group() as tg:
             await ws.recv()  # hello
             tg.start_soon(self._rss)
-            task_status.started()
+            self.started.set()
             async with httpx.AsyncClient(base_url=self.server.url, timeout=30,
                                          headers={"authorization": f"Bearer {TOKEN}"}) as client:
                 for n in range(1_000_000):
+                    if self.stop.is_set():
+                        break
                     started = time.perf_counter()
                     response = await client.get("/api/workspaces/bystander")
                     assert response.status_code == 200, response.text
@@ -177,6 +198,7 @@ class Watch:
                         pass
                     self.slowest = max(self.slowest, time.perf_counter() - started)
                     await anyio.sleep(0.1)
+            tg.cancel_scope.cancel()
 
     async def _rss(self) -> None:
         while True:
@@ -190,12 +212,18 @@ Attack = Callable[[Outcome], Awaitable[None]]
 async def measured(server: Server, bystander_ws: str, name: str, attack: Attack) -> Outcome:
     outcome = Outcome(name)
     watch = Watch(server, bystander_ws)
-    async with anyio.create_task_group() as tg:
-        await tg.start(watch.run)
+    thread = threading.Thread(target=watch.run, name="bystander")
+    thread.start()
+    try:
+        await anyio.to_thread.run_sync(watch.started.wait)
         with anyio.fail_after(120):
             await attack(outcome)
         await anyio.sleep(0.3)  # one more bystander round after the attack
-        tg.cancel_scope.cancel()
+    finally:
+        watch.stop.set()
+        await anyio.to_thread.run_sync(thread.join)
+    if watch.error is not None:
+        raise watch.error
     outcome.peak_rss_mib, outcome.slowest_bystander_s = watch.peak, watch.slowest
     return outcome
 
@@ -266,11 +294,14 @@ async def unread_socket_flood(server: Server, project_id: str, outcome: Outcome)
     sent = 0
     code: object = "open"
     try:
-        async with connect(url, max_queue=1, read_limit=2**12) as ws:
+        async with connect(url, max_queue=1) as ws:  # it stops reading the socket once one frame waits
             with anyio.fail_after(60):
                 for n in range(300_000):
                     await ws.send(orjson.dumps({"op": "ping", "id": n, "pad": "x" * 200}).decode())
                     sent += 1
+            with anyio.fail_after(60):  # now read, to learn how the server ended it
+                while True:
+                    await ws.recv()
     except ConnectionClosed as closed:
         code = closed.rcvd.code if closed.rcvd else "closed"
     except TimeoutError:
@@ -297,12 +328,13 @@ async def bad_frame_flood(server: Server, project_id: str, outcome: Outcome) -> 
     outcome.did.append(f"50,000 bad frames: {replies} replies read, then close {code}")
 
 
-async def http_flood(server: Server, outcome: Outcome) -> None:
-    """One token calls the API as fast as it can."""
+async def http_flood(server: Server, project_id: str, outcome: Outcome) -> None:
+    """One session token calls the API (the project's event feed) as fast as it can."""
+    token = await mint(server, project_id, "read")
     statuses: dict[int, int] = {}
-    async with httpx.AsyncClient(base_url=server.url, headers={"authorization": f"Bearer {TOKEN}"}) as client:
+    async with httpx.AsyncClient(base_url=server.url, headers={"authorization": f"Bearer {token}"}) as client:
         for _ in range(2_000):
-            status = (await client.get("/api/workspaces/attacker")).status_code
+            status = (await client.get(f"/api/workspaces/{project_id}/events", params={"limit": 1})).status_code
             statuses[status] = statuses.get(status, 0) + 1
     outcome.did.append(f"2,000 calls back to back: {dict(sorted(statuses.items()))}")
 
@@ -395,6 +427,38 @@ async def odd_edges(server: Server, outcome: Outcome) -> None:
                        f"target without '/': {target}")
 
 
+async def history_flood(server: Server, redis: Any, prefix: str, project_id: str, outcome: Outcome) -> None:
+    """Big app-defined events appended until far past the byte budget: what Redis keeps."""
+    data = "x" * 200_000
+    for _ in range(200):  # 40 MB through a 10 MiB budget
+        response = await server.client.post(f"/api/workspaces/{project_id}/events", json={"type": "t", "data": data})
+        if response.status_code == 429:
+            await anyio.sleep(float(response.headers.get("retry-after", "1")))
+    stream = f"{prefix}:{{{project_id}}}:log"
+    used = await redis.memory_usage(stream) or 0
+    outcome.did.append(f"40 MB of events appended; the stream keeps {await redis.xlen(stream)} entries, "
+                       f"{used / 2**20:.1f} MiB in Redis")
+
+
+async def damaged_stream(server: Server, redis: Any, prefix: str, project_id: str, outcome: Outcome) -> None:
+    """Someone deletes a project's seq key and an entry of its stream; the project goes on."""
+    stream = f"{prefix}:{{{project_id}}}:log"
+    entries = await redis.xrevrange(stream, count=3)
+    await redis.delete(f"{prefix}:{{{project_id}}}:seq")
+    if len(entries) > 1:
+        await redis.xdel(stream, entries[1][0])
+    response = await server.client.post(f"/api/workspaces/{project_id}/events", json={"type": "after", "data": 1})
+    feed = await server.client.get(f"/api/workspaces/{project_id}/events", params={"since": 0, "limit": 1})
+    outcome.did.append(f"seq key and an entry deleted: the next append {response.status_code} "
+                       f"(seq {response.json().get('seq')}); reading from 0 says resumed: {feed.json().get('resumed')}")
+
+
+async def registry_secrets(redis: Any, prefix: str, project_id: str, outcome: Outcome) -> None:
+    """What someone reading Redis learns of a workspace's environment."""
+    raw = await redis.get(f"{prefix}:{{{project_id}}}:workspace") or b""
+    outcome.did.append(f"the registry entry holds the env's secret in clear: {b'hunter2-abuse' in raw}")
+
+
 def weak_secrets(outcome: Outcome) -> None:
     """`serve` off loopback with a one-letter token."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKSPACE_")}
@@ -412,10 +476,17 @@ async def main() -> int:
     parser.add_argument("--redis", help="a Redis URL: also replay the Redis classes")
     args = parser.parse_args()
     outcomes: list[Outcome] = []
+    prefix = f"abuse-{secrets.token_hex(4)}"
+    redis: Any = None
+    if args.redis:
+        import redis.asyncio as aioredis
+
+        redis = aioredis.from_url(args.redis)
     with tempfile.TemporaryDirectory(prefix="qai-abuse-") as tmp:
-        async with serve(Path(tmp), args.redis) as server:
+        async with serve(Path(tmp), args.redis, prefix) as server:
             await provision(server, "bystander", fixture_files())
-            attacker = await provision(server, "attacker", fixture_files({"server.js": TENANT_SERVER}))
+            attacker = await provision(server, "attacker", fixture_files({"server.js": TENANT_SERVER}),
+                                       env={"API_KEY": "hunter2-abuse"})
             bystander_token = await mint(server, "bystander", "write")
             bystander_ws = f"ws://127.0.0.1:{server.port}/ws/projects/bystander?token={bystander_token}"
             preview = attacker["preview_url"]
@@ -424,7 +495,7 @@ async def main() -> int:
                 ("cookies across tenants", lambda o: tenant_cookies(server, preview, o)),
                 ("memory from a read-only token", lambda o: unread_socket_flood(server, "attacker", o)),
                 ("a flood of bad frames", lambda o: bad_frame_flood(server, "attacker", o)),
-                ("an API flood from one token", lambda o: http_flood(server, o)),
+                ("an API flood from one token", lambda o: http_flood(server, "attacker", o)),
                 ("whole-file reads", lambda o: whole_file_reads(server, "attacker", o)),
                 ("reads of a named pipe", lambda o: fifo_reads(server, "attacker", o)),
                 ("commands without end", lambda o: command_exhaustion(server, "attacker", o)),
@@ -433,6 +504,12 @@ async def main() -> int:
                 ("revocation", lambda o: revocation(server, "attacker", o)),
                 ("odd hosts and targets", lambda o: odd_edges(server, o)),
             ]
+            if redis is not None:
+                classes += [
+                    ("history past its byte budget", lambda o: history_flood(server, redis, prefix, "attacker", o)),
+                    ("a damaged stream", lambda o: damaged_stream(server, redis, prefix, "attacker", o)),
+                    ("secrets in the registry", lambda o: registry_secrets(redis, prefix, "attacker", o)),
+                ]
             for name, attack in classes:
                 try:
                     outcome = await measured(server, bystander_ws, name, attack)
@@ -440,6 +517,10 @@ async def main() -> int:
                     outcome = Outcome(name, [f"the replay itself failed: {type(exc).__name__}: {exc}"])
                 outcomes.append(outcome)
                 report(outcome)
+    if redis is not None:  # after the server stopped: it writes the registry on its way out
+        async for key in redis.scan_iter(match=f"{prefix}:*"):
+            await redis.delete(key)
+        await redis.aclose()
     weak = Outcome("weak and public secrets")
     weak_secrets(weak)
     outcomes.append(weak)
