@@ -7,6 +7,9 @@ import os
 import socket
 from pathlib import Path
 
+import anyio
+import redis.asyncio as aioredis
+
 
 def free_port() -> int:
     """A loopback port free right now (the OS picked it; another process may take it before use)."""
@@ -31,3 +34,18 @@ def processes_under(directory: Path) -> list[int]:
         if state != "Z" and (cwd == target or cwd.startswith(target + os.sep)):
             found.append(int(entry))
     return found
+
+
+async def until_redis_answers(url: str) -> None:
+    """Return once the Redis server at `url` (just started by a test) answers PING; 10 s at most."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        with anyio.fail_after(10):
+            while True:
+                try:
+                    await client.ping()
+                    return
+                except (aioredis.ConnectionError, OSError):
+                    await anyio.sleep(0.05)
+    finally:
+        await client.aclose()

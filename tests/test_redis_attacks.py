@@ -37,7 +37,7 @@ from realtime.redis.keys import RedisKeys
 from realtime.web.app import make_broker
 from tests.conftest import REDIS_URL, delete_prefix
 from tests.harness import FIXTURE_APP, TOKEN, fixture_files, make_settings, running_server
-from tests.procs import free_port
+from tests.procs import free_port, until_redis_answers
 from tests.wsclient import assert_contiguous, open_peer
 
 pytestmark = pytest.mark.anyio
@@ -469,17 +469,7 @@ async def tls_redis(directory: Path, port: int, password: str) -> AsyncIterator[
     ]  # fmt: skip
     url = f"rediss://app:{password}@127.0.0.1:{port}/0?ssl_ca_certs={cert}"
     async with await anyio.open_process(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as process:
-        client = aioredis.Redis.from_url(url)
-        try:
-            with anyio.fail_after(10):
-                while True:
-                    try:
-                        await client.ping()
-                        break
-                    except (aioredis.ConnectionError, OSError):
-                        await anyio.sleep(0.05)
-        finally:
-            await client.aclose()
+        await until_redis_answers(url)
         try:
             yield url
         finally:

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from websockets.exceptions import ConnectionClosed
 
 from tests.harness import Running, fixture_files, make_settings, running_server
-from tests.procs import free_port
+from tests.procs import free_port, until_redis_answers
 from tests.wsclient import assert_contiguous, open_peer
 
 pytestmark = pytest.mark.anyio
@@ -27,17 +27,7 @@ async def redis_server(port: int) -> AsyncIterator[anyio.abc.Process]:
     """A redis-server of our own, without persistence (as this machine's), until the block ends."""
     argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     async with await anyio.open_process(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as process:
-        client = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0")
-        try:
-            with anyio.fail_after(10):
-                while True:
-                    try:
-                        await client.ping()
-                        break
-                    except (aioredis.ConnectionError, OSError):
-                        await anyio.sleep(0.05)
-        finally:
-            await client.aclose()
+        await until_redis_answers(f"redis://127.0.0.1:{port}/0")
         try:
             yield process
         finally:
