@@ -192,7 +192,9 @@ def create_app(
                     "services": services,
                     "hub": hub,
                     "op_limiter": op_limiter,
-                    "gateway": PreviewGateway(signer, cluster.resolve, proxy_http),
+                    "gateway": PreviewGateway(
+                        signer, cluster.resolve, proxy_http, max_message_bytes=settings.ws_max_frame_bytes
+                    ),
                     "outbound": outbound,
                     "inbound": inbound,
                     "metric_sources": (outbound, inbound, cluster),
