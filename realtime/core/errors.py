@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from runtime.errors import (
     BadRange,
     FileNotFound,
@@ -15,7 +17,9 @@ from runtime.errors import (
     WorkspaceBusy,
 )
 
-__all__ = ["INTERNAL", "RETRY_AFTER_S", "ApiError", "BrokerUnavailable", "error_for", "from_runtime"]
+__all__ = [
+    "INTERNAL", "RETRY_AFTER_S", "ApiError", "BrokerUnavailable", "error_for", "from_runtime", "retry_after_header",
+]
 
 #: What a 429 tells the client to wait before trying again, in seconds, when its refusal names no time.
 RETRY_AFTER_S = 1
@@ -24,23 +28,32 @@ RETRY_AFTER_S = 1
 class ApiError(Exception):
     """An error answered as `{"error": {"code", "message"}}` with `status`.
 
-    Every 429 has a `retry_after_s` (HTTP `Retry-After`), `RETRY_AFTER_S` unless given: so does one
-    rebuilt from its status alone after crossing instances.
+    Every 429 has a `retry_after_s` (in its body, and as HTTP `Retry-After` in whole seconds),
+    `RETRY_AFTER_S` unless given: so does one rebuilt from its status alone after crossing instances.
+    Rate limits, too many commands: every refusal to wait for says when in this one shape.
     """
 
-    def __init__(self, status: int, code: str, message: str, *, retry_after_s: int | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.retry_after_s = RETRY_AFTER_S if retry_after_s is None and status == 429 else retry_after_s
 
-    def body(self) -> dict[str, dict[str, str]]:
-        return {"error": {"code": self.code, "message": self.message}}
+    def body(self) -> dict[str, dict[str, str | float]]:
+        error: dict[str, str | float] = {"code": self.code, "message": self.message}
+        if self.retry_after_s is not None:
+            error["retry_after_s"] = self.retry_after_s
+        return {"error": error}
 
     def headers(self) -> dict[str, str]:
         """The HTTP headers the error is answered with (`Retry-After` when there is a time to wait)."""
-        return {} if self.retry_after_s is None else {"retry-after": str(self.retry_after_s)}
+        return {} if self.retry_after_s is None else {"retry-after": retry_after_header(self.retry_after_s)}
+
+
+def retry_after_header(retry_after_s: float) -> str:
+    """HTTP `Retry-After`: whole seconds, at least 1."""
+    return str(max(1, math.ceil(retry_after_s)))
 
 
 class BrokerUnavailable(Exception):

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import math
 from collections import OrderedDict
 from dataclasses import dataclass
+
+from realtime.core.errors import ApiError, retry_after_header
 
 __all__ = [
     "RATE_LIMITED",
@@ -32,6 +33,7 @@ __all__ = [
     "Rate",
     "RateLimiter",
     "Verdict",
+    "rate_limited",
     "rate_limited_error",
     "retry_after_header",
     "token_key",
@@ -164,16 +166,13 @@ class FrameGate:
         return Admission(Verdict.refuse, retry_after_s)
 
 
+def rate_limited(retry_after_s: float, what: str = "requests") -> ApiError:
+    """A rate-limit refusal: 429 `rate_limited`, saying when to retry (seconds)."""
+    seconds = round(max(retry_after_s, 0.001), 3)
+    return ApiError(429, RATE_LIMITED, f"too many {what} for this token; retry after {seconds:g} s",
+                    retry_after_s=seconds)
+
+
 def rate_limited_error(retry_after_s: float, what: str = "requests") -> dict[str, str | float]:
     """The `error` object of a rate-limit refusal: code, message, and when to retry (seconds)."""
-    seconds = round(max(retry_after_s, 0.001), 3)
-    return {
-        "code": RATE_LIMITED,
-        "message": f"too many {what} for this token; retry after {seconds:g} s",
-        "retry_after_s": seconds,
-    }
-
-
-def retry_after_header(retry_after_s: float) -> str:
-    """HTTP `Retry-After`: whole seconds, at least 1."""
-    return str(max(1, math.ceil(retry_after_s)))
+    return rate_limited(retry_after_s, what).body()["error"]

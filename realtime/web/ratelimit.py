@@ -17,7 +17,7 @@ import orjson
 from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from realtime.core.ratelimit import Rate, RateLimiter, rate_limited_error, retry_after_header, token_key
+from realtime.core.ratelimit import Rate, RateLimiter, rate_limited, token_key
 from realtime.core.tokens import SessionTokens, TokenError
 from realtime.web.auth import bearer_token
 
@@ -60,14 +60,9 @@ class HttpRateLimit:
 
 
 async def _refuse(send: Send, retry_after_s: float) -> None:
-    body = orjson.dumps({"error": rate_limited_error(retry_after_s)})
-    await send({
-        "type": "http.response.start",
-        "status": 429,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"retry-after", retry_after_header(retry_after_s).encode()),
-        ],
-    })
+    error = rate_limited(retry_after_s)
+    body = orjson.dumps(error.body())
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(name.encode(), value.encode()) for name, value in error.headers().items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
