@@ -250,3 +250,19 @@ def test_the_memory_needs_room_for_one() -> None:
     """A memory of nothing could not deduplicate anything: refused."""
     with pytest.raises(ValueError, match="at least 1"):
         ServedRequests(0)
+
+
+def test_remembered_replies_are_bounded_in_bytes_keeping_the_newest() -> None:
+    """Past `max_bytes` of replies the oldest requests are forgotten; the newest reply stays, however big."""
+    memory = ServedRequests(limit=10, max_bytes=100)
+    for n in range(3):
+        served, first = memory.take(f"c{n}")
+        assert first
+        memory.answer(served, b"x" * 40)
+    assert len(memory) == 2 and memory.reply_bytes == 80 and "c0" not in memory
+    big, _ = memory.take("big")
+    memory.answer(big, b"y" * 500)
+    assert "big" in memory and "c1" not in memory and "c2" not in memory
+    assert memory.reply_bytes == 500
+    again, first = memory.take("big")
+    assert not first and again.reply == b"y" * 500

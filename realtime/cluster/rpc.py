@@ -57,6 +57,8 @@ __all__ = [
 
 #: Requests an owner remembers (with their results) to answer a repeated one without running it again.
 REMEMBERED = 256
+#: Bytes of remembered replies at most (a reply may be a large file read): past it the oldest go.
+REMEMBERED_BYTES = 16 * 1024 * 1024
 
 
 class MalformedMessage(ValueError):
@@ -308,13 +310,21 @@ class Served:
 
 
 class ServedRequests:
-    """The owner's memory of the last `limit` requests it took, oldest forgotten first."""
+    """The owner's memory of the last `limit` requests it took, oldest forgotten first, and of their
+    replies: at most `max_bytes` of them (the newest reply is kept whatever its size)."""
 
-    def __init__(self, limit: int = REMEMBERED) -> None:
-        if limit < 1:
-            raise ValueError(f"expected a limit of at least 1, got {limit}")
+    def __init__(self, limit: int = REMEMBERED, max_bytes: int = REMEMBERED_BYTES) -> None:
+        if limit < 1 or max_bytes < 1:
+            raise ValueError(f"expected a limit and max_bytes of at least 1, got {limit}, {max_bytes}")
         self._limit = limit
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._served: OrderedDict[str, Served] = OrderedDict()
+
+    @property
+    def reply_bytes(self) -> int:
+        """Bytes of the replies remembered now."""
+        return self._bytes
 
     def __len__(self) -> int:
         return len(self._served)
@@ -329,5 +339,19 @@ class ServedRequests:
             return served, False
         served = self._served[call_id] = Served()
         while len(self._served) > self._limit:
-            self._served.popitem(last=False)
+            self._forget_oldest()
         return served, True
+
+    def answer(self, served: Served, reply: bytes) -> None:
+        """Remember `served`'s reply; forget the oldest requests while the replies pass `max_bytes`."""
+        served.reply = reply
+        if not any(entry is served for entry in self._served.values()):
+            return  # already forgotten (a burst of newer requests): nothing to account for
+        self._bytes += len(reply)
+        while self._bytes > self._max_bytes and next(iter(self._served.values())) is not served:
+            self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        _, forgotten = self._served.popitem(last=False)
+        if forgotten.reply is not None:
+            self._bytes -= len(forgotten.reply)
