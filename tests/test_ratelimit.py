@@ -215,3 +215,6 @@ async def test_http_calls_past_the_token_rate_get_429_with_retry_after(tmp_path:
                for _ in range(10)]
         assert bad == [401] * 10
         assert [(await client.get("/healthz")).status_code for _ in range(10)] == [200] * 10
+        metrics = (await client.get("/metrics")).text
+        assert 'realtime_rate_limited_total{what="http"} 2.0' in metrics, "the two 429s are counted"
+        assert 'realtime_rate_limited_total{what="ops"} 0.0' in metrics

@@ -85,6 +85,8 @@ class RateLimiter:
         self.rate = rate
         self.max_keys = max_keys
         self._buckets: OrderedDict[bytes, _Bucket] = OrderedDict()
+        #: Units refused so far (for the metrics).
+        self.refused = 0
 
     def __len__(self) -> int:
         """Keys tracked now."""
@@ -108,6 +110,7 @@ class RateLimiter:
         if bucket.level >= 1.0:
             bucket.level -= 1.0
             return 0.0
+        self.refused += 1
         return (1.0 - bucket.level) / self.rate.per_s
 
     def _level(self, bucket: _Bucket, now: float) -> float:

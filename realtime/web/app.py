@@ -35,7 +35,7 @@ from realtime.web.api import Services, json_response, routes
 from realtime.web.auth import BearerAuth
 from realtime.web.console import console_routes
 from realtime.web.hosts import HostRouting, ServiceHosts
-from realtime.web.ratelimit import HttpRateLimit
+from realtime.web.ratelimit import HttpRateLimit, RateLimitCounters
 from realtime.web.webhook_routes import webhook_routes
 from realtime.web.websocket import websocket_endpoint
 from realtime.webhooks.config import make_inbound, make_outbound, validate_webhook_settings
@@ -144,7 +144,8 @@ def create_app(
         control_frames=settings.ws_control_frames, control_bytes=settings.ws_control_bytes,
     ))
     op_limiter = RateLimiter(Rate(settings.rate_ops_per_s, settings.rate_ops_burst))
-    http_limit = Middleware(HttpRateLimit, tokens=tokens, rate=Rate(settings.rate_http_per_s, settings.rate_http_burst))
+    http_limiter = RateLimiter(Rate(settings.rate_http_per_s, settings.rate_http_burst))
+    http_limit = Middleware(HttpRateLimit, tokens=tokens, limiter=http_limiter)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -197,7 +198,7 @@ def create_app(
                     ),
                     "outbound": outbound,
                     "inbound": inbound,
-                    "metric_sources": (outbound, inbound, cluster),
+                    "metric_sources": (outbound, inbound, cluster, RateLimitCounters(http_limiter, op_limiter)),
                 }
             finally:
                 with anyio.CancelScope(shield=True):

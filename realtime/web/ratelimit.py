@@ -11,29 +11,29 @@ cannot crowd out real ones. Buckets are kept by a digest of the token, never the
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import orjson
 from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from realtime.core.ratelimit import Rate, RateLimiter, rate_limited, token_key
+from realtime.core.ratelimit import RateLimiter, rate_limited, token_key
 from realtime.core.tokens import SessionTokens, TokenError
 from realtime.web.auth import bearer_token
 
-__all__ = ["HttpRateLimit"]
+__all__ = ["HttpRateLimit", "RateLimitCounters"]
 
 
 class HttpRateLimit:
     """Rate-limits `/api` requests per token (see the module's docstring)."""
 
     def __init__(
-        self, app: ASGIApp, tokens: SessionTokens, rate: Rate, *, clock: Callable[[], float] = time.monotonic
+        self, app: ASGIApp, tokens: SessionTokens, limiter: RateLimiter, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._app = app
         self._tokens = tokens
         self._clock = clock
-        self.limiter = RateLimiter(rate)
+        self.limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/api/"):
@@ -66,3 +66,15 @@ async def _refuse(send: Send, retry_after_s: float) -> None:
     headers += [(name.encode(), value.encode()) for name, value in error.headers().items()]
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class RateLimitCounters:
+    """For the metrics collector: units refused by the HTTP and the websocket rate limits."""
+
+    def __init__(self, http: RateLimiter, ops: RateLimiter) -> None:
+        self._limiters = {"http": http, "ops": ops}
+
+    def counters(self) -> Iterator[tuple[str, str, dict[str, str], float]]:
+        help_text = "Requests (http) and websocket frames (ops) refused by the per-token rate limits"
+        for what, limiter in self._limiters.items():
+            yield "realtime_rate_limited", help_text, {"what": what}, limiter.refused
