@@ -5,9 +5,13 @@ Layout under `root`:
     workspaces/<project_id>/   the project's files (what its sandbox sees)
     .staging/                  files being written, workspaces being laid (same filesystem)
     .pids/<project_id>         pgids of the project's live process groups, one per line
+    .homes/<project_id>/       the home directory of the project's sandbox (npm's cache)
+    .sandbox/etc/              the passwd and group files every sandbox sees
 
-Processes run as the server's user: path confinement guards against bad requests, not against
-the code a sandbox runs.
+With `isolation="sandbox"` (the default) every process runs in a bubblewrap sandbox that sees
+only its own workspace (`runtime.local.sandbox`). With `"none"` processes run as the server's
+user with the server's view of the machine: path confinement then guards against bad requests,
+not against the code a workspace runs.
 """
 
 from __future__ import annotations
@@ -29,18 +33,34 @@ from runtime.base import PROJECT_ID_PATTERN, DirEntry, FileChange, FileRange, Fi
 from runtime.errors import FileNotFound, NotADirectory, PathError, ProviderError
 from runtime.local.calls import FileCalls
 from runtime.local.files import WorkspaceFiles
-from runtime.local.groups import PidFile, kill_stale_groups
+from runtime.local.groups import WORKSPACE_ENV, PidFile, kill_stale_groups
 from runtime.local.process import LocalProcess, base_env
+from runtime.local.sandbox import (
+    HOME,
+    ISOLATIONS,
+    Jail,
+    Layout,
+    bwrap_argv,
+    find_bwrap,
+    find_program,
+    host_layout,
+)
 from runtime.local.template import TemplateCache
 from runtime.paths import resolve_in
 from runtime.reads import DEFAULT_MAX_READ_BYTES
 from runtime.watch import EchoSuppression, watch_workspace
 
-__all__ = ["LocalRuntime", "LocalSandbox"]
+__all__ = ["MISSING_BWRAP", "LocalRuntime", "LocalSandbox"]
 
 logger = logging.getLogger(__name__)
 
 _PROJECT_ID = re.compile(PROJECT_ID_PATTERN)
+
+#: What to say when isolation is on and its tool is missing.
+MISSING_BWRAP = (
+    "WORKSPACE_ISOLATION=sandbox needs bubblewrap: install it (`apt-get install bubblewrap`, or run "
+    "scripts/ensure-bwrap.sh), or set WORKSPACE_ISOLATION=none (loopback only)"
+)
 
 #: How long a file call may take unless configured (`WORKSPACE_FILE_OP_TIMEOUT_S`).
 _FILE_OP_TIMEOUT_S = 30.0
@@ -59,8 +79,11 @@ class LocalSandbox:
     def __init__(self, project_id: str, workspace: Path, staging: Path, pids: PidFile, *,
                  env: Mapping[str, str] | None = None,
                  on_close: Callable[[LocalSandbox], None] = lambda _: None,
-                 max_read_bytes: int = DEFAULT_MAX_READ_BYTES, calls: FileCalls | None = None) -> None:
+                 max_read_bytes: int = DEFAULT_MAX_READ_BYTES, calls: FileCalls | None = None,
+                 layout: Layout | None = None, home: Path | None = None) -> None:
         self.project_id = project_id
+        self._layout = layout
+        self._home = home
         self.workspace = Path(os.path.realpath(workspace))
         self._env = dict(env or {})
         self._pids = pids
@@ -120,13 +143,27 @@ class LocalSandbox:
             raise ValueError("argv is empty")
         workdir = await self._calls.run("find the working directory", lambda: self._workdir(cwd or ""))
         try:
-            proc = LocalProcess.start(argv, cwd=workdir, env=base_env(self.workspace, self._env, env),
-                                      on_output=on_output, on_exit=self._exited)
+            if self._layout is None:
+                proc = LocalProcess.start(argv, cwd=workdir, env=base_env(self.workspace, self._env, env),
+                                          on_output=on_output, on_exit=self._exited)
+            else:
+                proc = self._start_sandboxed(argv, workdir, env, on_output)
         except OSError as exc:
             raise ProviderError(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from None
         self._processes.add(proc)
         self._pids.add(proc.pgid)
         return proc
+
+    def _start_sandboxed(self, argv: Sequence[str], workdir: Path, env: Mapping[str, str] | None,
+                         on_output: OutputSink) -> LocalProcess:
+        assert self._layout is not None and self._home is not None
+        inner = base_env(self.workspace, {"HOME": str(HOME)}, self._env, env)
+        del inner[WORKSPACE_ENV]  # the host path stays outside; the wrapper carries the marker
+        jail = Jail(self.workspace, self._home, workdir, inner)
+        find_program(self._layout, jail, argv[0])
+        outer = {"PATH": inner["PATH"], WORKSPACE_ENV: str(self.workspace)}
+        return LocalProcess.start(bwrap_argv(self._layout, jail, argv), cwd=self.workspace, env=outer,
+                                  on_output=on_output, on_exit=self._exited, sandboxed=True)
 
     def _workdir(self, cwd: str) -> Path:
         path = resolve_in(self.workspace, cwd, allow_root=True)
@@ -198,13 +235,22 @@ class LocalRuntime:
         env: environment added to every process of every sandbox.
         max_read_bytes: the largest whole-file read (`WORKSPACE_MAX_READ_BYTES`).
         file_op_timeout_s: how long a file call may take (`WORKSPACE_FILE_OP_TIMEOUT_S`).
+        isolation: `sandbox` (every process in a bubblewrap sandbox) or `none`
+            (`WORKSPACE_ISOLATION`).
+
+    Raises:
+        ValueError: an unknown isolation.
     """
 
     name = "local"
 
     def __init__(self, root: Path, template: TemplateCache | None, *,
                  env: Mapping[str, str] | None = None, max_read_bytes: int = DEFAULT_MAX_READ_BYTES,
-                 file_op_timeout_s: float = _FILE_OP_TIMEOUT_S) -> None:
+                 file_op_timeout_s: float = _FILE_OP_TIMEOUT_S, isolation: str = "sandbox") -> None:
+        if isolation not in ISOLATIONS:
+            raise ValueError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
+        self.isolation = isolation
+        self._layout: Layout | None = None
         self.root = Path(root)
         self.template = template
         self._env = dict(env or {})
@@ -241,11 +287,33 @@ class LocalRuntime:
             pids = PidFile(self.root / ".pids" / project_id)
             marker = await anyio.to_thread.run_sync(os.path.realpath, workspace)
             await kill_stale_groups(pids, marker)
+            layout = await self._sandbox_layout()
+            home = None
+            if layout is not None:
+                home = self.root / ".homes" / project_id
+                await anyio.to_thread.run_sync(lambda: home.mkdir(parents=True, exist_ok=True))
             calls = self._calls.setdefault(project_id, FileCalls(LocalSandbox.FILE_CALLS, self._file_op_timeout_s))
             sandbox = LocalSandbox(project_id, workspace, self.root / ".staging", pids, env=self._env,
-                                   on_close=self._forget, max_read_bytes=self._max_read_bytes, calls=calls)
+                                   on_close=self._forget, max_read_bytes=self._max_read_bytes, calls=calls,
+                                   layout=layout, home=home)
             self._sandboxes[project_id] = sandbox
             return sandbox
+
+    async def _sandbox_layout(self) -> Layout | None:
+        """The host layout sandboxes are built on (found once), or `None` without isolation.
+
+        Raises:
+            ProviderError: isolation is on and bubblewrap is missing.
+        """
+        if self.isolation == "none":
+            return None
+        if self._layout is None:
+            bwrap = find_bwrap()
+            if bwrap is None:
+                raise ProviderError(MISSING_BWRAP)
+            etc = self.root / ".sandbox" / "etc"
+            self._layout = await anyio.to_thread.run_sync(host_layout, bwrap, etc)
+        return self._layout
 
     async def _provision(self, workspace: Path) -> None:
         staging = self.root / ".staging"
@@ -285,6 +353,17 @@ class LocalRuntime:
                 raise ProviderError(f"{' and '.join(missing)} not found on PATH {path!r}")
 
         await anyio.to_thread.run_sync(probe)
+        layout = await self._sandbox_layout()
+        if layout is not None:  # start a throwaway sandbox: proves namespaces work here
+            scratch = Path(await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="check-", dir=self.root)))
+            try:
+                argv = bwrap_argv(layout, Jail(scratch, scratch, env={"PATH": "/usr/bin:/bin"}), ["true"])
+                result = await anyio.run_process(argv, check=False)
+            finally:
+                await anyio.to_thread.run_sync(shutil.rmtree, scratch, True)
+            if result.returncode != 0:
+                detail = result.stderr.decode(errors="replace").strip()[:200]
+                raise ProviderError(f"cannot start a sandbox with {layout.bwrap}: {detail}")
 
     async def aclose(self) -> None:
         """Terminate every sandbox this runtime opened."""
