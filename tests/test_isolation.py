@@ -17,6 +17,9 @@ from pathlib import Path
 import anyio
 import pytest
 
+from realtime.check import check_isolation
+from realtime.config.settings import ConfigError, Settings
+from realtime.web.app import make_runtime
 from runtime.base import FileUpload, Stream
 from runtime.local.groups import WORKSPACE_ENV
 from runtime.local.runtime import LocalRuntime, LocalSandbox
@@ -209,3 +212,29 @@ def test_bwrap_argv_binds_only_the_workspace_writable() -> None:
     assert writable == [["/r/workspaces/p", "/r/workspaces/p"], ["/r/.homes/p", "/home/workspace"]]
     assert argv[argv.index("--chdir") + 1] == "/r/workspaces/p/sub"
     assert argv[argv.index("--setenv") + 1 : argv.index("--setenv") + 3] == ["PATH", "/usr/bin"]
+
+
+def test_isolation_none_is_refused_off_loopback() -> None:
+    """WORKSPACE_ISOLATION=none is a configuration error unless serving on loopback."""
+    env = {"WORKSPACE_TOKEN": "t" * 40, "WORKSPACE_SIGNING_KEY": "k" * 40, "WORKSPACE_ISOLATION": "none"}
+    with pytest.raises(ConfigError, match="loopback"):
+        Settings.from_env(env, host="0.0.0.0")
+    assert Settings.from_env(env).isolation == "none"
+    assert Settings.from_env({}).isolation == "sandbox"
+
+
+def test_serve_refuses_to_start_without_bubblewrap(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """With isolation on and no bwrap, the app is not built, and the error says what to install."""
+    monkeypatch.setattr("runtime.local.sandbox.find_bwrap", lambda: None)
+    settings = Settings.from_env({"WORKSPACE_ROOT": str(tmp_path)})
+    with pytest.raises(ConfigError, match="apt-get install bubblewrap"):
+        make_runtime(settings)
+
+
+@pytest.mark.anyio
+async def test_check_reports_and_tries_the_isolation(tmp_path: Path) -> None:
+    """`realtime check` names the isolation in force and starts a throwaway sandbox."""
+    finding = await check_isolation(Settings.from_env({"WORKSPACE_ROOT": str(tmp_path)}))
+    assert finding.ok and "sandbox started" in finding.detail
+    finding = await check_isolation(Settings.from_env({"WORKSPACE_ISOLATION": "none"}))
+    assert finding.ok and "server's user" in finding.detail
