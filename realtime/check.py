@@ -283,14 +283,14 @@ def check_local_runtime(settings: Settings, which: Callable[[str], str | None] =
 
 async def check_isolation(settings: Settings) -> Finding:
     """The isolation in force; with `sandbox`, a throwaway sandbox is started to prove it works here."""
-    from runtime.local.runtime import MISSING_BWRAP
-    from runtime.local.sandbox import Jail, bwrap_argv, find_bwrap, host_layout
+    from runtime.local.network import find_network_tools
+    from runtime.local.sandbox import MISSING_TOOLS, Jail, bwrap_argv, find_bwrap, host_layout
 
     if settings.isolation == "none":
         return Finding("isolation", True, "none: workspaces run as the server's user (loopback only)")
     bwrap = find_bwrap()
-    if bwrap is None:
-        return Finding("isolation", False, MISSING_BWRAP)
+    if bwrap is None or find_network_tools() is None:
+        return Finding("isolation", False, MISSING_TOOLS)
     with tempfile.TemporaryDirectory(prefix="realtime-check-") as scratch:
         layout = await anyio.to_thread.run_sync(host_layout, bwrap, Path(scratch) / "etc")
         jail = Jail(Path(scratch), Path(scratch), env={"PATH": "/usr/bin:/bin"})

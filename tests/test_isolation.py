@@ -7,6 +7,7 @@ runtime before sandboxes) every one of them fails: that is what they guard.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from anyio.abc import SocketAttribute
 
 from realtime.check import check_isolation
 from realtime.config.settings import ConfigError, Settings
@@ -238,3 +240,58 @@ async def test_check_reports_and_tries_the_isolation(tmp_path: Path) -> None:
     assert finding.ok and "sandbox started" in finding.detail
     finding = await check_isolation(Settings.from_env({"WORKSPACE_ISOLATION": "none"}))
     assert finding.ok and "server's user" in finding.detail
+
+
+CONNECT = (
+    "python3 -c 'import socket,sys\n"
+    "try:\n socket.create_connection((sys.argv[1], int(sys.argv[2])), 3); print(\"CONNECTED\")\n"
+    "except OSError as e: print(\"refused\", e)' {host} {port}"
+)
+
+
+@pytest.mark.anyio
+async def test_redis_and_the_service_on_loopback_are_unreachable(attacker: LocalSandbox) -> None:
+    """Neither Redis nor a service listening on the host's loopback answers the sandbox."""
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as service:
+        port = service.extra(SocketAttribute.local_port)
+        for target in (6379, port):
+            _, out = await run(attacker, CONNECT.format(host="127.0.0.1", port=target))
+            assert "CONNECTED" not in out and "refused" in out, (target, out)
+            gateway = "$(ip route 2>/dev/null | awk '/default/{print $3}' || echo 10.0.2.2)"
+            _, out = await run(attacker, CONNECT.format(host=gateway, port=target))
+            assert "CONNECTED" not in out, (target, out)
+
+
+@pytest.mark.anyio
+async def test_another_workspaces_dev_server_is_unreachable(attacker: LocalSandbox, victim: LocalSandbox) -> None:
+    """The victim's dev server answers the host (the gateway's way in) but not the attacker."""
+    port = victim.dev_port()
+    out = Output()
+    server = await victim.exec(["python3", "-m", "http.server", str(port), "--bind", "127.0.0.1"], on_output=out)
+    with anyio.fail_after(TIMEOUT):
+        while True:
+            try:
+                stream = await anyio.connect_tcp("127.0.0.1", port)
+            except OSError:
+                await anyio.sleep(0.05)
+                continue
+            await stream.send(b"GET / HTTP/1.0\r\n\r\n")
+            reply = b""
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                while chunk := await stream.receive():
+                    reply += chunk
+            await stream.aclose()
+            if reply.startswith(b"HTTP/"):
+                break
+            await anyio.sleep(0.05)
+    _, out = await run(attacker, CONNECT.format(host="127.0.0.1", port=port))
+    assert "CONNECTED" not in out, out
+    await server.terminate()
+
+
+@pytest.mark.anyio
+async def test_the_registry_is_reachable(attacker: LocalSandbox) -> None:
+    """Outbound traffic works: the npm registry answers a request from inside the sandbox."""
+    script = "npm view is-number name --prefer-online --no-update-notifier"
+    code, out = await run(attacker, script)
+    assert code == 0 and "is-number" in out, out

@@ -161,10 +161,15 @@ async def test_local_classes_implement_the_protocols(runtime: LocalRuntime) -> N
 
 
 @pytest.mark.anyio
-async def test_dev_port_and_preview_origin(sandbox: LocalSandbox) -> None:
-    """dev_port() is a port that can be bound on loopback; the origin points at it."""
+async def test_dev_port_and_preview_origin(tmp_path: Path) -> None:
+    """dev_port() is a port that can be bound on loopback; the origin points at it.
+
+    Without isolation: a sandbox's port is held on the host by its network's forwarder
+    (tests/test_isolation.py reaches a dev server through it).
+    """
     import socket
 
+    sandbox = await LocalRuntime(tmp_path / "root", None, isolation="none").open("p1")
     port = sandbox.dev_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))

@@ -84,12 +84,13 @@ def make_cluster(settings: Settings, broker: Broker, manager: WorkspaceManager) 
 def make_runtime(settings: Settings) -> Runtime:
     """The configured runtime; providers with heavy SDKs are imported only when chosen."""
     if settings.runtime == "local":
-        from runtime.local.runtime import MISSING_BWRAP, LocalRuntime
-        from runtime.local.sandbox import find_bwrap
+        from runtime.local.network import find_network_tools
+        from runtime.local.runtime import LocalRuntime
+        from runtime.local.sandbox import MISSING_TOOLS, find_bwrap
         from runtime.local.template import TemplateCache
 
-        if settings.isolation == "sandbox" and find_bwrap() is None:
-            raise ConfigError(MISSING_BWRAP)
+        if settings.isolation == "sandbox" and (find_bwrap() is None or find_network_tools() is None):
+            raise ConfigError(MISSING_TOOLS)
         root = settings.root.resolve()
         template = TemplateCache(settings.template_dir, root / ".template-cache")
         return LocalRuntime(root, template, max_read_bytes=settings.max_read_bytes,

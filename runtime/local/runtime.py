@@ -8,10 +8,9 @@ Layout under `root`:
     .homes/<project_id>/       the home directory of the project's sandbox (npm's cache)
     .sandbox/etc/              the passwd and group files every sandbox sees
 
-With `isolation="sandbox"` (the default) every process runs in a bubblewrap sandbox that sees
-only its own workspace (`runtime.local.sandbox`). With `"none"` processes run as the server's
-user with the server's view of the machine: path confinement then guards against bad requests,
-not against the code a workspace runs.
+With `isolation="sandbox"` (the default) every process runs in a bubblewrap sandbox in the
+workspace's own network namespace (`runtime.local.sandbox`, `runtime.local.network`); with
+`"none"` as the server's user, and path confinement guards only against bad requests.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -34,10 +32,12 @@ from runtime.errors import FileNotFound, NotADirectory, PathError, ProviderError
 from runtime.local.calls import FileCalls
 from runtime.local.files import WorkspaceFiles
 from runtime.local.groups import WORKSPACE_ENV, PidFile, kill_stale_groups
+from runtime.local.network import Netns, Network, find_network_tools, free_port, open_netns
 from runtime.local.process import LocalProcess, base_env
 from runtime.local.sandbox import (
     HOME,
     ISOLATIONS,
+    MISSING_TOOLS,
     Jail,
     Layout,
     bwrap_argv,
@@ -50,17 +50,11 @@ from runtime.paths import resolve_in
 from runtime.reads import DEFAULT_MAX_READ_BYTES
 from runtime.watch import EchoSuppression, watch_workspace
 
-__all__ = ["MISSING_BWRAP", "LocalRuntime", "LocalSandbox"]
+__all__ = ["LocalRuntime", "LocalSandbox"]
 
 logger = logging.getLogger(__name__)
 
 _PROJECT_ID = re.compile(PROJECT_ID_PATTERN)
-
-#: What to say when isolation is on and its tool is missing.
-MISSING_BWRAP = (
-    "WORKSPACE_ISOLATION=sandbox needs bubblewrap: install it (`apt-get install bubblewrap`, or run "
-    "scripts/ensure-bwrap.sh), or set WORKSPACE_ISOLATION=none (loopback only)"
-)
 
 #: How long a file call may take unless configured (`WORKSPACE_FILE_OP_TIMEOUT_S`).
 _FILE_OP_TIMEOUT_S = 30.0
@@ -80,8 +74,11 @@ class LocalSandbox:
                  env: Mapping[str, str] | None = None,
                  on_close: Callable[[LocalSandbox], None] = lambda _: None,
                  max_read_bytes: int = DEFAULT_MAX_READ_BYTES, calls: FileCalls | None = None,
-                 layout: Layout | None = None, home: Path | None = None) -> None:
+                 layout: Layout | None = None, home: Path | None = None, netns: Netns | None = None,
+                 port: int | None = None) -> None:
         self.project_id = project_id
+        self._netns = netns
+        self._port = port
         self._layout = layout
         self._home = home
         self.workspace = Path(os.path.realpath(workspace))
@@ -162,7 +159,10 @@ class LocalSandbox:
         jail = Jail(self.workspace, self._home, workdir, inner)
         find_program(self._layout, jail, argv[0])
         outer = {"PATH": inner["PATH"], WORKSPACE_ENV: str(self.workspace)}
-        return LocalProcess.start(bwrap_argv(self._layout, jail, argv), cwd=self.workspace, env=outer,
+        wrapped = bwrap_argv(self._layout, jail, argv)
+        if self._netns is not None:
+            wrapped = self._netns.enter(wrapped)
+        return LocalProcess.start(wrapped, cwd=self.workspace, env=outer,
                                   on_output=on_output, on_exit=self._exited, sandboxed=True)
 
     def _workdir(self, cwd: str) -> Path:
@@ -178,10 +178,8 @@ class LocalSandbox:
         self._pids.discard(proc.pgid)
 
     def dev_port(self) -> int:
-        """A TCP port free on 127.0.0.1 right now (the OS picks it)."""
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
+        """A TCP port free on 127.0.0.1 right now (the OS picks it); in a network namespace, its forwarded port."""
+        return self._port if self._port is not None else free_port()
 
     async def preview_origin(self, port: int) -> str:
         return f"http://127.0.0.1:{port}"
@@ -216,6 +214,10 @@ class LocalSandbox:
         async with anyio.create_task_group() as tg:
             for proc in list(self._processes):
                 tg.start_soon(proc.terminate, grace)
+        if self._netns is not None:
+            netns, self._netns = self._netns, None
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(netns.close)
         self._on_close(self)
 
     async def detach(self) -> None:
@@ -236,10 +238,7 @@ class LocalRuntime:
         max_read_bytes: the largest whole-file read (`WORKSPACE_MAX_READ_BYTES`).
         file_op_timeout_s: how long a file call may take (`WORKSPACE_FILE_OP_TIMEOUT_S`).
         isolation: `sandbox` (every process in a bubblewrap sandbox) or `none`
-            (`WORKSPACE_ISOLATION`).
-
-    Raises:
-        ValueError: an unknown isolation.
+            (`WORKSPACE_ISOLATION`); anything else raises ValueError.
     """
 
     name = "local"
@@ -251,6 +250,7 @@ class LocalRuntime:
             raise ValueError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
         self.isolation = isolation
         self._layout: Layout | None = None
+        self._network: Network | None = None
         self.root = Path(root)
         self.template = template
         self._env = dict(env or {})
@@ -288,32 +288,48 @@ class LocalRuntime:
             marker = await anyio.to_thread.run_sync(os.path.realpath, workspace)
             await kill_stale_groups(pids, marker)
             layout = await self._sandbox_layout()
-            home = None
+            home = netns = port = None
             if layout is not None:
                 home = self.root / ".homes" / project_id
                 await anyio.to_thread.run_sync(lambda: home.mkdir(parents=True, exist_ok=True))
+                netns, port = await self._start_netns(project_id, marker)
             calls = self._calls.setdefault(project_id, FileCalls(LocalSandbox.FILE_CALLS, self._file_op_timeout_s))
             sandbox = LocalSandbox(project_id, workspace, self.root / ".staging", pids, env=self._env,
                                    on_close=self._forget, max_read_bytes=self._max_read_bytes, calls=calls,
-                                   layout=layout, home=home)
+                                   layout=layout, home=home, netns=netns, port=port)
             self._sandboxes[project_id] = sandbox
             return sandbox
 
     async def _sandbox_layout(self) -> Layout | None:
         """The host layout sandboxes are built on (found once), or `None` without isolation.
 
-        Raises:
-            ProviderError: isolation is on and bubblewrap is missing.
+        Raises ProviderError if isolation is on and its tools are missing.
         """
         if self.isolation == "none":
             return None
         if self._layout is None:
-            bwrap = find_bwrap()
-            if bwrap is None:
-                raise ProviderError(MISSING_BWRAP)
-            etc = self.root / ".sandbox" / "etc"
-            self._layout = await anyio.to_thread.run_sync(host_layout, bwrap, etc)
+            bwrap, self._network = find_bwrap(), find_network_tools()
+            if bwrap is None or self._network is None:
+                raise ProviderError(MISSING_TOOLS)
+            if os.geteuid() != 0:  # entering the namespace needs root; bwrap alone does not
+                logger.warning("workspaces share the host's network: their own needs the server to run as root")
+                self._network = None
+            self._layout = await anyio.to_thread.run_sync(host_layout, bwrap, self.root / ".sandbox" / "etc")
         return self._layout
+
+    async def _start_netns(self, project_id: str, marker: str) -> tuple[Netns | None, int | None]:
+        """The workspace's network namespace and its forwarded dev port; an earlier server's holder ends."""
+        if self._network is None:
+            return None, None
+        pids = PidFile(self.root / ".sandbox" / "net" / project_id)
+        await kill_stale_groups(pids, marker)
+        try:
+            netns, port = await open_netns(self._network, {WORKSPACE_ENV: marker})
+        except OSError as exc:
+            raise ProviderError(f"cannot give the workspace a network of its own: {exc}") from None
+        netns.recorded = pids
+        pids.add(netns.holder)
+        return netns, port
 
     async def _provision(self, workspace: Path) -> None:
         staging = self.root / ".staging"

@@ -4,7 +4,7 @@
 workspace's paths and environment) to the argv that runs a command in that workspace's sandbox:
 
 - new user, PID, mount, IPC, UTS and cgroup namespaces (`--unshare-all --share-net`; the network
-  namespace is not unshared yet: the gateway reaches the dev server on host loopback);
+  network namespace is the workspace's own, which the caller enters: `runtime.local.network`);
 - inside, the user `workspace` (uid/gid 1000), no capabilities, `no_new_privs` (bwrap sets it);
 - a root of its own: read-only `/usr` and the merged-usr links (or read-only binds), a few
   read-only files of `/etc` (resolv.conf, hosts, certificates, alternatives, a generated
@@ -38,6 +38,7 @@ from pathlib import Path, PurePosixPath
 __all__ = [
     "HOME",
     "ISOLATIONS",
+    "MISSING_TOOLS",
     "SANDBOX_GID",
     "SANDBOX_UID",
     "Jail",
@@ -49,6 +50,11 @@ __all__ = [
     "wrapper_pids",
 ]
 
+#: What to say when isolation is on and its tools are missing.
+MISSING_TOOLS = (
+    "WORKSPACE_ISOLATION=sandbox needs bubblewrap and pasta: install them (`apt-get install bubblewrap "
+    "passt`, or run scripts/ensure-bwrap.sh), or set WORKSPACE_ISOLATION=none (loopback only)"
+)
 #: `WORKSPACE_ISOLATION`: `sandbox` (bubblewrap) or `none` (processes run as the server's user).
 ISOLATIONS = ("sandbox", "none")
 #: The sandbox's home directory (npm's cache lives there).
