@@ -1,8 +1,8 @@
 """A workspace's own network namespace: the internet through pasta, nothing of the host's loopback.
 
-One namespace per open workspace, held by a small process (`unshare --user --map-root-user
---net sleep infinity`, started as `nobody` so that pasta, which drops to `nobody` too, may join
-it). pasta (Debian's `passt`) gives it a copy of the host's address and routes, and:
+One namespace per workspace (made at its first command), held by a small process (`unshare
+--user --map-root-user --net sleep infinity`) run as `nobody`, like pasta (Debian's `passt`),
+which joins it. pasta gives it a copy of the host's address and routes, and:
 
 - `--no-map-gw`: the gateway address is the real gateway, not a door to the host's loopback;
 - `-T none -U none`: nothing in the namespace is forwarded to the host's ports (Redis, the
@@ -10,9 +10,9 @@ it). pasta (Debian's `passt`) gives it a copy of the host's address and routes, 
 - `-t 127.0.0.1/<port>`: the host's 127.0.0.1:<port> (the workspace's dev port) is forwarded
   into the namespace's own loopback, where the dev server listens: the gateway reaches it there.
 
-pasta runs as a daemon of its own (it does not quit when the holder dies here): the sandbox
-ends it by pid on close. A server that crashes leaves it behind, holding its port, until the
-host reboots (the holder, recorded in the pid file, is killed at the next open).
+Both run in one process group (recorded, so a later server can kill what a crashed one left)
+and with a parent-death signal: they end with the server thread that started them, and with
+the sandbox's `close()`.
 
 Every process of the workspace enters the namespace (`nsenter --net=…`, which execs bwrap in
 place: the process tree is unchanged). `holder_argv`, `pasta_argv` and `enter_argv` are pure.
@@ -26,25 +26,26 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 
+from runtime.errors import ProviderError
 from runtime.local.groups import PidFile
 
 __all__ = [
     "NOBODY",
     "Netns",
     "Network",
+    "WorkspaceNetwork",
     "enter_argv",
     "find_network_tools",
     "free_port",
     "holder_argv",
-    "open_netns",
     "pasta_argv",
+    "start_netns",
 ]
 
 #: The host user the namespace's holder and pasta run as.
@@ -71,15 +72,18 @@ def find_network_tools() -> Network | None:
     return Network(pasta, nsenter, unshare, setpriv)
 
 
+def _as_nobody(net: Network) -> list[str]:
+    return [net.setpriv, "--pdeathsig=KILL", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+
+
 def holder_argv(net: Network) -> list[str]:
     """The process that holds a new (user and) network namespace, as `nobody`."""
-    return [net.setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-            net.unshare, "--user", "--map-root-user", "--net", "sleep", "infinity"]
+    return [*_as_nobody(net), net.unshare, "--user", "--map-root-user", "--net", "sleep", "infinity"]
 
 
 def pasta_argv(net: Network, holder: int, port: int) -> list[str]:
     """pasta for the namespace of `holder`: outbound traffic, `port` forwarded in, no host loopback."""
-    return [net.pasta, "--quiet", f"--runas={NOBODY}:{NOBODY}", "--config-net", "--no-map-gw",
+    return [*_as_nobody(net), net.pasta, "--foreground", "--quiet", "--config-net", "--no-map-gw",
             "-T", "none", "-U", "none", "-u", "none", "-t", f"127.0.0.1/{port}", str(holder)]
 
 
@@ -89,61 +93,93 @@ def enter_argv(net: Network, holder: int, argv: Sequence[str]) -> list[str]:
 
 
 class Netns:
-    """One workspace's network namespace: its holder and its pasta, started and ended together."""
+    """One workspace's network namespace: its holder and its pasta, in one process group."""
 
-    def __init__(self, net: Network, holder: subprocess.Popen[bytes], pasta_pid: int | None) -> None:
+    def __init__(self, net: Network, holder: subprocess.Popen[bytes], pasta: subprocess.Popen[bytes]) -> None:
         self.net = net
         self._holder = holder
-        self._pasta_pid = pasta_pid
-        #: Where the holder is recorded for a later server to kill (`runtime.local.groups`).
+        self._pasta = pasta
+        #: Where the group is recorded for a later server to kill (`runtime.local.groups`).
         self.recorded: PidFile | None = None
 
     @property
     def holder(self) -> int:
+        """The holder's pid, also the group's id."""
         return self._holder.pid
-
-    @classmethod
-    def start(cls, net: Network, port: int, env: dict[str, str]) -> Netns:
-        """Start the holder, then pasta (which returns once the namespace is configured).
-
-        Blocking (call it in a thread). Raises OSError if either cannot be started.
-        """
-        holder = subprocess.Popen(holder_argv(net), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, start_new_session=True, env=env)
-        try:
-            ns = f"/proc/{holder.pid}/ns/net"
-            own = os.stat("/proc/self/ns/net").st_ino
-            for _ in range(500):  # until unshare has made the namespace (a few ms)
-                if holder.poll() is not None:
-                    raise OSError(f"the network namespace holder exited with {holder.returncode}")
-                with contextlib.suppress(OSError):
-                    if os.stat(ns).st_ino != own:
-                        break
-                time.sleep(0.002)
-            done = subprocess.run(pasta_argv(net, holder.pid, port), stdin=subprocess.DEVNULL,
-                                  capture_output=True, timeout=30, check=False)
-            if done.returncode != 0:
-                detail = done.stderr.decode(errors="replace").strip()[-300:]
-                raise OSError(f"pasta failed ({done.returncode}): {detail}")
-            pasta_pid = _find_pasta(holder.pid)
-        except BaseException:
-            _kill(holder.pid)
-            holder.wait()
-            raise
-        return cls(net, holder, pasta_pid)
 
     def enter(self, argv: Sequence[str]) -> list[str]:
         return enter_argv(self.net, self.holder, argv)
 
     def close(self) -> None:
         """End pasta and the holder (the namespace goes with the holder). Blocking, quick."""
-        if self._pasta_pid is not None and _comm(self._pasta_pid) in ("pasta", "passt"):
-            _kill(self._pasta_pid)
-        _kill(self._holder.pid)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._holder.wait(timeout=5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._holder.pid, signal.SIGKILL)
+        for proc in (self._pasta, self._holder):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
         if self.recorded is not None:
             self.recorded.discard(self._holder.pid)
+
+
+#: How long a new namespace may take to be configured.
+CONFIG_TIMEOUT_S = 10.0
+
+
+def _spawn(argv: list[str], process_group: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Fork and exec, quick (synchronous on purpose: see `start_netns`)."""
+    return subprocess.Popen(argv, process_group=process_group, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def start_netns(net: Network, port: int, env: dict[str, str]) -> Netns:
+    """A new network namespace with host `port` forwarded into it, once pasta has configured it.
+
+    The processes are spawned from the calling (event loop) thread: their parent-death signal
+    follows the thread that forked them, and a worker thread would end too soon.
+
+    Raises:
+        OSError: the holder or pasta could not be started, or the namespace was not configured.
+    """
+    holder = _spawn(holder_argv(net), 0, env)
+    pasta: subprocess.Popen[bytes] | None = None
+    try:
+        with anyio.fail_after(CONFIG_TIMEOUT_S):
+            own = os.stat("/proc/self/ns/net").st_ino
+            while _netns_inode(holder.pid) in (None, own):  # until unshare has made it (a few ms)
+                if holder.poll() is not None:
+                    raise OSError(f"the network namespace holder exited with {holder.returncode}")
+                await anyio.sleep(0.002)
+            pasta = _spawn(pasta_argv(net, holder.pid, port), holder.pid, env)
+            while not _has_default_route(holder.pid):  # pasta configures it in a few ms
+                if pasta.poll() is not None:
+                    raise OSError(f"pasta exited with {pasta.returncode}")
+                await anyio.sleep(0.002)
+    except BaseException as exc:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(holder.pid, signal.SIGKILL)
+        for proc in (pasta, holder):
+            if proc is not None:
+                proc.wait()
+        if isinstance(exc, TimeoutError):
+            raise OSError("the network namespace was not configured in time") from None
+        raise
+    return Netns(net, holder, pasta)
+
+
+def _netns_inode(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
+
+
+def _has_default_route(pid: int) -> bool:
+    """Whether the network namespace of `pid` has a default IPv4 route (read from /proc)."""
+    try:
+        lines = Path(f"/proc/{pid}/net/route").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    return any(len(fields) > 1 and fields[1] == "00000000" for fields in (line.split() for line in lines))
 
 
 def free_port() -> int:
@@ -153,38 +189,48 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def open_netns(net: Network, marker_env: dict[str, str]) -> tuple[Netns, int]:
-    """A new network namespace with a free host port forwarded into it; the namespace and the port.
+class WorkspaceNetwork:
+    """A workspace's network namespace, made at its first command; its dev port is chosen at once.
 
-    Raises:
-        OSError: the holder or pasta could not be started.
+    Args:
+        net: the tools.
+        port: the host port forwarded into the namespace (the workspace's `dev_port()`).
+        env: the holder's environment (the workspace marker of `runtime.local.groups`).
+        recorded: where the namespace's process group is recorded for a later server.
     """
-    port = free_port()
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **marker_env}
-    netns = await anyio.to_thread.run_sync(Netns.start, net, port, env)
-    return netns, port
 
+    def __init__(self, net: Network, port: int, env: dict[str, str], recorded: PidFile) -> None:
+        self.port = port
+        self._net = net
+        self._env = env
+        self._recorded = recorded
+        self._netns: Netns | None = None
+        self._lock = anyio.Lock()
 
-def _find_pasta(holder: int) -> int | None:
-    """The pid of the pasta daemon serving `holder` (it cannot write a pid file where we can read)."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and _comm(int(entry)) in ("pasta", "passt"):
+    async def ready(self) -> None:
+        """Make the namespace unless it exists.
+
+        Raises:
+            ProviderError: it could not be made.
+        """
+        async with self._lock:
+            if self._netns is not None:
+                return
             try:
-                args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if str(holder).encode() in args[-3:]:
-                return int(entry)
-    return None
+                netns = await start_netns(self._net, self.port, self._env)
+            except OSError as exc:
+                raise ProviderError(f"cannot give the workspace a network of its own: {exc}") from None
+            netns.recorded = self._recorded
+            self._recorded.add(netns.holder)
+            self._netns = netns
 
+    def enter(self, argv: Sequence[str]) -> list[str]:
+        """`argv` run in the namespace (after `ready()`)."""
+        assert self._netns is not None, "ready() first"
+        return self._netns.enter(argv)
 
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+    def close(self) -> None:
+        """End the namespace if it was made (blocking, quick)."""
+        netns, self._netns = self._netns, None
+        if netns is not None:
+            netns.close()

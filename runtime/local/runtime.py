@@ -32,7 +32,7 @@ from runtime.errors import FileNotFound, NotADirectory, PathError, ProviderError
 from runtime.local.calls import FileCalls
 from runtime.local.files import WorkspaceFiles
 from runtime.local.groups import WORKSPACE_ENV, PidFile, kill_stale_groups
-from runtime.local.network import Netns, Network, find_network_tools, free_port, open_netns
+from runtime.local.network import Network, WorkspaceNetwork, find_network_tools, free_port
 from runtime.local.process import LocalProcess, base_env
 from runtime.local.sandbox import (
     HOME,
@@ -74,11 +74,10 @@ class LocalSandbox:
                  env: Mapping[str, str] | None = None,
                  on_close: Callable[[LocalSandbox], None] = lambda _: None,
                  max_read_bytes: int = DEFAULT_MAX_READ_BYTES, calls: FileCalls | None = None,
-                 layout: Layout | None = None, home: Path | None = None, netns: Netns | None = None,
-                 port: int | None = None) -> None:
+                 layout: Layout | None = None, home: Path | None = None,
+                 network: WorkspaceNetwork | None = None) -> None:
         self.project_id = project_id
-        self._netns = netns
-        self._port = port
+        self._network = network
         self._layout = layout
         self._home = home
         self.workspace = Path(os.path.realpath(workspace))
@@ -139,6 +138,11 @@ class LocalSandbox:
         if not argv:
             raise ValueError("argv is empty")
         workdir = await self._calls.run("find the working directory", lambda: self._workdir(cwd or ""))
+        if self._network is not None:
+            await self._network.ready()
+            if self._closed:  # terminated meanwhile: what ready() made goes too
+                await anyio.to_thread.run_sync(self._network.close)
+                raise ProviderError(f"sandbox {self.project_id!r} was terminated")
         try:
             if self._layout is None:
                 proc = LocalProcess.start(argv, cwd=workdir, env=base_env(self.workspace, self._env, env),
@@ -160,8 +164,8 @@ class LocalSandbox:
         find_program(self._layout, jail, argv[0])
         outer = {"PATH": inner["PATH"], WORKSPACE_ENV: str(self.workspace)}
         wrapped = bwrap_argv(self._layout, jail, argv)
-        if self._netns is not None:
-            wrapped = self._netns.enter(wrapped)
+        if self._network is not None:
+            wrapped = self._network.enter(wrapped)
         return LocalProcess.start(wrapped, cwd=self.workspace, env=outer,
                                   on_output=on_output, on_exit=self._exited, sandboxed=True)
 
@@ -179,7 +183,7 @@ class LocalSandbox:
 
     def dev_port(self) -> int:
         """A TCP port free on 127.0.0.1 right now (the OS picks it); in a network namespace, its forwarded port."""
-        return self._port if self._port is not None else free_port()
+        return self._network.port if self._network is not None else free_port()
 
     async def preview_origin(self, port: int) -> str:
         return f"http://127.0.0.1:{port}"
@@ -214,10 +218,9 @@ class LocalSandbox:
         async with anyio.create_task_group() as tg:
             for proc in list(self._processes):
                 tg.start_soon(proc.terminate, grace)
-        if self._netns is not None:
-            netns, self._netns = self._netns, None
+        if self._network is not None:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(netns.close)
+                await anyio.to_thread.run_sync(self._network.close)
         self._on_close(self)
 
     async def detach(self) -> None:
@@ -288,15 +291,15 @@ class LocalRuntime:
             marker = await anyio.to_thread.run_sync(os.path.realpath, workspace)
             await kill_stale_groups(pids, marker)
             layout = await self._sandbox_layout()
-            home = netns = port = None
+            home = network = None
             if layout is not None:
                 home = self.root / ".homes" / project_id
                 await anyio.to_thread.run_sync(lambda: home.mkdir(parents=True, exist_ok=True))
-                netns, port = await self._start_netns(project_id, marker)
+                network = await self._workspace_network(project_id, marker)
             calls = self._calls.setdefault(project_id, FileCalls(LocalSandbox.FILE_CALLS, self._file_op_timeout_s))
             sandbox = LocalSandbox(project_id, workspace, self.root / ".staging", pids, env=self._env,
                                    on_close=self._forget, max_read_bytes=self._max_read_bytes, calls=calls,
-                                   layout=layout, home=home, netns=netns, port=port)
+                                   layout=layout, home=home, network=network)
             self._sandboxes[project_id] = sandbox
             return sandbox
 
@@ -317,19 +320,14 @@ class LocalRuntime:
             self._layout = await anyio.to_thread.run_sync(host_layout, bwrap, self.root / ".sandbox" / "etc")
         return self._layout
 
-    async def _start_netns(self, project_id: str, marker: str) -> tuple[Netns | None, int | None]:
-        """The workspace's network namespace and its forwarded dev port; an earlier server's holder ends."""
+    async def _workspace_network(self, project_id: str, marker: str) -> WorkspaceNetwork | None:
+        """The workspace's network (made at its first command); what a crashed server left ends."""
         if self._network is None:
-            return None, None
+            return None
         pids = PidFile(self.root / ".sandbox" / "net" / project_id)
         await kill_stale_groups(pids, marker)
-        try:
-            netns, port = await open_netns(self._network, {WORKSPACE_ENV: marker})
-        except OSError as exc:
-            raise ProviderError(f"cannot give the workspace a network of its own: {exc}") from None
-        netns.recorded = pids
-        pids.add(netns.holder)
-        return netns, port
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), WORKSPACE_ENV: marker}
+        return WorkspaceNetwork(self._network, free_port(), env, pids)
 
     async def _provision(self, workspace: Path) -> None:
         staging = self.root / ".staging"
