@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 	@scripts/ensure-node.sh
+	@scripts/ensure-bwrap.sh
 
 run: setup
 	$(BIN)/realtime serve --host $(HOST) --port $(PORT)

@@ -3,11 +3,13 @@
 cold: an empty WORKSPACE_ROOT (no template cache) and an empty npm cache, so npm downloads everything.
 warm: a second project on the same root, laid from the template cache (hard-linked node_modules).
 
-Run: `make bench` (or `.venv/bin/python benchmarks/lifecycle.py`).
+Run: `make bench` (or `.venv/bin/python benchmarks/lifecycle.py [sandbox|none]`: the
+isolation, `sandbox` by default).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import tempfile
@@ -18,18 +20,24 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from realtime.config.settings import Settings
 from runtime.base import DEFAULT_TEMPLATE
 from tests.harness import make_settings, running_server
 
 
-async def main() -> None:
+async def main(isolation: str) -> None:
     with tempfile.TemporaryDirectory(prefix="qai-bench-") as tmp:
-        # Sandbox processes get the server's HOME (and so npm's cache, ~/.npm): an empty one makes "cold" cold.
+        # Without isolation, processes get the server's HOME (and so npm's cache, ~/.npm): an empty one
+        # makes "cold" cold. A sandbox has a home (and npm cache) of its own per workspace, empty at first.
         home = Path(tmp) / "home"
         home.mkdir()
         os.environ["HOME"] = str(home)
         root = Path(tmp) / "root"
-        async with running_server(lambda port: make_settings(root, port, template=DEFAULT_TEMPLATE)) as server:
+        def settings(port: int) -> Settings:
+            return dataclasses.replace(make_settings(root, port, template=DEFAULT_TEMPLATE), isolation=isolation)
+
+        print(f"isolation: {isolation}", flush=True)
+        async with running_server(settings) as server:
             for label, project in (("cold", "bench-cold"), ("warm", "bench-warm")):
                 started = time.perf_counter()
                 result = await server.provision(project)
@@ -41,4 +49,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    anyio.run(main, sys.argv[1] if len(sys.argv) > 1 else "sandbox")

@@ -14,6 +14,7 @@ import importlib.metadata
 import importlib.util
 import os
 import shutil
+import tempfile
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ __all__ = [
     "Finding",
     "check_callback_url",
     "check_image",
+    "check_isolation",
     "check_local_runtime",
     "check_modal_credentials",
     "check_modal_sdk",
@@ -279,6 +281,26 @@ def check_local_runtime(settings: Settings, which: Callable[[str], str | None] =
     return findings
 
 
+async def check_isolation(settings: Settings) -> Finding:
+    """The isolation in force; with `sandbox`, a throwaway sandbox is started to prove it works here."""
+    from runtime.local.network import find_network_tools
+    from runtime.local.sandbox import MISSING_TOOLS, Jail, bwrap_argv, find_bwrap, host_layout
+
+    if settings.isolation == "none":
+        return Finding("isolation", True, "none: workspaces run as the server's user (loopback only)")
+    bwrap = find_bwrap()
+    if bwrap is None or find_network_tools() is None:
+        return Finding("isolation", False, MISSING_TOOLS)
+    with tempfile.TemporaryDirectory(prefix="realtime-check-") as scratch:
+        layout = await anyio.to_thread.run_sync(host_layout, bwrap, Path(scratch) / "etc")
+        jail = Jail(Path(scratch), Path(scratch), env={"PATH": "/usr/bin:/bin"})
+        result = await anyio.run_process(bwrap_argv(layout, jail, ["true"]), check=False)
+    if result.returncode != 0:
+        detail = result.stderr.decode(errors="replace").strip()[:200]
+        return Finding("isolation", False, f"sandbox: {bwrap} cannot start a sandbox here: {detail}")
+    return Finding("isolation", True, f"sandbox: bubblewrap ({bwrap}), a throwaway sandbox started")
+
+
 # --- all together ----------------------------------------------------------------------------------
 
 
@@ -306,6 +328,7 @@ async def run_checks(
     findings.append(await check_redis(settings.redis_url))
     if settings.runtime == "local":
         findings.extend(check_local_runtime(settings, which))
+        findings.append(await check_isolation(settings))
     return findings
 
 

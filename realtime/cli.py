@@ -34,6 +34,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"realtime: configuration error: {exc}", file=sys.stderr)
         return 2
+    if settings.runtime == "local" and settings.isolation == "none":
+        print("realtime: WARNING: WORKSPACE_ISOLATION=none: workspaces run as the server's user "
+              "and can read its secrets; use it on a trusted machine only", file=sys.stderr, flush=True)
     print(f"realtime: serving on http://{args.host}:{args.port} (runtime {settings.runtime})", flush=True)
     config = uvicorn_config(app, settings, host=args.host, port=args.port, log_level=args.log_level)
     Server(config, app.state.hub, settings.drain_timeout_s).run()

@@ -3,6 +3,8 @@
 Both instances share the workspace root (as servers sharing a disk would), the token, the signing key
 and the Redis key prefix. Where a command ran is proven by what it prints: a string command runs under
 `sh -c` as a direct child of the server process that ran it, so `echo $PPID` prints that server's pid.
+A sandbox hides its parent (`$PPID` is its own PID 1), so the tests that rely on it run their
+instances with `WORKSPACE_ISOLATION=none` (`Cluster.isolation`); the others run sandboxed.
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ class Cluster:
     base: Path
     prefix: str
     instances: list[Instance] = field(default_factory=list)
+    #: WORKSPACE_ISOLATION of the instances started from now on.
+    isolation: str = "sandbox"
     _files: list[IO[bytes]] = field(default_factory=list)
 
     @property
@@ -119,6 +123,7 @@ class Cluster:
             "WORKSPACE_START_TIMEOUT_S": "30",
             "WORKSPACE_INSTANCE_ID": name,
             "WORKSPACE_LEASE_MS": str(LEASE_MS),
+            "WORKSPACE_ISOLATION": self.isolation,
         }
 
     async def start(self, name: str) -> Instance:
@@ -212,6 +217,7 @@ def states(events: list[dict[str, Any]]) -> list[str]:
 
 async def test_command_runs_once_on_owner(cluster: Cluster) -> None:
     """An op sent to a non-owner runs once, on the owner; the sender's socket sees its output in order."""
+    cluster.isolation = "none"  # `echo $PPID` names the server that ran the command
     a = await cluster.start("a")
     b = await cluster.start("b")
     created = await b.provision(PROJECT)
@@ -237,6 +243,7 @@ async def test_command_runs_once_on_owner(cluster: Cluster) -> None:
 
 async def test_owner_killed_survivor_adopts(cluster: Cluster) -> None:
     """SIGKILL the owner: the survivor adopts the workspace by itself, and the log goes on without a gap."""
+    cluster.isolation = "none"  # `echo $PPID` names the server that ran the command
     a = await cluster.start("a")
     b = await cluster.start("b")
     created = await b.provision(PROJECT)
@@ -289,6 +296,7 @@ async def test_owner_killed_survivor_adopts(cluster: Cluster) -> None:
 
 async def test_op_sent_after_the_owner_died_runs_on_the_survivor(cluster: Cluster) -> None:
     """An op sent to the survivor right after the owner died (its lease not yet lapsed) is run by the survivor."""
+    cluster.isolation = "none"  # `echo $PPID` names the server that ran the command
     a = await cluster.start("a")
     b = await cluster.start("b")
     created = await b.provision(PROJECT)

@@ -17,6 +17,7 @@ SAMPLES = {
     "preview_url": "https://{slug}.preview.example.com",
     "service_url": "https://service.example.com",
     "ws_deflate": "true",
+    "isolation": "none",
 }
 
 

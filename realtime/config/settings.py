@@ -174,6 +174,8 @@ class Settings:
     http_limit_concurrency: int = 10_000
     http_header_timeout_s: float = 10.0
     http_keepalive_s: float = 5.0
+    #: Local runtime: `sandbox` (every workspace process in bubblewrap) or `none` (loopback only).
+    isolation: str = "sandbox"
 
     @classmethod
     def from_env(
@@ -212,6 +214,9 @@ class Settings:
         preview_url = env.get("WORKSPACE_PREVIEW_URL") or f"http://{{slug}}.preview.localhost:{public_port}"
         if "{slug}" not in preview_url:
             raise ConfigError(f"WORKSPACE_PREVIEW_URL must contain {{slug}}, got {preview_url!r}")
+        isolation = _choice(env, "WORKSPACE_ISOLATION", ("sandbox", "none"), "sandbox")
+        if isolation == "none" and not loopback:
+            raise ConfigError("WORKSPACE_ISOLATION=none is accepted only when serving on loopback")
         return cls(
             token=token,
             token_generated=generated,
@@ -279,6 +284,7 @@ class Settings:
             ),
             http_header_timeout_s=_positive_float(env, "WORKSPACE_HTTP_HEADER_TIMEOUT_S", d["http_header_timeout_s"]),
             http_keepalive_s=_positive_float(env, "WORKSPACE_HTTP_KEEPALIVE_S", d["http_keepalive_s"]),
+            isolation=isolation,
         )
 
 

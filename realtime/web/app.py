@@ -20,7 +20,7 @@ from realtime.cluster.protocol import Cluster
 from realtime.cluster.redis_cluster import RedisCluster
 from realtime.cluster.solo import SoloCluster
 from realtime.config.secret_policy import validate_secrets
-from realtime.config.settings import Settings
+from realtime.config.settings import ConfigError, Settings
 from realtime.core.errors import INTERNAL, ApiError, BrokerUnavailable, error_for
 from realtime.core.keys import Keyring
 from realtime.core.ratelimit import Rate, RateLimiter
@@ -84,13 +84,17 @@ def make_cluster(settings: Settings, broker: Broker, manager: WorkspaceManager) 
 def make_runtime(settings: Settings) -> Runtime:
     """The configured runtime; providers with heavy SDKs are imported only when chosen."""
     if settings.runtime == "local":
+        from runtime.local.network import find_network_tools
         from runtime.local.runtime import LocalRuntime
+        from runtime.local.sandbox import MISSING_TOOLS, find_bwrap
         from runtime.local.template import TemplateCache
 
+        if settings.isolation == "sandbox" and (find_bwrap() is None or find_network_tools() is None):
+            raise ConfigError(MISSING_TOOLS)
         root = settings.root.resolve()
         template = TemplateCache(settings.template_dir, root / ".template-cache")
         return LocalRuntime(root, template, max_read_bytes=settings.max_read_bytes,
-                            file_op_timeout_s=settings.file_op_timeout_s)
+                            file_op_timeout_s=settings.file_op_timeout_s, isolation=settings.isolation)
     if settings.runtime == "modal":
         from runtime.modal import ModalConfig, ModalRuntime
 

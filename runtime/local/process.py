@@ -21,7 +21,8 @@ import anyio
 
 from runtime.base import OutputSink, Stream
 from runtime.lines import LineBuffer
-from runtime.local.groups import WORKSPACE_ENV, group_alive, signal_group, stop_group
+from runtime.local.groups import WORKSPACE_ENV, group_alive, live_members, signal_group, stop_group
+from runtime.local.sandbox import wrapper_pids
 
 __all__ = ["CHUNK", "STRAGGLER_GRACE", "LocalProcess", "base_env", "exit_code"]
 
@@ -66,8 +67,9 @@ class LocalProcess:
     """
 
     def __init__(self, popen: subprocess.Popen[bytes], on_output: OutputSink,
-                 on_exit: Callable[[LocalProcess], None]) -> None:
+                 on_exit: Callable[[LocalProcess], None], *, sandboxed: bool = False) -> None:
         self._popen = popen
+        self._sandboxed = sandboxed
         self._on_output = on_output
         self._on_exit = on_exit
         self._sink_broken = False
@@ -77,10 +79,13 @@ class LocalProcess:
 
     @classmethod
     def start(cls, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], on_output: OutputSink,
-              on_exit: Callable[[LocalProcess], None] = lambda _: None) -> LocalProcess:
+              on_exit: Callable[[LocalProcess], None] = lambda _: None,
+              sandboxed: bool = False) -> LocalProcess:
         """Spawn `argv` in a new session (stdin from /dev/null) and start pumping its output.
 
         Synchronous on purpose: no cancellation can fall between the spawn and the supervision.
+        `sandboxed`: `argv` runs a bubblewrap sandbox (`runtime.local.sandbox`), whose wrapper
+        processes get only SIGKILL (which ends the whole sandbox), never a graceful signal.
 
         Raises:
             OSError: the program cannot be executed (`FileNotFoundError`, `PermissionError`, …).
@@ -89,7 +94,7 @@ class LocalProcess:
             list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
         )
-        proc = cls(popen, on_output, on_exit)
+        proc = cls(popen, on_output, on_exit, sandboxed=sandboxed)
         proc._task = asyncio.get_running_loop().create_task(proc._run(), name=f"process {popen.pid}")
         proc._task.add_done_callback(_log_failure)
         return proc
@@ -115,8 +120,16 @@ class LocalProcess:
 
     async def kill(self, sig: int) -> None:
         # Once done, the group is gone and its id may be reused: signal nothing.
-        if not self._done.is_set():
+        if self._done.is_set():
+            return
+        members = live_members(self.pgid) if self._sandboxed and sig != signal.SIGKILL else None
+        targets = set(members or ()) - wrapper_pids(self.pid, members or ())
+        if not targets:  # not sandboxed, or the command has not started yet: the whole group
             signal_group(self.pgid, sig)
+            return
+        for pid in targets:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
 
     async def terminate(self, grace: float = 3.0) -> int:
         """SIGTERM the group, SIGKILL it after `grace` seconds; return the exit code."""

@@ -5,9 +5,12 @@ Layout under `root`:
     workspaces/<project_id>/   the project's files (what its sandbox sees)
     .staging/                  files being written, workspaces being laid (same filesystem)
     .pids/<project_id>         pgids of the project's live process groups, one per line
+    .homes/<project_id>/       the home directory of the project's sandbox (npm's cache)
+    .sandbox/etc/              the passwd and group files every sandbox sees
 
-Processes run as the server's user: path confinement guards against bad requests, not against
-the code a sandbox runs.
+With `isolation="sandbox"` (the default) every process runs in a bubblewrap sandbox in the
+workspace's own network namespace (`runtime.local.sandbox`, `runtime.local.network`); with
+`"none"` as the server's user, and path confinement guards only against bad requests.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -29,8 +31,20 @@ from runtime.base import PROJECT_ID_PATTERN, DirEntry, FileChange, FileRange, Fi
 from runtime.errors import FileNotFound, NotADirectory, PathError, ProviderError
 from runtime.local.calls import FileCalls
 from runtime.local.files import WorkspaceFiles
-from runtime.local.groups import PidFile, kill_stale_groups
+from runtime.local.groups import WORKSPACE_ENV, PidFile, kill_stale_groups
+from runtime.local.network import Network, WorkspaceNetwork, find_network_tools, free_port
 from runtime.local.process import LocalProcess, base_env
+from runtime.local.sandbox import (
+    HOME,
+    ISOLATIONS,
+    MISSING_TOOLS,
+    Jail,
+    Layout,
+    bwrap_argv,
+    find_bwrap,
+    find_program,
+    host_layout,
+)
 from runtime.local.template import TemplateCache
 from runtime.paths import resolve_in
 from runtime.reads import DEFAULT_MAX_READ_BYTES
@@ -59,8 +73,13 @@ class LocalSandbox:
     def __init__(self, project_id: str, workspace: Path, staging: Path, pids: PidFile, *,
                  env: Mapping[str, str] | None = None,
                  on_close: Callable[[LocalSandbox], None] = lambda _: None,
-                 max_read_bytes: int = DEFAULT_MAX_READ_BYTES, calls: FileCalls | None = None) -> None:
+                 max_read_bytes: int = DEFAULT_MAX_READ_BYTES, calls: FileCalls | None = None,
+                 layout: Layout | None = None, home: Path | None = None,
+                 network: WorkspaceNetwork | None = None) -> None:
         self.project_id = project_id
+        self._network = network
+        self._layout = layout
+        self._home = home
         self.workspace = Path(os.path.realpath(workspace))
         self._env = dict(env or {})
         self._pids = pids
@@ -119,14 +138,36 @@ class LocalSandbox:
         if not argv:
             raise ValueError("argv is empty")
         workdir = await self._calls.run("find the working directory", lambda: self._workdir(cwd or ""))
+        if self._network is not None:
+            await self._network.ready()
+            if self._closed:  # terminated meanwhile: what ready() made goes too
+                await anyio.to_thread.run_sync(self._network.close)
+                raise ProviderError(f"sandbox {self.project_id!r} was terminated")
         try:
-            proc = LocalProcess.start(argv, cwd=workdir, env=base_env(self.workspace, self._env, env),
-                                      on_output=on_output, on_exit=self._exited)
+            if self._layout is None:
+                proc = LocalProcess.start(argv, cwd=workdir, env=base_env(self.workspace, self._env, env),
+                                          on_output=on_output, on_exit=self._exited)
+            else:
+                proc = self._start_sandboxed(argv, workdir, env, on_output)
         except OSError as exc:
             raise ProviderError(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from None
         self._processes.add(proc)
         self._pids.add(proc.pgid)
         return proc
+
+    def _start_sandboxed(self, argv: Sequence[str], workdir: Path, env: Mapping[str, str] | None,
+                         on_output: OutputSink) -> LocalProcess:
+        assert self._layout is not None and self._home is not None
+        inner = base_env(self.workspace, {"HOME": str(HOME)}, self._env, env)
+        del inner[WORKSPACE_ENV]  # the host path stays outside; the wrapper carries the marker
+        jail = Jail(self.workspace, self._home, workdir, inner)
+        find_program(self._layout, jail, argv[0])
+        outer = {"PATH": inner["PATH"], WORKSPACE_ENV: str(self.workspace)}
+        wrapped = bwrap_argv(self._layout, jail, argv)
+        if self._network is not None:
+            wrapped = self._network.enter(wrapped)
+        return LocalProcess.start(wrapped, cwd=self.workspace, env=outer,
+                                  on_output=on_output, on_exit=self._exited, sandboxed=True)
 
     def _workdir(self, cwd: str) -> Path:
         path = resolve_in(self.workspace, cwd, allow_root=True)
@@ -141,10 +182,8 @@ class LocalSandbox:
         self._pids.discard(proc.pgid)
 
     def dev_port(self) -> int:
-        """A TCP port free on 127.0.0.1 right now (the OS picks it)."""
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
+        """A TCP port free on 127.0.0.1 right now (the OS picks it); in a network namespace, its forwarded port."""
+        return self._network.port if self._network is not None else free_port()
 
     async def preview_origin(self, port: int) -> str:
         return f"http://127.0.0.1:{port}"
@@ -179,6 +218,9 @@ class LocalSandbox:
         async with anyio.create_task_group() as tg:
             for proc in list(self._processes):
                 tg.start_soon(proc.terminate, grace)
+        if self._network is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._network.close)
         self._on_close(self)
 
     async def detach(self) -> None:
@@ -198,13 +240,20 @@ class LocalRuntime:
         env: environment added to every process of every sandbox.
         max_read_bytes: the largest whole-file read (`WORKSPACE_MAX_READ_BYTES`).
         file_op_timeout_s: how long a file call may take (`WORKSPACE_FILE_OP_TIMEOUT_S`).
+        isolation: `sandbox` (every process in a bubblewrap sandbox) or `none`
+            (`WORKSPACE_ISOLATION`); anything else raises ValueError.
     """
 
     name = "local"
 
     def __init__(self, root: Path, template: TemplateCache | None, *,
                  env: Mapping[str, str] | None = None, max_read_bytes: int = DEFAULT_MAX_READ_BYTES,
-                 file_op_timeout_s: float = _FILE_OP_TIMEOUT_S) -> None:
+                 file_op_timeout_s: float = _FILE_OP_TIMEOUT_S, isolation: str = "sandbox") -> None:
+        if isolation not in ISOLATIONS:
+            raise ValueError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
+        self.isolation = isolation
+        self._layout: Layout | None = None
+        self._network: Network | None = None
         self.root = Path(root)
         self.template = template
         self._env = dict(env or {})
@@ -241,11 +290,44 @@ class LocalRuntime:
             pids = PidFile(self.root / ".pids" / project_id)
             marker = await anyio.to_thread.run_sync(os.path.realpath, workspace)
             await kill_stale_groups(pids, marker)
+            layout = await self._sandbox_layout()
+            home = network = None
+            if layout is not None:
+                home = self.root / ".homes" / project_id
+                await anyio.to_thread.run_sync(lambda: home.mkdir(parents=True, exist_ok=True))
+                network = await self._workspace_network(project_id, marker)
             calls = self._calls.setdefault(project_id, FileCalls(LocalSandbox.FILE_CALLS, self._file_op_timeout_s))
             sandbox = LocalSandbox(project_id, workspace, self.root / ".staging", pids, env=self._env,
-                                   on_close=self._forget, max_read_bytes=self._max_read_bytes, calls=calls)
+                                   on_close=self._forget, max_read_bytes=self._max_read_bytes, calls=calls,
+                                   layout=layout, home=home, network=network)
             self._sandboxes[project_id] = sandbox
             return sandbox
+
+    async def _sandbox_layout(self) -> Layout | None:
+        """The host layout sandboxes are built on (found once), or `None` without isolation.
+
+        Raises ProviderError if isolation is on and its tools are missing.
+        """
+        if self.isolation == "none":
+            return None
+        if self._layout is None:
+            bwrap, self._network = find_bwrap(), find_network_tools()
+            if bwrap is None or self._network is None:
+                raise ProviderError(MISSING_TOOLS)
+            if os.geteuid() != 0:  # entering the namespace needs root; bwrap alone does not
+                logger.warning("workspaces share the host's network: their own needs the server to run as root")
+                self._network = None
+            self._layout = await anyio.to_thread.run_sync(host_layout, bwrap, self.root / ".sandbox" / "etc")
+        return self._layout
+
+    async def _workspace_network(self, project_id: str, marker: str) -> WorkspaceNetwork | None:
+        """The workspace's network (made at its first command); what a crashed server left ends."""
+        if self._network is None:
+            return None
+        pids = PidFile(self.root / ".sandbox" / "net" / project_id)
+        await kill_stale_groups(pids, marker)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), WORKSPACE_ENV: marker}
+        return WorkspaceNetwork(self._network, free_port(), env, pids)
 
     async def _provision(self, workspace: Path) -> None:
         staging = self.root / ".staging"
@@ -285,6 +367,17 @@ class LocalRuntime:
                 raise ProviderError(f"{' and '.join(missing)} not found on PATH {path!r}")
 
         await anyio.to_thread.run_sync(probe)
+        layout = await self._sandbox_layout()
+        if layout is not None:  # start a throwaway sandbox: proves namespaces work here
+            scratch = Path(await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="check-", dir=self.root)))
+            try:
+                argv = bwrap_argv(layout, Jail(scratch, scratch, env={"PATH": "/usr/bin:/bin"}), ["true"])
+                result = await anyio.run_process(argv, check=False)
+            finally:
+                await anyio.to_thread.run_sync(shutil.rmtree, scratch, True)
+            if result.returncode != 0:
+                detail = result.stderr.decode(errors="replace").strip()[:200]
+                raise ProviderError(f"cannot start a sandbox with {layout.bwrap}: {detail}")
 
     async def aclose(self) -> None:
         """Terminate every sandbox this runtime opened."""
