@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from collections.abc import AsyncIterator, Mapping
@@ -21,7 +22,7 @@ from realtime.cluster.rpc_auth import RpcAuth
 from realtime.config.settings import Settings
 from realtime.core.keys import Keyring
 from realtime.fanout.hub import Hub
-from realtime.web.app import create_app
+from realtime.web.app import create_app, modal_config
 from realtime.web.server import Server, uvicorn_config
 from runtime.base import Runtime
 
@@ -127,20 +128,11 @@ def open_reply(signing_key: bytes, channel: str, payload: bytes) -> bytes:
 
 def fake_modal_runtime(settings: Settings) -> Runtime:
     """The Modal runtime as `realtime.web.app.make_runtime` configures it, over the offline fake of `modal`."""
-    from runtime.modal import ModalConfig, ModalRuntime, RetryPolicy
+    from runtime.modal import ModalRuntime, RetryPolicy
     from tests import fake_modal
 
     retry = RetryPolicy(attempts=4, wait_initial=0.001, wait_max=0.002, wait_jitter=0.0, timeout=60.0)
-    config = ModalConfig(
-        app_name=settings.modal_app_name,
-        image=settings.image,
-        registry_secret=settings.modal_registry_secret,
-        template_dir=settings.template_dir,
-        sandbox_timeout_s=settings.modal_sandbox_timeout_s,
-        idle_timeout_s=settings.modal_idle_timeout_s,
-        max_read_bytes=settings.max_read_bytes,
-        retry=retry,
-    )
+    config = dataclasses.replace(modal_config(settings), retry=retry)
     return ModalRuntime(config, modal_module=fake_modal)  # type: ignore[arg-type]
 
 

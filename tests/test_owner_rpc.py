@@ -258,10 +258,10 @@ def test_remembered_replies_are_bounded_in_bytes_keeping_the_newest() -> None:
     for n in range(3):
         served, first = memory.take(f"c{n}")
         assert first
-        memory.answer(served, b"x" * 40)
+        memory.answer(f"c{n}", served, b"x" * 40)
     assert len(memory) == 2 and memory.reply_bytes == 80 and "c0" not in memory
     big, _ = memory.take("big")
-    memory.answer(big, b"y" * 500)
+    memory.answer("big", big, b"y" * 500)
     assert "big" in memory and "c1" not in memory and "c2" not in memory
     assert memory.reply_bytes == 500
     again, first = memory.take("big")

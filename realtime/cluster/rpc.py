@@ -342,10 +342,11 @@ class ServedRequests:
             self._forget_oldest()
         return served, True
 
-    def answer(self, served: Served, reply: bytes) -> None:
-        """Remember `served`'s reply; forget the oldest requests while the replies pass `max_bytes`."""
+    def answer(self, call_id: str, served: Served, reply: bytes) -> None:
+        """Remember the reply to `call_id` (`served`, as `take` gave it); forget the oldest requests while
+        the replies pass `max_bytes`."""
         served.reply = reply
-        if not any(entry is served for entry in self._served.values()):
+        if self._served.get(call_id) is not served:
             return  # already forgotten (a burst of newer requests): nothing to account for
         self._bytes += len(reply)
         while self._bytes > self._max_bytes and next(iter(self._served.values())) is not served:

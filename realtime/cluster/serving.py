@@ -148,7 +148,7 @@ class RequestServer:
             except Exception:
                 logger.exception("op %s on %s failed", request.op, project_id)
                 reply = rpc.Error.of(request.id, INTERNAL)
-            self._served.answer(served, rpc.encode_reply(reply))
+            self._served.answer(request.id, served, rpc.encode_reply(reply))
         finally:
             del self._running[served]
             done.set()

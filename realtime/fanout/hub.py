@@ -177,10 +177,11 @@ class Hub:
                 continue
             feed.position = history.events[-1].seq
             revoked = revoked_in(history.events)
+            size = sum(len(event.frame) for event in history.events)
             for outbox in list(feed.outboxes):
                 if revoked is not None:
                     outbox.revoke(revoked)  # before offering: even an overflowed or stalled one closes now
-                outbox.offer(history.events)
+                outbox.offer(history.events, size)
                 if outbox.overflowed and outbox.cursor + 1 < history.oldest:
                     outbox.close(Closing(CLOSE_TOO_SLOW, "fell behind the retained history; reconnect with since"))
 

@@ -176,11 +176,11 @@ class Outbox:
 
     # -- producers -----------------------------------------------------------------------------
 
-    def offer(self, events: Sequence[Event]) -> None:
-        """Queue live events; never waits. A full queue is dropped and the writer catches up from history."""
+    def offer(self, events: Sequence[Event], size: int) -> None:
+        """Queue live events (`size`: their frames' bytes, summed once by the pump for every outbox);
+        never waits. A full queue is dropped and the writer catches up from history."""
         if self.overflowed or self.closing is not None:
             return
-        size = sum(len(event.frame) for event in events)
         if (
             len(self._queue) + len(events) > self._limits.queue_events
             or self._queued_bytes + size > self._limits.queue_bytes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
@@ -45,7 +45,10 @@ from runtime.base import Runtime
 from runtime.errors import RuntimeFailure
 from runtime.workspace.lifecycle import LifecycleConfig
 
-__all__ = ["create_app", "make_broker", "make_cluster", "make_runtime"]
+if TYPE_CHECKING:
+    from runtime.modal import ModalConfig
+
+__all__ = ["create_app", "make_broker", "make_cluster", "make_runtime", "modal_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,20 +99,25 @@ def make_runtime(settings: Settings) -> Runtime:
         return LocalRuntime(root, template, max_read_bytes=settings.max_read_bytes,
                             file_op_timeout_s=settings.file_op_timeout_s, isolation=settings.isolation)
     if settings.runtime == "modal":
-        from runtime.modal import ModalConfig, ModalRuntime
+        from runtime.modal import ModalRuntime
 
-        return ModalRuntime(
-            ModalConfig(
-                app_name=settings.modal_app_name,
-                image=settings.image,
-                registry_secret=settings.modal_registry_secret,
-                template_dir=settings.template_dir,
-                sandbox_timeout_s=settings.modal_sandbox_timeout_s,
-                idle_timeout_s=settings.modal_idle_timeout_s,
-                max_read_bytes=settings.max_read_bytes,
-            )
-        )
+        return ModalRuntime(modal_config(settings))
     raise ValueError(f"runtime {settings.runtime!r} is not available in this build")
+
+
+def modal_config(settings: Settings) -> ModalConfig:
+    """The Modal runtime's configuration from the settings (the SDK itself is not imported here)."""
+    from runtime.modal import ModalConfig
+
+    return ModalConfig(
+        app_name=settings.modal_app_name,
+        image=settings.image,
+        registry_secret=settings.modal_registry_secret,
+        template_dir=settings.template_dir,
+        sandbox_timeout_s=settings.modal_sandbox_timeout_s,
+        idle_timeout_s=settings.modal_idle_timeout_s,
+        max_read_bytes=settings.max_read_bytes,
+    )
 
 
 async def _known_error(request: Request, exc: Exception) -> Response:
