@@ -25,7 +25,7 @@ from realtime.web.app import make_runtime
 from runtime.base import FileUpload, Stream
 from runtime.local.groups import WORKSPACE_ENV
 from runtime.local.runtime import LocalRuntime, LocalSandbox
-from runtime.local.sandbox import Jail, Layout, bwrap_argv
+from runtime.local.sandbox import Jail, Layout, bwrap_argv, oldest_first
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="bubblewrap sandboxes are Linux only")
 
@@ -295,3 +295,18 @@ async def test_the_registry_is_reachable(attacker: LocalSandbox) -> None:
     script = "npm view is-number name --prefer-online --no-update-notifier"
     code, out = await run(attacker, script)
     assert code == 0 and "is-number" in out, out
+
+
+def test_oldest_first_puts_every_parent_before_its_children() -> None:
+    """Signals sent one by one reach a shell before the children it waits for (then it cannot exit 0)."""
+    shell = subprocess.Popen(["sh", "-c", "sleep 600 & sleep 600 & echo ready; wait"], stdout=subprocess.PIPE)
+    try:
+        assert shell.stdout is not None and shell.stdout.readline() == b"ready\n"
+        children = [int(pid) for pid in Path(f"/proc/{shell.pid}/task/{shell.pid}/children").read_text().split()]
+        assert len(children) == 2
+        gone = 999_999_999
+        assert oldest_first([*reversed(children), gone, shell.pid]) == [shell.pid, *sorted(children), gone]
+    finally:
+        subprocess.run(["pkill", "-KILL", "-P", str(shell.pid)], check=False)
+        shell.kill()
+        shell.wait()

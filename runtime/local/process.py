@@ -22,7 +22,7 @@ import anyio
 from runtime.base import OutputSink, Stream
 from runtime.lines import LineBuffer
 from runtime.local.groups import WORKSPACE_ENV, group_alive, live_members, signal_group, stop_group
-from runtime.local.sandbox import wrapper_pids
+from runtime.local.sandbox import oldest_first, wrapper_pids
 
 __all__ = ["CHUNK", "STRAGGLER_GRACE", "LocalProcess", "base_env", "exit_code"]
 
@@ -127,7 +127,10 @@ class LocalProcess:
         if not targets:  # not sandboxed, or the command has not started yet: the whole group
             signal_group(self.pgid, sig)
             return
-        for pid in targets:
+        # Oldest first (parents before their children): one by one is not one group-wide signal, and a
+        # shell whose children died first would otherwise return from `wait` and exit 0 before its
+        # own signal lands. A default-action fatal signal dooms a process as it is sent.
+        for pid in oldest_first(targets):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
 

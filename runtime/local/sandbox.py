@@ -31,7 +31,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -47,6 +47,7 @@ __all__ = [
     "find_bwrap",
     "find_program",
     "host_layout",
+    "oldest_first",
     "wrapper_pids",
 ]
 
@@ -189,6 +190,29 @@ def host_layout(bwrap: str, etc_dir: Path) -> Layout:
     etc = tuple(path for path in _ETC if os.path.exists(path))
     return Layout(bwrap=bwrap, links=tuple(links), ro_dirs=tuple(ro_dirs), etc=etc,
                   passwd=str(passwd), group=str(group))
+
+
+def oldest_first(pids: Iterable[int]) -> list[int]:
+    """`pids` with every parent before its children (then by start time); gone ones last."""
+    pids = list(pids)
+    stats: dict[int, tuple[int, int]] = {}  # pid -> (parent, start time)
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        stats[pid] = (int(fields[1]), int(fields[19]))
+
+    def depth(pid: int) -> int:
+        seen = 0
+        while (parent := stats[pid][0]) in stats and seen < len(stats):
+            pid, seen = parent, seen + 1
+        return seen
+
+    ordered = sorted(stats, key=lambda pid: (depth(pid), stats[pid][1], pid))
+    return ordered + sorted(set(pids) - set(stats))
 
 
 def wrapper_pids(leader: int, members: Sequence[int]) -> set[int]:
