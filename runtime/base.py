@@ -26,6 +26,7 @@ __all__ = [
     "Runtime",
     "Sandbox",
     "Stream",
+    "Suspendable",
     "WrittenFile",
 ]
 
@@ -205,6 +206,23 @@ class DevReattach(Protocol):
         Output resumes after the last checkpointed delivery. None when there is no such dev
         server (none recorded, it ended, or it runs another command or environment).
         """
+        ...
+
+
+@runtime_checkable
+class Suspendable(Protocol):
+    """Optional sandbox capability: stop computing, keep the files, resume later.
+
+    Local: every process of the sandbox ends; the files stay on disk. Modal: the workspace is
+    snapshotted, the snapshot recorded for the project, and the sandbox terminated. The next
+    `Runtime.open` of the project resumes from what `suspend` kept.
+    """
+
+    #: Set by `Runtime.open` on a sandbox resumed from a snapshot: the snapshot's id; else None.
+    resumed_from: str | None
+
+    async def suspend(self) -> dict[str, object]:
+        """End every process and release the compute; return what to report (`{"snapshot": id}` or `{}`)."""
         ...
 
 

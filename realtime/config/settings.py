@@ -176,6 +176,34 @@ class Settings:
     http_keepalive_s: float = 5.0
     #: Local runtime: `sandbox` (every workspace process in bubblewrap) or `none` (loopback only).
     isolation: str = "sandbox"
+    #: Each workspace's resources (local: the sandbox's limits; Modal: the sandbox's size): memory in
+    #: MiB, CPU cores (local: the CPU weight where cgroup v2 allows), processes, open files per
+    #: process, the largest file in MiB, and the workspace directory's disk use in MiB.
+    memory_mb: int = 2048
+    cpu: float = 1.0
+    pids_limit: int = 512
+    open_files: int = 4096
+    file_size_mb: int = 1024
+    disk_limit_mb: int = 10240
+    #: Suspend: seconds without viewers or running commands before a workspace is suspended, the
+    #: warning's lead (`idle` event), how often a changing Modal workspace is snapshotted, and how
+    #: long a snapshot is kept.
+    idle_s: float = 900.0
+    idle_warn_s: float = 60.0
+    snapshot_interval_s: float = 300.0
+    snapshot_ttl_s: int = 30 * 24 * 3600
+    #: Modal: the region sandboxes run in, and Modal secrets (by name) every sandbox gets.
+    modal_region: str | None = None
+    modal_secrets: tuple[str, ...] = ()
+    #: Websockets served by uvicorn get frames built once per event and written to every socket.
+    ws_fast_path: bool = True
+    #: Behind a reverse proxy: trust its X-Forwarded-* headers, from these addresses (comma-separated).
+    proxy_headers: bool = False
+    trusted_proxies: str = "127.0.0.1"
+    #: `REDIS_URL` names a node of a Redis Cluster.
+    redis_cluster: bool = False
+    #: Seconds the history of a stopped (or long-suspended) project is kept.
+    history_ttl_stopped_s: int = 24 * 3600
 
     @classmethod
     def from_env(
@@ -285,6 +313,27 @@ class Settings:
             http_header_timeout_s=_positive_float(env, "WORKSPACE_HTTP_HEADER_TIMEOUT_S", d["http_header_timeout_s"]),
             http_keepalive_s=_positive_float(env, "WORKSPACE_HTTP_KEEPALIVE_S", d["http_keepalive_s"]),
             isolation=isolation,
+            memory_mb=_positive_int(env, "WORKSPACE_MEMORY_MB", d["memory_mb"]),
+            cpu=_positive_float(env, "WORKSPACE_CPU", d["cpu"]),
+            pids_limit=_positive_int(env, "WORKSPACE_PIDS_LIMIT", d["pids_limit"]),
+            open_files=_positive_int(env, "WORKSPACE_OPEN_FILES", d["open_files"]),
+            file_size_mb=_positive_int(env, "WORKSPACE_FILE_SIZE_MB", d["file_size_mb"]),
+            disk_limit_mb=_positive_int(env, "WORKSPACE_DISK_LIMIT_MB", d["disk_limit_mb"]),
+            idle_s=_positive_float(env, "WORKSPACE_IDLE_S", d["idle_s"]),
+            idle_warn_s=_positive_float(env, "WORKSPACE_IDLE_WARN_S", d["idle_warn_s"]),
+            snapshot_interval_s=_positive_float(env, "WORKSPACE_SNAPSHOT_INTERVAL_S", d["snapshot_interval_s"]),
+            snapshot_ttl_s=_positive_int(env, "WORKSPACE_SNAPSHOT_TTL_S", d["snapshot_ttl_s"]),
+            modal_region=env.get("WORKSPACE_MODAL_REGION") or None,
+            modal_secrets=tuple(
+                item.strip() for item in env.get("WORKSPACE_MODAL_SECRETS", "").split(",") if item.strip()
+            ),
+            ws_fast_path=_bool(env, "WORKSPACE_WS_FAST_PATH", d["ws_fast_path"]),
+            proxy_headers=_bool(env, "WORKSPACE_PROXY_HEADERS", d["proxy_headers"]),
+            trusted_proxies=env.get("WORKSPACE_TRUSTED_PROXIES") or d["trusted_proxies"],
+            redis_cluster=_bool(env, "REDIS_CLUSTER", d["redis_cluster"]),
+            history_ttl_stopped_s=_positive_int(
+                env, "WORKSPACE_HISTORY_TTL_STOPPED_S", d["history_ttl_stopped_s"]
+            ),
         )
 
 
@@ -298,6 +347,7 @@ _SOURCES: dict[str, str | None] = {
     "max_command_timeout_s": None,
     "signing_keys_old": "WORKSPACE_SIGNING_KEYS",
     "http_keepalive_s": "WORKSPACE_HTTP_KEEPALIVE_S",
+    "redis_cluster": "REDIS_CLUSTER",
 }
 
 
