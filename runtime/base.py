@@ -243,7 +243,7 @@ class Runtime(Protocol):
 
 
 #: The starter every workspace is laid from (local runtime) and the Modal image is built from.
-DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "sandbox-templates" / "nextjs"
+DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "templates" / "nextjs"
 
 #: Project ids, as the contract defines them; runtimes check them again before touching disk.
 PROJECT_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"

@@ -67,7 +67,7 @@ async def test_open_creates_a_named_tagged_sandbox_with_explicit_lifetimes(cloud
     assert created["encrypted_ports"] == [3000]
     assert created["workdir"] == "/workspace"
     assert created["args"] == ("sleep", "infinity")
-    assert created["image"]._ref.endswith("sandbox-templates/nextjs/workspace.Dockerfile")
+    assert created["image"]._ref.endswith("templates/nextjs/workspace.Dockerfile")
     assert await runtime.open("p1") is sandbox  # cached per process
     assert sandbox.dev_port() == 3000
     # The fake's tunnel is plain HTTP to the host port standing in for the sandbox's port 3000.

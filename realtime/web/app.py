@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -53,6 +54,11 @@ __all__ = ["create_app", "make_broker", "make_cluster", "make_runtime", "modal_c
 logger = logging.getLogger(__name__)
 
 RuntimeFactory = Callable[[Settings], Runtime]
+
+#: What `WORKSPACE_RUNTIME=modal` says when the SDK is not installed (it is an optional extra).
+MODAL_MISSING = (
+    "WORKSPACE_RUNTIME=modal needs the Modal SDK, an optional extra: pip install 'qai-workspace[modal]'"
+)
 
 
 def make_broker(settings: Settings) -> Broker:
@@ -148,6 +154,8 @@ def create_app(
     """
     validate_secrets(settings)  # off loopback: no short or public token or signing key
     validate_webhook_settings(settings)  # webhook URL, secrets and retries: refused before anything starts
+    if settings.runtime == "modal" and runtime_factory is make_runtime and importlib.util.find_spec("modal") is None:
+        raise ConfigError(MODAL_MISSING)
     signer = PreviewSigner(settings.signing_key, settings.preview_url, settings.signing_keys_old)
     tokens = SessionTokens(settings.signing_key, settings.token, old_keys=settings.signing_keys_old)
     the_broker = broker or make_broker(settings)

@@ -1,0 +1,70 @@
+"""What the rest of the service asks of the cluster (`Cluster`), whichever it is: one process
+(`solo.SoloCluster`) or instances sharing projects through Redis (`redis_cluster.RedisCluster`);
+and `project_snapshot`, a project's state as clients are shown it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+import anyio
+import anyio.abc
+
+from realtime.core.signing import PreviewTarget
+from realtime.log.broker import Broker
+
+__all__ = ["Cluster", "project_snapshot"]
+
+
+class Cluster(Protocol):
+    """Runs ops on whichever instance owns the project, and answers what any instance may ask."""
+
+    instance: str
+
+    @property
+    def leases_held(self) -> int: ...
+
+    async def call(self, project_id: str, op: str, args: Mapping[str, Any]) -> dict[str, Any]:
+        """Run `op` (see `realtime.workspaces.dispatch`) on the project's owner; return its result.
+
+        Raises:
+            ApiError: the op was refused, or no owner could be reached.
+        """
+        ...
+
+    async def snapshot(self, project_id: str) -> dict[str, Any] | None:
+        """The project's workspace as its owner last described it, with `owner`; None if it has none."""
+        ...
+
+    async def projects(self) -> set[str]:
+        """The projects with a workspace: not stopped on any instance, or known to this one."""
+        ...
+
+    async def resolve(self, project_key: str) -> PreviewTarget | None:
+        """Where the gateway reaches the preview a hostname's project key names."""
+        ...
+
+    def counters(self) -> Iterable[tuple[str, str, dict[str, str], float]]:
+        """For the metrics collector: (name, help, labels, value) of the cluster's own counters."""
+        ...
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None: ...
+
+    async def hand_over(self) -> None:
+        """Before a graceful shutdown: let go of every workspace here so that others adopt them at once."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+async def project_snapshot(cluster: Cluster, broker: Broker, project_id: str) -> dict[str, Any]:
+    """The project's state as `GET /api/workspaces/{id}` and `hello` show it, with the log's position.
+
+    `state` is None when the project never had a workspace (or its record expired).
+    """
+    history = await broker.read(project_id, 0, limit=0)
+    state = await cluster.snapshot(project_id) or {
+        "project_id": project_id, "state": None, "detail": None, "preview": None, "commands": [], "owner": None,
+    }
+    return {**state, "epoch": history.epoch, "seq": history.latest}

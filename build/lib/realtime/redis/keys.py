@@ -1,0 +1,102 @@
+"""Every Redis key and channel name of the service, and nowhere else (like arq's `constants.py`).
+
+Per-project names are hash-tagged (`<prefix>:{<project>}:…`) so that Redis Cluster keeps a project's
+keys on one slot, which its Lua scripts need:
+
+- `…:seq` the latest seq, `…:epoch` the log's incarnation, `…:log` the stream of encoded frames
+  (entries `<seq>-0`, their fields in realtime/log/stream.py);
+- channel `…:events`: every append, published as `<epoch> <frame>`;
+- `…:owner` the ownership lease (the owning instance's id); channel `…:commands` the ops sent to the owner;
+- `…:workspace` the registry entry (the owner's snapshot of the workspace);
+- `…:revocations` the revocation generations (a hash: `preview`, `session`), kept without a TTL.
+
+Shared names: `<prefix>:workspaces` (the set of projects not stopped), channel `<prefix>:reply:<instance>`
+(answers to the ops an instance forwarded), channel `<prefix>:heartbeat:<instance>` (proves an
+instance's subscription still delivers), `<prefix>:preview:<key>` (the project a preview hostname's
+key names), the outbound webhook queue under `<prefix>:{webhooks}:` (`due`, `deliveries`, `dead`,
+`dead-order`; one slot, for its Lua scripts) and `<prefix>:webhooks:inbound:<id>` (inbound ids applied).
+"""
+
+from __future__ import annotations
+
+__all__ = ["RedisKeys"]
+
+
+class RedisKeys:
+    """The names under one prefix (`WORKSPACE_REDIS_PREFIX`)."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    # -- one project's (one hash slot) ----------------------------------------------------------
+
+    def _project(self, project_id: str, name: str) -> str:
+        return f"{self.prefix}:{{{project_id}}}:{name}"
+
+    def log(self, project_id: str) -> tuple[str, str, str]:
+        """The project's seq counter, epoch and stream, in the order the append script takes them."""
+        return self._project(project_id, "seq"), self._project(project_id, "epoch"), self._project(project_id, "log")
+
+    def events(self, project_id: str) -> str:
+        """The channel each append is published on."""
+        return self._project(project_id, "events")
+
+    def owner(self, project_id: str) -> str:
+        """The ownership lease."""
+        return self._project(project_id, "owner")
+
+    def commands(self, project_id: str) -> str:
+        """The channel the owner takes ops on."""
+        return self._project(project_id, "commands")
+
+    def workspace(self, project_id: str) -> str:
+        """The registry entry."""
+        return self._project(project_id, "workspace")
+
+    def revocations(self, project_id: str) -> str:
+        """The project's revocation generations (a hash of counters; never expires)."""
+        return self._project(project_id, "revocations")
+
+    # -- shared -----------------------------------------------------------------------------------
+
+    @property
+    def active(self) -> str:
+        """The set of projects whose workspace is not stopped."""
+        return f"{self.prefix}:workspaces"
+
+    def reply(self, instance: str) -> str:
+        """The channel an instance hears the answers to its forwarded ops on."""
+        return f"{self.prefix}:reply:{instance}"
+
+    def heartbeat(self, instance: str) -> str:
+        return f"{self.prefix}:heartbeat:{instance}"
+
+    def preview(self, project_key: str) -> str:
+        """Which project a preview hostname's project key names."""
+        return f"{self.prefix}:preview:{project_key}"
+
+    @property
+    def webhooks_due(self) -> str:
+        """Outbound deliveries by due time (a sorted set)."""
+        return f"{self.prefix}:{{webhooks}}:due"
+
+    @property
+    def webhooks_deliveries(self) -> str:
+        """Outbound deliveries by id (a hash of JSON records)."""
+        return f"{self.prefix}:{{webhooks}}:deliveries"
+
+    @property
+    def webhooks_dead(self) -> str:
+        """Dead letters by id (a hash)."""
+        return f"{self.prefix}:{{webhooks}}:dead"
+
+    @property
+    def webhooks_dead_order(self) -> str:
+        """Dead letters by when they died (a sorted set; the oldest are dropped)."""
+        return f"{self.prefix}:{{webhooks}}:dead-order"
+
+    def webhook_inbound(self, webhook_id: str) -> str:
+        """Remembers that an inbound webhook id was applied."""
+        return f"{self.prefix}:webhooks:inbound:{webhook_id}"

@@ -1,0 +1,308 @@
+"""The websocket endpoint `/ws/projects/{project_id}`: authenticate, say hello, stream events, answer ops.
+
+Per socket, in one task group: the socket's own task reads (parses client frames and starts each
+op), and a second task writes (`realtime.fanout.writer`: replies and the project's events from the
+hub's outbox, gap-free by cursor, through `_SocketSink`; a drain waits for the ops in flight; a
+session token's expiry or revocation closes 1008). When either ends, both do.
+
+Every client frame passes the socket's `FrameGate` (`realtime.core.ratelimit`): one unit of its
+token's bucket (shared by the token's sockets on this instance). Over the limit an op is answered
+`rate_limited` (with `retry_after_s`); a bad frame over the limit, or a client that keeps sending
+through its refusals, gets one `rate_limited` reply and a 1008 close. Replies queue in the outbox
+within its control bounds: a client that does not read them is closed 1013 (see `outbox.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.abc
+import orjson
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from realtime.cluster.protocol import project_snapshot
+from realtime.config import logs
+from realtime.core.errors import INTERNAL, ApiError, error_for
+from realtime.core.eventlog import Event
+from realtime.core.frames import (
+    FrameError,
+    Op,
+    OpId,
+    batch_frame,
+    hello_for,
+    parse_args,
+    parse_frame,
+    reply_error,
+    reply_ok,
+)
+from realtime.core.ops import OpArgs
+from realtime.core.ratelimit import FrameGate, RateLimiter, Verdict, rate_limited_error, token_key
+from realtime.core.tokens import Access, TokenGrant
+from realtime.core.validation import parse_project_id
+from realtime.fanout.hub import Hub, locate
+from realtime.fanout.outbox import CLOSE_POLICY, CLOSE_RESTART, TOKEN_REVOKED, Closing, Outbox
+from realtime.fanout.writer import write
+from realtime.web.api import Services
+from realtime.web.auth import (
+    Denied,
+    bearer_token,
+    ensure_not_revoked,
+    offered_subprotocol,
+    project_grant,
+    subprotocol_token,
+)
+from realtime.workspaces import dispatch
+
+__all__ = ["websocket_endpoint"]
+
+logger = logging.getLogger(__name__)
+
+CLOSE_TOO_BIG = 1009
+#: Ops one socket may have in flight; past it the reader waits (the client is pushed back on).
+MAX_IN_FLIGHT = 32
+#: Seconds a close frame may wait behind a stalled client's unread data.
+CLOSE_WAIT_S = 10.0
+
+
+def _since(raw: str | None) -> int | None:
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise Denied("since must be a non-negative integer")
+    return int(raw)
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    services: Services = websocket.state.services
+    hub: Hub = websocket.state.hub
+    offered = websocket.scope.get("subprotocols") or []
+    await websocket.accept(subprotocol=offered_subprotocol(offered))
+    try:
+        project_id = parse_project_id(websocket.path_params["project_id"])
+        token = subprotocol_token(offered) or websocket.query_params.get("token") or bearer_token(websocket.scope)
+        grant = project_grant(services.tokens, token, project_id)
+        since = _since(websocket.query_params.get("since"))
+    except (Denied, ApiError) as exc:
+        await websocket.close(CLOSE_POLICY, _reason(str(exc)))
+        return
+    if hub.draining.is_set():
+        await websocket.close(CLOSE_RESTART, "server is restarting; reconnect")
+        return
+    epoch = websocket.query_params.get("epoch") or None
+    start = await locate(services.broker, project_id, since, epoch)
+    try:
+        await ensure_not_revoked(services.manager.revocations, grant, project_id)  # after locate: see there
+    except Denied as exc:
+        await websocket.close(CLOSE_POLICY, _reason(str(exc)))
+        return
+    session = _Session(services, hub, websocket, project_id, grant, token_key(token or "", service=grant.service))
+    logs.bind(project_id=project_id, connection_id=session.connection_id)
+    async with hub.subscribe(project_id, start.cursor, start.epoch, generation=grant.generation) as outbox:
+        snapshot = await project_snapshot(services.cluster, services.broker, project_id)
+        outbox.push_control(hello_for(project_id, start, {**snapshot, "connection_id": session.connection_id}))
+        logger.debug(
+            "socket %s on %s: since=%s resumed=%s", session.connection_id, project_id, start.cursor, start.resumed
+        )
+        await session.run(outbox)
+
+
+def _reason(text: str) -> str:
+    """A close reason within the protocol's 123 bytes."""
+    encoded = text.encode()[:123]
+    return encoded.decode("utf-8", errors="ignore")
+
+
+def _rate_limited(op_id: OpId, retry_after_s: float) -> bytes:
+    """The reply refusing a frame over its token's rate."""
+    return orjson.dumps({"type": "reply", "id": op_id, "ok": False, "error": rate_limited_error(retry_after_s, "ops")})
+
+
+class _SocketSink:
+    """The writer's sink for a websocket: one text frame per round of events, a close frame at the end."""
+
+    idle_after_s: float | None = None  # uvicorn's pings keep the socket alive
+    idle_frame = b""
+
+    def __init__(self, websocket: WebSocket, connection_id: str, project_id: str) -> None:
+        self._websocket = websocket
+        self._connection_id = connection_id
+        self._project_id = project_id
+
+    def encode(self, events: Sequence[Event]) -> bytes:
+        return batch_frame(events)
+
+    async def send(self, data: bytes) -> bool:
+        try:
+            await self._websocket.send_text(data.decode())
+        except WebSocketDisconnect:
+            return False
+        return True
+
+    async def close(self, closing: Closing) -> None:
+        logger.debug(
+            "socket %s on %s: close %s %s", self._connection_id, self._project_id, closing.code, closing.reason
+        )
+        # A stalled client's unread data holds the close frame back: wait for it, but not forever.
+        with anyio.move_on_after(CLOSE_WAIT_S, shield=True), suppress(WebSocketDisconnect, RuntimeError):
+            if closing.last_frame:
+                await self._websocket.send_text(closing.last_frame.decode())
+            await self._websocket.close(closing.code, _reason(closing.reason))
+
+
+@dataclass
+class _Session:
+    services: Services
+    hub: Hub
+    websocket: WebSocket
+    project_id: str
+    grant: TokenGrant
+    #: The token's rate-limit key (a digest; see `token_key`).
+    rate_key: bytes
+
+    def __post_init__(self) -> None:
+        self.connection_id = "c_" + secrets.token_hex(6)
+        self._in_flight = 0
+        #: Made at the first op: most sockets only listen, and a semaphore costs ~1 KiB.
+        self._slots: anyio.Semaphore | None = None
+        self._gate: FrameGate | None = None
+        self._outbox: Outbox | None = None
+
+    async def run(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+        async with anyio.create_task_group() as tg:
+
+            async def until_done(fn: Any) -> None:
+                await fn()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(until_done, self._write)
+            # The reader runs in this task (one task fewer per socket than a reader of its own).
+            await self._read(tg)
+            tg.cancel_scope.cancel()
+
+    # -- the writer ----------------------------------------------------------------------------
+
+    async def _write(self) -> None:
+        assert self._outbox is not None
+        await write(
+            self.hub,
+            self._outbox,
+            _SocketSink(self.websocket, self.connection_id, self.project_id),
+            expires_at=self.grant.expires_at,
+            owes_replies=lambda: self._in_flight > 0,
+        )
+
+    # -- the reader ----------------------------------------------------------------------------
+
+    async def _read(self, tg: anyio.abc.TaskGroup) -> None:
+        outbox = self._outbox
+        assert outbox is not None
+        limit = self.services.settings.ws_max_frame_bytes
+        while True:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            raw = message.get("text")
+            if raw is None:
+                raw = message.get("bytes")
+            if outbox.closing is not None:
+                continue  # closing: wait for the client's close
+            if raw is not None and len(raw) > limit:
+                outbox.close(Closing(CLOSE_TOO_BIG, f"frame over {limit} bytes"))
+                continue
+            admitted = self._admit(outbox, self._parse(raw))
+            if admitted is not None:
+                if self._slots is None:
+                    self._slots = anyio.Semaphore(MAX_IN_FLIGHT)
+                await self._slots.acquire()  # past MAX_IN_FLIGHT ops, stop reading: the client waits
+                self._in_flight += 1
+                tg.start_soon(self._run_op, *admitted)
+
+    def _admit(self, outbox: Outbox, parsed: tuple[Op, OpArgs] | FrameError) -> tuple[Op, OpArgs] | None:
+        """The op to run, or None once its answer (an error, a refusal, a close) is queued."""
+        if self._gate is None:  # made at the first frame: most sockets only listen
+            limiter: RateLimiter = self.websocket.state.op_limiter
+            self._gate = FrameGate(limiter, self.rate_key, max_refusals=limiter.rate.burst)
+        admission = self._gate.admit(time.monotonic(), bad=isinstance(parsed, FrameError))
+        op_id = parsed.id if isinstance(parsed, FrameError) else parsed[0].id
+        if admission.verdict is Verdict.close:
+            refusal = _rate_limited(op_id, admission.retry_after_s)
+            outbox.close(Closing(CLOSE_POLICY, "rate limit exceeded: too many frames", refusal))
+            return None
+        if admission.verdict is Verdict.refuse:
+            outbox.push_control(_rate_limited(op_id, admission.retry_after_s))
+            return None
+        if isinstance(parsed, FrameError):
+            outbox.push_control(reply_error(parsed.id, parsed.code, parsed.message))
+            return None
+        return parsed
+
+    def _parse(self, raw: str | bytes | None) -> tuple[Op, OpArgs] | FrameError:
+        """The op and its arguments, or the error to answer it with."""
+        settings = self.services.settings
+        try:
+            op = parse_frame(raw)
+            if not self.grant.allows(self.project_id, op.access):
+                raise FrameError(op.id, "forbidden", f"a {self.grant.access.value}-scope token may not {op.op}")
+            if self.hub.draining.is_set():
+                raise FrameError(op.id, "unavailable", "server is restarting; reconnect and retry")
+            args = parse_args(
+                op,
+                default_timeout_s=settings.command_timeout_s,
+                max_timeout_s=settings.max_command_timeout_s,
+                request_id=f"{self.connection_id}:{op.id}",
+            )
+        except FrameError as exc:
+            return exc
+        return op, args
+
+    async def _run_op(self, op: Op, args: OpArgs) -> None:
+        assert self._outbox is not None
+        try:
+            frame = reply_ok(op.id, await self._perform(op, args))
+        except Exception as exc:
+            error = error_for(exc)
+            if error is None:
+                # A bug in one op must not take the socket down: answer it and keep serving.
+                logger.exception("socket %s on %s: op %s failed", self.connection_id, self.project_id, op.op)
+                error = INTERNAL
+            frame = reply_error(op.id, error.code, error.message)
+        finally:
+            self._in_flight -= 1
+            assert self._slots is not None
+            self._slots.release()
+        self._outbox.push_control(frame)
+
+    async def _perform(self, op: Op, args: OpArgs) -> Any:
+        spec = op.spec
+        if op.access is Access.write:
+            await self._still_granted()
+        if not spec.forwarded:
+            return await dispatch.execute(self.services.manager, self.project_id, spec.name, args)
+        if not spec.shielded:
+            return await self.services.cluster.call(self.project_id, spec.name, args)
+        # A client going away mid-op must not leave a started process without its supervisor, or a
+        # write without its `file` events: these run to their end (they are short).
+        with anyio.CancelScope(shield=True):
+            return await self.services.cluster.call(self.project_id, spec.name, args)
+
+    async def _still_granted(self) -> None:
+        """Before a write op: the token must not be revoked, even if its `revoked` event has not
+        reached this instance (cut off from Redis, it cannot read the generation: refused too).
+
+        Raises:
+            ApiError: 401, and the socket is closed 1008.
+        """
+        try:
+            await ensure_not_revoked(self.services.manager.revocations, self.grant, self.project_id)
+        except Denied as exc:
+            assert self._outbox is not None
+            self._outbox.close(TOKEN_REVOKED)
+            raise ApiError(401, "unauthorized", str(exc)) from None

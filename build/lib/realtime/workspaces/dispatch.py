@@ -1,0 +1,185 @@
+"""What each op of the table (`realtime.core.ops`) does to a workspace: one handler per op, by name.
+
+The instance that owns a workspace runs them (`execute`); any other instance forwards them there
+through the cluster, in their wire form (`realtime.core.ops.to_wire`). Results are JSON-ready
+dicts and failures are exceptions that `realtime.core.errors.error_for` maps, so an op answers the
+same whether it ran here or on another instance, over HTTP or the websocket.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from realtime.core.errors import ApiError
+from realtime.core.ops import CommandRequest, EnsureArgs, KillArgs, OpArgs, PathArgs, RefreshArgs, WriteArgs
+from realtime.workspaces.manager import WorkspaceManager
+from runtime.workspace.lifecycle import Workspace
+
+__all__ = ["HANDLERS", "execute", "no_workspace"]
+
+def no_workspace(project_id: str) -> ApiError:
+    return ApiError(404, "not_found", f"no workspace for project {project_id!r}; POST /api/workspaces first")
+
+
+def _require_workspace(manager: WorkspaceManager, project_id: str) -> Workspace:
+    workspace = manager.get(project_id)
+    if workspace is None:
+        raise no_workspace(project_id)
+    return workspace
+
+
+# -- the handlers --------------------------------------------------------------------------------
+# Each takes the manager, the project and the op's typed arguments; it acts and returns the reply.
+
+
+async def _ping(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    return {"ts": int(time.time() * 1000)}
+
+
+async def _ensure(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    assert isinstance(args, EnsureArgs)
+    workspace, created = await manager.ensure(project_id, args.files, args.env, args.request_id)
+    if args.wait:
+        await workspace.wait_settled()
+    return {"created": created, **workspace.snapshot()}
+
+
+async def _stop(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    _require_workspace(manager, project_id)
+    return {"stopped": await manager.stop(project_id)}
+
+
+async def _exec(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    assert isinstance(args, CommandRequest)
+    workspace = _require_workspace(manager, project_id)
+    run = await workspace.start_command(args.argv, cwd=args.cwd, env=args.env, timeout_s=args.timeout_s)
+    result: dict[str, Any] = {"command_id": run.command_id}
+    if args.wait:
+        await run.done.wait()
+        result["exit_code"] = run.exit_code
+        result["timed_out"] = run.timed_out
+    return result
+
+
+async def _kill(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    """Kill a running command; return once it has exited, with its exit code."""
+    assert isinstance(args, KillArgs)
+    run = _require_workspace(manager, project_id).commands.get(args.command_id)
+    if run is None:
+        raise ApiError(404, "not_found", f"no running command {args.command_id!r}")
+    await run.kill()
+    await run.done.wait()
+    return {"command_id": run.command_id, "exit_code": run.exit_code}
+
+
+async def _write(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    assert isinstance(args, WriteArgs)
+    written = await _require_workspace(manager, project_id).write(args.files, args.request_id)
+    return {"files": [{"path": item.path, "sha256": item.sha256} for item in written]}
+
+
+async def _read(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    """A file's content: UTF-8 text when it decodes, base64 otherwise; a part of it with `offset`/`length`."""
+    assert isinstance(args, PathArgs)
+    return await _read_file(_require_workspace(manager, project_id), args)
+
+
+async def _read_file(workspace: Workspace, args: PathArgs) -> dict[str, Any]:
+    """The whole file (the runtime refuses one over the read limit, 413), or the range asked for."""
+    if await workspace.is_dir(args.path):
+        raise ApiError(400, "not_a_file", f"{args.path!r} is a directory; use list")
+    if not args.ranged:
+        return {"path": args.path, **_content(await workspace.read_file(args.path))}
+    part = await workspace.read_range(args.path, args.offset or 0, args.length)
+    return {"path": args.path, **_content(part.content), "offset": part.offset, "length": len(part.content),
+            "size": part.size}
+
+
+#: Control characters JSON escapes as six bytes (`\u0000`): text full of them goes as base64.
+_ESCAPED = bytes(c for c in range(32) if chr(c) not in "\b\t\n\f\r")
+
+
+def _content(raw: bytes) -> dict[str, str]:
+    """`content` and `encoding`: UTF-8 text unless it does not decode or escaping it in JSON would
+    make it larger than base64 (a reply is never more than about 2.4 times the bytes read)."""
+    escaped = len(raw) - len(raw.translate(None, _ESCAPED))
+    if escaped * 5 <= len(raw) // 3:
+        try:
+            return {"content": raw.decode("utf-8"), "encoding": "utf-8"}
+        except UnicodeDecodeError:
+            pass
+    return {"content": base64.b64encode(raw).decode(), "encoding": "base64"}
+
+
+async def _list(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    assert isinstance(args, PathArgs)
+    return await _list_dir(_require_workspace(manager, project_id), args.path)
+
+
+async def _list_dir(workspace: Workspace, path: str) -> dict[str, Any]:
+    entries = await workspace.list_dir(path)
+    return {"path": path, "entries": [{"name": e.name, "type": e.type, "size": e.size} for e in entries]}
+
+
+async def _list_or_read(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    """A directory's listing, or a file's content (the HTTP route serves both)."""
+    assert isinstance(args, PathArgs)
+    workspace = _require_workspace(manager, project_id)
+    if args.path == "" or await workspace.is_dir(args.path):
+        if args.ranged:
+            raise ApiError(400, "not_a_file", f"{args.path!r} is a directory; offset and length are for files")
+        return await _list_dir(workspace, args.path)
+    return await _read_file(workspace, args)
+
+
+async def _delete(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    assert isinstance(args, PathArgs)
+    if not await _require_workspace(manager, project_id).delete(args.path, args.request_id):
+        raise ApiError(404, "not_found", f"no file or directory at {args.path!r}")
+    return {"path": args.path, "deleted": True}
+
+
+async def _refresh(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    """Start the dev server again if it died and sign a fresh preview URL (revoking older ones if asked)."""
+    assert isinstance(args, RefreshArgs)
+    workspace = _require_workspace(manager, project_id)
+    if args.revoke:
+        await manager.revoke(project_id)
+    await workspace.refresh()
+    await workspace.wait_settled()
+    preview = workspace.resign_preview()
+    if preview is None:
+        raise ApiError(409, "not_ready", f"the dev server is not running: {workspace.detail or workspace.state}")
+    return {"state": workspace.state, "preview_url": preview["url"], **preview}
+
+
+Handler = Callable[[WorkspaceManager, str, OpArgs], Awaitable[dict[str, Any]]]
+
+HANDLERS: Mapping[str, Handler] = {
+    "ping": _ping,
+    "ensure": _ensure,
+    "stop": _stop,
+    "exec": _exec,
+    "kill": _kill,
+    "write": _write,
+    "read": _read,
+    "list": _list,
+    "list_or_read": _list_or_read,
+    "delete": _delete,
+    "refresh": _refresh,
+}
+
+
+async def execute(manager: WorkspaceManager, project_id: str, op: str, args: OpArgs) -> dict[str, Any]:
+    """Run `op` on this process's workspace of `project_id`.
+
+    Raises:
+        ApiError, RuntimeFailure: the op was refused; nothing changed.
+    """
+    handler = HANDLERS.get(op)
+    if handler is None:
+        raise ApiError(400, "unknown_op", f"unknown op {op[:64]!r}")
+    return await handler(manager, project_id, args)

@@ -1,0 +1,253 @@
+"""The runtime interface: what a sandbox provider offers the workspace lifecycle.
+
+A provider (local processes, Modal) implements `Runtime` and hands out one `Sandbox` per project.
+Nothing here knows of HTTP, websockets or Redis; the lifecycle turns what a sandbox does into events.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+__all__ = [
+    "INSTALL_MARKER",
+    "PROJECT_ID_PATTERN",
+    "ChangeKind",
+    "DevReattach",
+    "DirEntry",
+    "FileChange",
+    "FileRange",
+    "FileUpload",
+    "OutputSink",
+    "Process",
+    "Runtime",
+    "Sandbox",
+    "Stream",
+    "Suspendable",
+    "WrittenFile",
+]
+
+Stream = Literal["stdout", "stderr"]
+
+#: Receives decoded output: one or more complete lines (each ending in "\n", except a final
+#: unterminated line at end of stream). Called in order per stream; never with an empty string.
+OutputSink = Callable[[Stream, str], Awaitable[None]]
+
+
+class ChangeKind(enum.StrEnum):
+    added = "added"
+    modified = "modified"
+    deleted = "deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class FileUpload:
+    """A file to write, relative to the workspace root. `content` is the raw bytes."""
+
+    path: str
+    content: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenFile:
+    path: str
+    sha256: str
+    change: ChangeKind
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    name: str
+    type: Literal["file", "dir"]
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileRange:
+    """Part of a regular file: `content` read from `offset`, of a file `size` bytes long when read."""
+
+    content: bytes
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileChange:
+    """A change observed in the workspace that the service itself did not make."""
+
+    change: ChangeKind
+    path: str
+
+
+@runtime_checkable
+class Process(Protocol):
+    """A running process (a process group on the local runtime)."""
+
+    async def wait(self) -> int:
+        """Wait for exit; return the exit code (`128 + signal` when killed by a signal)."""
+        ...
+
+    async def kill(self, sig: int) -> None:
+        """Send `sig` to the whole process (group); no error if it already exited."""
+        ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+
+class Sandbox(Protocol):
+    """One project's sandbox: a file tree, processes and a port for the dev server."""
+
+    project_id: str
+
+    async def write_files(self, files: Sequence[FileUpload]) -> list[WrittenFile]:
+        """Write a batch of files all or nothing.
+
+        Raises:
+            runtime.errors.PathError: a path is outside the workspace; nothing was written.
+        """
+        ...
+
+    async def read_file(self, path: str) -> bytes:
+        """The whole of a regular file, never more than the runtime's read limit (`max_read_bytes`).
+
+        Only regular files are read; anything else is refused without being opened (a FIFO's open
+        would block). The limit is kept by the read itself: a larger file is never read.
+
+        Raises:
+            FileTooLarge: the file is over the read limit (read it in ranges); carries its size.
+            NotAFile: a directory, FIFO, socket or device (a `PathError`).
+            FileNotFound, PathError.
+        """
+        ...
+
+    async def read_range(self, path: str, offset: int, length: int | None = None) -> FileRange:
+        """At most `length` bytes of a regular file from `offset` (the read limit when None); only
+        those bytes are read, however large the file. Past the end, the content is empty.
+
+        Raises:
+            BadRange: `offset` or `length` is negative, or `length` is over the read limit.
+            NotAFile, FileNotFound, PathError: as `read_file`.
+        """
+        ...
+
+    async def list_dir(self, path: str) -> list[DirEntry]: ...
+
+    async def is_dir(self, path: str) -> bool: ...
+
+    async def delete(self, path: str) -> bool:
+        """Delete a file or a directory tree; return whether anything was there."""
+        ...
+
+    async def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        on_output: OutputSink,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Process:
+        """Start `argv` in the workspace (cwd relative to its root); output goes to `on_output`.
+
+        The returned process's `wait()` returns only after all its output was delivered.
+        """
+        ...
+
+    def dev_port(self) -> int:
+        """The port the dev server should listen on (passed to it as `PORT`)."""
+        ...
+
+    async def preview_origin(self, port: int) -> str:
+        """Where the preview gateway reaches `port`: `http://127.0.0.1:N` or a provider tunnel."""
+        ...
+
+    def watch(self) -> AsyncIterator[list[FileChange]]:
+        """Debounced file changes made inside the sandbox (not through `write_files`/`delete`)."""
+        ...
+
+    async def terminate(self) -> None:
+        """Kill every process of the sandbox and release it. The files may stay."""
+        ...
+
+    async def detach(self) -> None:
+        """Stop driving the sandbox here because another instance took the workspace over.
+
+        Ends what only this instance can follow or reach (the local runtime: its processes, as
+        `terminate`); a sandbox the new owner reconnects to (Modal) is left running.
+        """
+        ...
+
+
+@runtime_checkable
+class DevReattach(Protocol):
+    """Optional sandbox capability: a dev server that outlives the instance driving it.
+
+    A sandbox that offers it (Modal) keeps running when its owner dies or hands over; the next
+    owner follows the same dev server instead of starting another. Sandboxes without it (local:
+    a dead owner's process groups are killed on `open`) start the dev server with `exec`.
+    """
+
+    async def start_dev(self, argv: Sequence[str], *, on_output: OutputSink, env: Mapping[str, str]) -> Process:
+        """Start the dev server (like `exec`) and record it as the sandbox's dev server.
+
+        Its output is checkpointed in the sandbox as it is delivered to `on_output`, so that
+        `reattach_dev` from another instance continues exactly where the delivered output ended.
+        """
+        ...
+
+    async def reattach_dev(
+        self, argv: Sequence[str], *, on_output: OutputSink, env: Mapping[str, str]
+    ) -> Process | None:
+        """Follow the recorded dev server if it still runs with this very `argv` and `env`.
+
+        Output resumes after the last checkpointed delivery. None when there is no such dev
+        server (none recorded, it ended, or it runs another command or environment).
+        """
+        ...
+
+
+@runtime_checkable
+class Suspendable(Protocol):
+    """Optional sandbox capability: stop computing, keep the files, resume later.
+
+    Local: every process of the sandbox ends; the files stay on disk. Modal: the workspace is
+    snapshotted, the snapshot recorded for the project, and the sandbox terminated. The next
+    `Runtime.open` of the project resumes from what `suspend` kept.
+    """
+
+    #: Set by `Runtime.open` on a sandbox resumed from a snapshot: the snapshot's id; else None.
+    resumed_from: str | None
+
+    async def suspend(self) -> dict[str, object]:
+        """End every process and release the compute; return what to report (`{"snapshot": id}` or `{}`)."""
+        ...
+
+
+class Runtime(Protocol):
+    name: str
+
+    async def open(self, project_id: str) -> Sandbox:
+        """Provision a new sandbox for the project, or reconnect to its existing one."""
+        ...
+
+    async def check(self) -> None:
+        """Raise if the provider cannot be used right now (readiness)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Terminate every sandbox this runtime started in this process."""
+        ...
+
+
+#: The starter every workspace is laid from (local runtime) and the Modal image is built from.
+DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "templates" / "nextjs"
+
+#: Project ids, as the contract defines them; runtimes check them again before touching disk.
+PROJECT_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+
+#: Written after a successful dependency install: the sha256 (hex) of the package.json it installed.
+#: Lives under node_modules, so it vanishes with it and file watchers ignore it.
+INSTALL_MARKER = "node_modules/.qai-installed"

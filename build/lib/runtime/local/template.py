@@ -1,0 +1,225 @@
+"""The starter app a new workspace is laid from, with its dependencies installed once and shared.
+
+The cache holds, per dependency set, a copy of the template where the install command ran:
+`<cache_root>/<key>/` with `key = sha256(install command, package.json, package-lock.json)`.
+It is built in a temporary directory and renamed into place when complete, so no server (in
+this process or another) ever sees a half-built cache; within a process a lock keeps it to one
+install. A workspace gets its `node_modules` as hard links to the cached files (like `cp -al`),
+which takes a second instead of an `npm install`.
+
+Hard links share their content with the cache and every other workspace: a workspace must never
+modify a file under node_modules in place. npm (and yarn, pnpm) replace files by writing a new
+file and renaming it, which breaks the link and is safe; a tool patching files in place
+(`patch-package`, an editor) would change them everywhere.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shlex
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import anyio
+
+from runtime.base import INSTALL_MARKER, Stream
+from runtime.errors import ProviderError
+from runtime.local.process import LocalProcess, base_env
+
+__all__ = ["TemplateCache", "link_tree"]
+
+logger = logging.getLogger(__name__)
+
+_SKIP = ("node_modules", ".next")
+_TAIL = 4000  # characters of a failed install's output kept in the error
+
+
+class TemplateCache:
+    """Lays a template into new workspaces, with `node_modules` from a shared install cache.
+
+    Args:
+        template_dir: the starter app (its own node_modules and .next are ignored).
+        cache_root: where installed copies live; on the workspaces' filesystem for hard links.
+        install_argv: the install command, run in the cache copy.
+        env: extra environment for the install (proxies, npm config), over a clean base.
+    """
+
+    def __init__(
+        self,
+        template_dir: Path,
+        cache_root: Path,
+        install_argv: Sequence[str] = ("npm", "install", "--no-audit", "--no-fund"),
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.template_dir = Path(template_dir)
+        self.cache_root = Path(cache_root)
+        self.install_argv = tuple(install_argv)
+        self._env = dict(env or {})
+        self._lock = anyio.Lock()
+
+    async def lay(self, dest: Path) -> None:
+        """Copy the template into `dest` (created; must not exist) and give it its node_modules.
+
+        Raises:
+            ProviderError: the template is unreadable or its dependency install failed.
+        """
+        package = await anyio.to_thread.run_sync(self._read_package)
+        await anyio.to_thread.run_sync(_copy_template, self.template_dir, dest)
+        try:
+            if package is None:
+                return
+            raw, needs_install = package
+            if needs_install:
+                cached = await self._ensure()
+                await anyio.to_thread.run_sync(link_tree, cached / "node_modules", dest / "node_modules")
+            await anyio.to_thread.run_sync(_write_marker, dest, hashlib.sha256(raw).hexdigest())
+        except BaseException:
+            with anyio.CancelScope(shield=True):  # no half-laid workspace
+                await anyio.to_thread.run_sync(shutil.rmtree, dest, True)
+            raise
+
+    async def warm(self) -> None:
+        """Build the install cache now rather than on the first `lay()`."""
+        package = await anyio.to_thread.run_sync(self._read_package)
+        if package is not None and package[1]:
+            await self._ensure()
+
+    def _read_package(self) -> tuple[bytes, bool] | None:
+        """`(package.json bytes, whether it has dependencies)`, or `None` without a package.json."""
+        if not self.template_dir.is_dir():
+            raise ProviderError(f"template directory {str(self.template_dir)!r} does not exist")
+        try:
+            raw = (self.template_dir / "package.json").read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            manifest = json.loads(raw)
+        except ValueError as exc:
+            raise ProviderError(f"template package.json is not valid JSON: {exc}") from None
+        deps = [manifest.get(key) for key in ("dependencies", "devDependencies")] if isinstance(
+            manifest, dict) else []
+        return raw, any(isinstance(d, dict) and d for d in deps)
+
+    def _key(self) -> str:
+        digest = hashlib.sha256()
+        for part in self.install_argv:
+            digest.update(part.encode() + b"\0")
+        for name in ("package.json", "package-lock.json"):
+            path = self.template_dir / name
+            digest.update(name.encode() + b"\0")
+            digest.update(path.read_bytes() if path.exists() else b"-")
+            digest.update(b"\0")
+        return digest.hexdigest()
+
+    async def _ensure(self) -> Path:
+        """Return the complete cache directory for the template's dependencies, building it once."""
+        async with self._lock:
+            key = await anyio.to_thread.run_sync(self._key)
+            final = self.cache_root / key
+            if await anyio.to_thread.run_sync(final.is_dir):
+                return final
+            building = self.cache_root / f".building-{key[:16]}-{secrets.token_hex(4)}"
+            try:
+                await anyio.to_thread.run_sync(_copy_template, self.template_dir, building)
+                await self._install(building)
+                await anyio.to_thread.run_sync(_publish, building, final)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(shutil.rmtree, building, True)
+            return final
+
+    async def _install(self, cwd: Path) -> None:
+        output: list[str] = []
+
+        async def collect(_stream: Stream, text: str) -> None:
+            output.append(text)
+            if sum(map(len, output)) > 4 * _TAIL:  # keep memory bounded: only the tail matters
+                del output[: len(output) // 2]
+
+        command = _describe(self.install_argv)
+        logger.info("installing template dependencies: %s in %s", command, cwd)
+        try:
+            proc = LocalProcess.start(self.install_argv, cwd=cwd, env=base_env(cwd, self._env),
+                                      on_output=collect)
+        except OSError as exc:
+            raise ProviderError(f"cannot run {command}: {exc}") from None
+        try:
+            code = await proc.wait()
+        finally:
+            if proc.returncode is None:  # cancelled: do not leave an install running
+                with anyio.CancelScope(shield=True):
+                    await proc.terminate(grace=1.0)
+        if code != 0:
+            tail = "".join(output)[-_TAIL:].strip()
+            raise ProviderError(f"{command} exited with {code}: {tail}")
+        if not (cwd / "node_modules").is_dir():
+            raise ProviderError(f"{command} succeeded but made no node_modules")
+
+
+def _describe(argv: Sequence[str]) -> str:
+    """The command for a message: quoted, and cut short (an inline script can be long)."""
+    text = shlex.join(argv)
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
+def _copy_template(src: Path, dest: Path) -> None:
+    shutil.copytree(src, dest, symlinks=True, ignore=shutil.ignore_patterns(*_SKIP))
+
+
+def _publish(building: Path, final: Path) -> None:
+    """Atomically rename the finished cache into place; another server may have won the race."""
+    try:
+        os.rename(building, final)
+    except OSError as exc:
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not final.is_dir():
+            raise
+
+
+def _write_marker(dest: Path, digest: str) -> None:
+    marker = dest / INSTALL_MARKER
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    # Never write through an existing file: under node_modules it may be a hard link to the cache.
+    tmp = marker.with_name(f"{marker.name}.tmp")
+    tmp.write_text(digest)
+    os.replace(tmp, marker)
+
+
+def link_tree(src: Path, dest: Path) -> int:
+    """Recreate the tree `src` at `dest` with every file hard-linked (symlinks stay symlinks).
+
+    Falls back to copying when hard links are impossible (another filesystem, not permitted).
+    Returns the number of files linked or copied.
+    """
+    count = 0
+    link = True
+    dest.mkdir(parents=True, exist_ok=True)
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = os.path.relpath(dirpath, src)
+        target_dir = dest if rel == "." else dest / rel
+        for name in [*dirnames, *filenames]:
+            source = os.path.join(dirpath, name)
+            target = target_dir / name
+            if os.path.islink(source):
+                os.symlink(os.readlink(source), target)
+            elif name in dirnames:
+                target.mkdir()
+            else:
+                if link:
+                    try:
+                        os.link(source, target)
+                    except OSError as exc:
+                        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                            raise
+                        logger.info("cannot hard-link %s (%s): copying node_modules instead", source, exc)
+                        link = False
+                if not link:
+                    shutil.copy2(source, target)
+                count += 1
+    return count

@@ -1,0 +1,182 @@
+"""One project's Modal sandbox: the `runtime.base.Sandbox` (and `DevReattach`) its collaborators make up.
+
+`SandboxCalls` holds the SDK handle; `SandboxFiles` (files), `Processes` (commands),
+`DevServer` (the dev server across owners), `Watcher` (file changes) each receive it with
+what else they need, and share one `OwnWrites` between the writes and the watch.
+
+Invariants: after `terminate` or `detach` nothing new starts in the sandbox; `detach` returns
+once no output of its processes is delivered here any more (their offsets are final, and
+checkpointed where kept); either way the runtime is told (`on_close`) to forget the sandbox.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
+
+from runtime.base import DirEntry, FileChange, FileRange, FileUpload, OutputSink, WrittenFile
+from runtime.errors import ProviderError
+from runtime.modal.calls import SandboxCalls
+from runtime.modal.changes import OwnWrites
+from runtime.modal.checkpoint import Checkpoints
+from runtime.modal.config import ModalConfig
+from runtime.modal.devserver import DevServer
+from runtime.modal.files import SandboxFiles
+from runtime.modal.process import ModalProcess, new_process_id
+from runtime.modal.processes import Processes
+from runtime.modal.provider import Provider
+from runtime.modal.watch import Watcher
+
+__all__ = ["ModalSandbox"]
+
+#: How long `terminate` waits for the sandbox's end to end its output streams before cancelling.
+_STREAMS_END_S = 10
+
+
+class ModalSandbox:
+    """One project's Modal sandbox (implements `runtime.base.Sandbox` and `runtime.base.DevReattach`).
+
+    Args:
+        project_id: the project whose sandbox it is.
+        handle: the SDK's sandbox object.
+        config: where and how the runtime runs sandboxes.
+        provider: the `modal` module, its retries and messages.
+        on_close: told once the sandbox was terminated or detached here.
+    """
+
+    def __init__(self, project_id: str, handle: Any, config: ModalConfig, provider: Provider,
+                 on_close: Callable[[ModalSandbox], None]) -> None:
+        self.project_id = project_id
+        self.handle = handle
+        self.config = config
+        self._provider = provider
+        self._on_close = on_close
+        self._calls = SandboxCalls(project_id, handle, provider)
+        own = OwnWrites(config.echo_ttl_s)
+        self._files = SandboxFiles(self._calls, config, own)
+        self._processes = Processes(self._calls, config)
+        self._checkpoints = Checkpoints(self._calls, config.procs_dir)
+        self._dev = DevServer(self._calls, self._processes, self._checkpoints, f"{config.state_dir}/dev")
+        self._watcher = Watcher(self._calls, config, own)
+
+    async def alive(self) -> bool:
+        """Whether the sandbox still runs (False too when Modal cannot say)."""
+        return await self._calls.alive()
+
+    # -- files ----------------------------------------------------------------------------------
+
+    async def write_files(self, files: Sequence[FileUpload]) -> list[WrittenFile]:
+        """All or nothing: one tarball upload and one exec that checks every path, then moves."""
+        return await self._files.write_files(files)
+
+    async def read_file(self, path: str) -> bytes:
+        return await self._files.read_file(path)
+
+    async def read_range(self, path: str, offset: int, length: int | None = None) -> FileRange:
+        return await self._files.read_range(path, offset, length)
+
+    async def list_dir(self, path: str) -> list[DirEntry]:
+        return await self._files.list_dir(path)
+
+    async def is_dir(self, path: str) -> bool:
+        return await self._files.is_dir(path)
+
+    async def delete(self, path: str) -> bool:
+        return await self._files.delete(path)
+
+    # -- processes ------------------------------------------------------------------------------
+
+    async def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        on_output: OutputSink,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> ModalProcess:
+        """Start `argv` detached in the sandbox (cwd relative to the workspace) and follow its output.
+
+        A loopback `HOSTNAME` becomes `0.0.0.0`: the tunnel reaches the sandbox from outside.
+        """
+        return await self._processes.start(argv, on_output, cwd, env, new_process_id())
+
+    async def attach(self, process_id: str, *, on_output: OutputSink,
+                     offsets: tuple[int, int] = (0, 0), checkpoint: bool = False) -> ModalProcess:
+        """Follow a process started by any adapter, from `offsets` (bytes of stdout, stderr delivered).
+
+        With `checkpoint`, the delivered offsets are kept in the sandbox (as for `start_dev`).
+
+        Raises:
+            FileNotFound: no such process in this sandbox.
+        """
+        writer = self._checkpoints.writer(process_id) if checkpoint else None
+        return await self._processes.attach(process_id, on_output, offsets, writer)
+
+    async def running_processes(self) -> dict[str, list[str]]:
+        """The processes still running in the sandbox, started by any adapter: id → argv.
+
+        After a failover this finds the dev server to `attach` to (with the offsets delivered so far).
+        """
+        return await self._processes.running()
+
+    # -- the dev server across owners (runtime.base.DevReattach) ---------------------------------
+
+    async def start_dev(self, argv: Sequence[str], *, on_output: OutputSink,
+                        env: Mapping[str, str]) -> ModalProcess:
+        """Start the dev server as the sandbox's recorded one (ending an earlier owner's), checkpointed."""
+        return await self._dev.start(argv, on_output, env)
+
+    async def reattach_dev(self, argv: Sequence[str], *, on_output: OutputSink,
+                           env: Mapping[str, str]) -> ModalProcess | None:
+        """Follow the recorded dev server if it still runs `argv` with `env`, from its checkpoint.
+
+        The checkpoint holds the offsets delivered to the previous owner's sink (written after
+        each delivery, final on its `detach`): after a handover nothing is lost or repeated. After
+        a crash, what that owner delivered during its last checkpoint write (one filesystem call)
+        is delivered again; nothing is ever skipped.
+        """
+        return await self._dev.reattach(argv, on_output, env)
+
+    # -- preview and watching -------------------------------------------------------------------
+
+    def dev_port(self) -> int:
+        return self.config.dev_port
+
+    async def preview_origin(self, port: int) -> str:
+        tunnels = await self._provider.call("get the preview tunnel", self.handle.tunnels.aio)
+        if port not in tunnels:
+            raise ProviderError(f"sandbox {self.project_id!r} has no tunnel for port {port} (only {sorted(tunnels)})")
+        return str(tunnels[port].url)
+
+    def watch(self) -> AsyncIterator[list[FileChange]]:
+        """Debounced changes made in the workspace by anything but `write_files`/`delete`."""
+        return self._watcher.watch()
+
+    # -- the end --------------------------------------------------------------------------------
+
+    async def terminate(self) -> None:
+        """Terminate the Modal sandbox (its files go with it) and stop following its processes."""
+        self._calls.close()
+        e = self._provider.exc
+
+        async def terminate() -> None:
+            with contextlib.suppress(e.NotFoundError):  # already gone
+                await self.handle.terminate.aio()
+
+        try:
+            await self._provider.call("terminate the sandbox", terminate)
+        finally:
+            self._on_close(self)
+        # The sandbox's end ends every output stream; cancelling is the fallback.
+        await self._processes.settle(_STREAMS_END_S)
+
+    async def detach(self) -> None:
+        """Stop following this sandbox here without terminating it (another instance takes over).
+
+        Returns once no output of its processes is delivered any more: their `offsets` are final,
+        and checkpointed in the sandbox for those that keep a checkpoint (the dev server).
+        """
+        self._calls.close()
+        await self._processes.unfollow_all()
+        self._on_close(self)
