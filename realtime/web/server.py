@@ -33,7 +33,9 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
         "host": settings.host,
         "port": settings.port,
         "lifespan": "on",
-        "proxy_headers": False,
+        # Behind a reverse proxy: its X-Forwarded-For/-Proto are believed from these addresses only.
+        "proxy_headers": settings.proxy_headers,
+        "forwarded_allow_ips": settings.trusted_proxies,
         "http": functools.partial(HttpProtocol, header_timeout_s=settings.http_header_timeout_s),
         # Past this many open connections or running requests, requests and upgrades get 503.
         "limit_concurrency": settings.http_limit_concurrency,
