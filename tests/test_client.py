@@ -338,7 +338,7 @@ async def test_run_streams_a_commands_output_and_returns_its_exit_code(server: R
 async def test_ops_await_their_replies_and_errors_raise_with_their_code(server: Running) -> None:
     """Every op returns its reply's data; an error reply raises OpError carrying code and message."""
     body = await server.provision("demo", fixture_files())
-    async with connect(server.url, body["session_token"], "demo") as ws:
+    async with connect(server.url, body["session_token"], "demo", since=None) as ws:  # live only
         items = aiter(ws.events())
         assert await ws.ping() > 0
         written = await ws.write({"notes/a.txt": "hello", "notes/b.bin": b"\xff\x00"})
@@ -376,8 +376,10 @@ async def test_events_are_typed_by_kind_in_order(server: Running) -> None:
         items = aiter(ws.events())
         await server.provision("demo", fixture_files())
         command_id = await ws.exec("echo hi")
-        await server.client.post("/api/workspaces/demo/events", json={"type": "done", "data": {"ok": True}})
         received: list[Item] = []
+        # The command's output and its end come after `exec` answers, in their own time.
+        await _until(items, lambda item: isinstance(item, Command) and item.state == "exited", received)
+        await server.client.post("/api/workspaces/demo/events", json={"type": "done", "data": {"ok": True}})
         await _until(items, _is_custom({"ok": True}), received)
     kinds = {type(item) for item in received}
     assert {Status, Command, Custom} <= kinds

@@ -5,7 +5,8 @@
         async for item in ws.events():
             ...
 
-It resumes by itself across disconnects and server restarts (backoff with jitter, `since` and
+`WorkspaceApi` is the HTTP half (create, stop, tokens, files, history). The channel resumes by
+itself across disconnects and server restarts (backoff with jitter, `since` and
 `epoch`), hands out every event exactly once and in order, and says `Reset` where the server could
 not resume.
 """
@@ -27,9 +28,11 @@ from realtime.client._events import (
     Status,
     parse_event,
 )
+from realtime.client._http import DEFAULT_TOKEN_SCOPE, HttpError, WorkspaceApi
 from realtime.client._protocol import ClientProtocol, Hello, ProtocolError, Reply
 
 __all__ = [
+    "DEFAULT_TOKEN_SCOPE",
     "Backoff",
     "Client",
     "ClientClosed",
@@ -45,6 +48,7 @@ __all__ = [
     "File",
     "Gap",
     "Hello",
+    "HttpError",
     "Item",
     "Log",
     "OpError",
@@ -56,6 +60,7 @@ __all__ = [
     "ServerClosed",
     "Status",
     "TokenSource",
+    "WorkspaceApi",
     "channel_url",
     "connect",
     "parse_event",

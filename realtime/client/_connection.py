@@ -322,7 +322,7 @@ async def connect(
     token: TokenSource,
     project_id: str | None = None,
     *,
-    since: int | None = None,
+    since: int | None = 0,
     epoch: str | None = None,
     events: bool = True,
     buffer: int = 4096,
@@ -335,8 +335,8 @@ async def connect(
         url, project_id: see `channel_url` (a base URL and a project, or a full channel URL).
         token: the service token or a session token of the project (sent as a Bearer header), or
             an async callable minting one per connection (then a 1008 close reconnects with a fresh one).
-        since, epoch: the last `seq` already processed and its epoch; `None` for live events only,
-            `since=0` for everything retained.
+        since, epoch: the last `seq` already processed and its epoch; `0` (the default, as in the
+            JavaScript client) for everything retained, `None` for live events only.
         events: keep the `events()` stream (`False` for ops and `run()` only).
         buffer: items held for a reader that is behind before the client stops reading the socket.
         backoff: delays between reconnections.
