@@ -50,7 +50,7 @@ _FATAL = {1008, 1009}
 class Backoff:
     """Delays between reconnection attempts: exponential, capped, with full jitter."""
 
-    initial: float = 0.1
+    initial: float = 0.25
     maximum: float = 5.0
     factor: float = 2.0
 

@@ -30,7 +30,23 @@ export class OpError extends Error {
 export const EVENT_KINDS = ["status", "log", "file", "preview", "command", "custom", "provider"];
 
 const CLOSE_POLICY = 1008;
+const CLOSE_TOO_BIG = 1009;
 const NORMAL_CLOSE = 1000;
+/** Our own close of a socket whose pings went unanswered (a dead network path). */
+const CLOSE_HEARTBEAT = 4001;
+
+/**
+ * Defaults shared with the Python client (docs/protocol.md, "Clients"): where a new channel starts
+ * (`since: 0`, everything retained), the scope a minted token gets (`read`), the reconnect backoff
+ * and the heartbeat (an app-level `ping` op: the server's websocket pings are invisible to browser
+ * JavaScript, so a dead path is only noticed by a reply that does not come).
+ */
+export const DEFAULTS = Object.freeze({
+  since: 0,
+  tokenScope: "read",
+  backoff: Object.freeze({ initialMs: 250, maxMs: 5000 }),
+  heartbeat: Object.freeze({ intervalMs: 15000, timeoutMs: 10000 }),
+});
 /** The websocket subprotocol of the protocol (what the server's handshake answers). */
 export const SUBPROTOCOL = "qai.v1";
 
@@ -73,16 +89,23 @@ export class WorkspaceClient {
    *   history, null starts live.
    * @param {string | null} [options.epoch] the epoch `since` belongs to.
    * @param {{initialMs?: number, maxMs?: number}} [options.backoff] reconnect delays (with jitter).
+   * @param {{intervalMs?: number, timeoutMs?: number} | false} [options.heartbeat] a `ping` op every
+   *   `intervalMs` while open; no reply within `timeoutMs` drops the socket and reconnects. `false`: none.
    * @param {typeof WebSocket} [options.WebSocket] an implementation, for runtimes without a global one.
    */
-  constructor({ projectId, token, baseUrl, since = 0, epoch = null, backoff = {}, WebSocket: impl } = {}) {
+  constructor({
+    projectId, token, baseUrl, since = DEFAULTS.since, epoch = null, backoff = {}, heartbeat = {}, WebSocket: impl,
+  } = {}) {
     if (!projectId) throw new TypeError("projectId is required");
     this.projectId = projectId;
     this._token = token;
     this._base = (baseUrl || globalThis.location?.origin || "").replace(/\/$/, "");
     this._since = since;
     this._epoch = epoch;
-    this._backoff = { initialMs: 250, maxMs: 5000, ...backoff };
+    this._backoff = { ...DEFAULTS.backoff, ...backoff };
+    this._heartbeat = heartbeat === false ? null : { ...DEFAULTS.heartbeat, ...heartbeat };
+    this._beat = null;
+    this._onOnline = () => this._online();
     this._WebSocket = impl || globalThis.WebSocket;
     this._handlers = new Map();
     this._inFlight = new Map();
@@ -144,6 +167,7 @@ export class WorkspaceClient {
     }
     if (!this._wanted) {
       this._wanted = true;
+      globalThis.addEventListener?.("online", this._onOnline);
       this._open();
     }
     return this._firstHello.promise;
@@ -152,6 +176,8 @@ export class WorkspaceClient {
   /** Close for good: pending and in-flight ops fail with `closed`. */
   close() {
     this._wanted = false;
+    globalThis.removeEventListener?.("online", this._onOnline);
+    this._stopHeartbeat();
     clearTimeout(this._timer);
     this._timer = null;
     const socket = this._socket;
@@ -265,18 +291,76 @@ export class WorkspaceClient {
     socket.onmessage = (message) => {
       if (this._socket === socket) this._receive(message.data);
     };
-    socket.onclose = (close) => {
+    socket.onclose = (close) => this._lost(socket, close.code, close.reason);
+  }
+
+  /** The socket is gone (closed by either side, or dropped for a missed heartbeat). */
+  _lost(socket, code, reason) {
+    if (this._socket !== socket) return;
+    this._socket = null;
+    this._stopHeartbeat();
+    this._failOps("disconnected", "the channel closed before the reply; the op may or may not have run");
+    // Reconnecting cannot fix these: a token refused with no way to get another, a frame too big.
+    const fatal = { [CLOSE_POLICY]: "unauthorized", [CLOSE_TOO_BIG]: "too_large" }[code];
+    if (fatal && (code !== CLOSE_POLICY || typeof this._token !== "function")) {
+      this._wanted = false;
+      globalThis.removeEventListener?.("online", this._onOnline);
+      this._failOps("closed", reason || fatal);
+      this._firstHello?.reject?.(new OpError(fatal, reason));
+      this._setState("closed", { code, reason });
+      return;
+    }
+    this._retry({ code, reason });
+  }
+
+  /** The browser says the network is back: reconnect now rather than at the end of a backoff. */
+  _online() {
+    if (!this._wanted) return;
+    if (this._state === "reconnecting" && this._timer !== null) {
+      clearTimeout(this._timer);
+      this._timer = null;
+      this._attempt = 0;
+      this._open();
+    } else if (this._state === "open") {
+      this._ping(); // the old path may be dead although no close came: find out now
+    }
+  }
+
+  _startHeartbeat() {
+    this._stopHeartbeat();
+    if (!this._heartbeat) return;
+    this._beat = { interval: setInterval(() => this._ping(), this._heartbeat.intervalMs), deadline: null };
+  }
+
+  _stopHeartbeat() {
+    if (!this._beat) return;
+    clearInterval(this._beat.interval);
+    clearTimeout(this._beat.deadline);
+    this._beat = null;
+  }
+
+  /** One heartbeat: a `ping` op; no reply in time drops the socket as lost and reconnects. */
+  _ping() {
+    const beat = this._beat;
+    const socket = this._socket;
+    if (!beat || !socket || beat.deadline !== null) return;
+    beat.deadline = setTimeout(() => {
       if (this._socket !== socket) return;
-      this._socket = null;
-      this._failOps("disconnected", "the channel closed before the reply; the op may or may not have run");
-      if (close.code === CLOSE_POLICY && typeof this._token !== "function") {
-        this._wanted = false;
-        this._firstHello?.reject?.(new OpError("unauthorized", close.reason));
-        this._setState("closed", { code: close.code, reason: close.reason });
-        return;
+      try {
+        socket.close(CLOSE_HEARTBEAT, "heartbeat timeout");
+      } catch {
+        // closing a dead socket may throw in some runtimes; it is dropped either way
       }
-      this._retry({ code: close.code, reason: close.reason });
-    };
+      this._lost(socket, CLOSE_HEARTBEAT, "no reply to ping");
+    }, this._heartbeat.timeoutMs);
+    this.request("ping").then(
+      () => {
+        if (this._beat !== beat) return;
+        clearTimeout(beat.deadline);
+        beat.deadline = null;
+      },
+      () => {},
+    );
   }
 
   _retry(details) {
@@ -327,6 +411,7 @@ export class WorkspaceClient {
     }
     this._emit("hello", hello);
     this._setState("open", { connectionId: hello.snapshot?.connection_id });
+    this._startHeartbeat();
     this._firstHello?.resolve?.(hello);
     const queued = this._queued;
     this._queued = [];
@@ -425,7 +510,7 @@ export class WorkspaceApi {
   }
 
   /** A session token for a browser: `{token, expires_at, scope}`. */
-  mintToken(projectId, { scope = "write", ttl_s } = {}) {
+  mintToken(projectId, { scope = DEFAULTS.tokenScope, ttl_s } = {}) {
     return this.call("POST", `/api/workspaces/${encodeURIComponent(projectId)}/tokens`, clean({ scope, ttl_s }));
   }
 

@@ -1,0 +1,168 @@
+"""client.js under node with a fake socket: the heartbeat, the browser's `online` event, fatal closes
+and the defaults it shares with the Python client."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import realtime.client
+from realtime.client._connection import connect
+
+CLIENT = Path(__file__).resolve().parent.parent / "realtime" / "web" / "static" / "client.js"
+
+_PRELUDE = r"""
+import { WorkspaceClient, WorkspaceApi, DEFAULTS } from "%(client)s";
+
+const sockets = [];
+class FakeSocket {
+  constructor(url, protocols) {
+    Object.assign(this, { url, protocols, sent: [], closed: null });
+    sockets.push(this);
+  }
+  send(frame) { this.sent.push(JSON.parse(frame)); }
+  // A dead network path: close() starts a closing handshake that never completes (no onclose).
+  close(code = 1000, reason = "") { this.closed = [code, reason]; }
+  serverClose(code, reason = "") { queueMicrotask(() => this.onclose?.({ code, reason })); }
+  deliver(frame) { this.onmessage({ data: JSON.stringify(frame) }); }
+}
+const until = async (check) => {
+  for (let i = 0; i < 100000 && !check(); i++) await new Promise((resolve) => setTimeout(resolve, 0));
+  if (!check()) throw new Error("condition never held: " + check);
+};
+const hello = (since) => ({
+  type: "hello", project_id: "p", epoch: "e1", seq: since, since, resumed: true, snapshot: {},
+});
+const listeners = {};
+globalThis.addEventListener = (name, fn) => { listeners[name] = fn; };
+globalThis.removeEventListener = (name, fn) => { if (listeners[name] === fn) delete listeners[name]; };
+const out = {};
+"""
+
+
+def _run(tmp_path: Path, body: str) -> dict[str, Any]:
+    node = shutil.which("node")
+    assert node is not None
+    script = tmp_path / "client_test.mjs"
+    script.write_text(_PRELUDE % {"client": CLIENT.as_uri()} + body + "\nconsole.log(JSON.stringify(out));\n")
+    done = subprocess.run([node, str(script)], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_an_unanswered_ping_drops_the_socket_and_resumes_where_it_was(tmp_path: Path) -> None:
+    out = _run(tmp_path, r"""
+const client = new WorkspaceClient({
+  projectId: "p", token: "t", baseUrl: "http://svc", WebSocket: FakeSocket,
+  backoff: { initialMs: 1, maxMs: 2 }, heartbeat: { intervalMs: 5, timeoutMs: 20 },
+});
+const states = [];
+client.on("connection", (c) => states.push([c.state, c.code ?? null]));
+const connected = client.connect();
+await until(() => sockets.length === 1);
+sockets[0].deliver(hello(0));
+await connected;
+sockets[0].deliver({ type: "event", seq: 1, ts: 1, kind: "log", data: { text: "a\n" } });
+// The first ping is answered: the socket stays.
+await until(() => sockets[0].sent.some((f) => f.op === "ping"));
+const first = sockets[0].sent.find((f) => f.op === "ping");
+sockets[0].deliver({ type: "reply", id: first.id, ok: true, data: { ts: 1 } });
+await until(() => sockets[0].sent.filter((f) => f.op === "ping").length === 2);
+out.socketsAfterAnswer = sockets.length;
+// The second is not: the network died without a close. The client gives up on that socket.
+await until(() => sockets.length === 2);
+out.closedWith = sockets[0].closed;
+out.url2 = sockets[1].url;
+out.states = states;
+client.close();
+""")
+    assert out["socketsAfterAnswer"] == 1
+    assert out["closedWith"] == [4001, "heartbeat timeout"]
+    assert out["url2"] == "ws://svc/ws/projects/p?since=1&epoch=e1"  # resumes after what it had
+    assert ["reconnecting", 4001] in out["states"]
+
+
+def test_the_online_event_reconnects_at_once_instead_of_waiting_out_the_backoff(tmp_path: Path) -> None:
+    out = _run(tmp_path, r"""
+const client = new WorkspaceClient({
+  projectId: "p", token: "t", baseUrl: "http://svc", WebSocket: FakeSocket,
+  backoff: { initialMs: 600000, maxMs: 600000 }, heartbeat: false,
+});
+const connected = client.connect();
+await until(() => sockets.length === 1);
+sockets[0].deliver(hello(0));
+await connected;
+sockets[0].serverClose(1006, "");
+await until(() => client.state === "reconnecting");
+out.socketsWhileBackingOff = sockets.length;  // the next try is ten minutes away
+listeners.online();
+await until(() => sockets.length === 2);
+out.sockets = sockets.length;
+client.close();
+out.listenerLeft = "online" in listeners;
+""")
+    assert out == {"socketsWhileBackingOff": 1, "sockets": 2, "listenerLeft": False}
+
+
+def test_1009_and_1008_without_a_token_source_are_fatal(tmp_path: Path) -> None:
+    out = _run(tmp_path, r"""
+async function closedWith(code, token) {
+  const before = sockets.length;
+  const client = new WorkspaceClient({
+    projectId: "p", token, baseUrl: "http://svc", WebSocket: FakeSocket, backoff: { initialMs: 1, maxMs: 1 },
+    heartbeat: false,
+  });
+  const connected = client.connect().catch((error) => error.code);
+  await until(() => sockets.length === before + 1);
+  sockets[before].deliver(hello(0));
+  await connected;
+  const pending = client.ping().catch((error) => error.code);
+  sockets[before].serverClose(code, "why");
+  await until(() => client.state === "closed" || sockets.length > before + 1);
+  const result = { state: client.state, sockets: sockets.length - before, pending: await pending };
+  client.close();
+  return result;
+}
+out.tooBig = await closedWith(1009, "t");
+out.policyFixedToken = await closedWith(1008, "t");
+out.policyTokenSource = await closedWith(1008, async () => "t");
+out.defaults = DEFAULTS;
+""")
+    assert out["tooBig"] == {"state": "closed", "sockets": 1, "pending": "disconnected"}
+    assert out["policyFixedToken"] == {"state": "closed", "sockets": 1, "pending": "disconnected"}
+    assert out["policyTokenSource"]["sockets"] == 2  # a token source may mint a good one: retry
+    assert out["defaults"]["since"] == 0 and out["defaults"]["tokenScope"] == "read"
+
+
+def test_the_python_client_shares_the_javascript_defaults(tmp_path: Path) -> None:
+    out = _run(tmp_path, "out.defaults = DEFAULTS;")
+    defaults = out["defaults"]
+    assert connect.__wrapped__.__kwdefaults__["since"] == defaults["since"]  # type: ignore[attr-defined]
+    assert defaults["tokenScope"] == realtime.client.DEFAULT_TOKEN_SCOPE
+    backoff = realtime.client.Backoff()
+    assert backoff.initial * 1000 == defaults["backoff"]["initialMs"]
+    assert backoff.maximum * 1000 == defaults["backoff"]["maxMs"]
+
+
+def _public_members(source: str, cls: str) -> set[str]:
+    """Methods and getters of `cls` in client.js, without the `_` internals."""
+    body = source.split(f"export class {cls}", 1)[1].split("\nexport ", 1)[0].split("\n}\n", 1)[0]
+    names = re.findall(r"^  (?:get |async |static )?([a-zA-Z]\w*)\(", body, flags=re.M)
+    return {name for name in names if name != "constructor"}
+
+
+def test_the_type_declarations_cover_every_export_and_public_member() -> None:
+    source = CLIENT.read_text()
+    declarations = CLIENT.with_suffix(".d.ts").read_text()
+    exported = set(re.findall(r"^export (?:async )?(?:class|function|const) (\w+)", source, flags=re.M))
+    declared = set(re.findall(r"^export (?:class|function|const) (\w+)", declarations, flags=re.M))
+    assert exported == declared
+    for cls in ("WorkspaceClient", "WorkspaceApi"):
+        body = declarations.split(f"export class {cls}", 1)[1].split("\n}\n", 1)[0]
+        missing = {name for name in _public_members(source, cls) if not re.search(rf"\b{name}\b[(?:<]", body)}
+        assert not missing, (cls, missing)
