@@ -76,7 +76,9 @@ class Processes:
     def _new(self, process_id: str, on_output: OutputSink, offsets: tuple[int, int],
              checkpoint: Checkpoint | None) -> ModalProcess:
         return ModalProcess(self._calls, self._config.procs_dir, process_id, on_output, offsets,
-                            checkpoint=checkpoint, on_end=self._followed.discard)
+                            checkpoint=checkpoint, on_end=self._followed.discard,
+                            follow_timeout_s=self._config.follow_timeout_s,
+                            checkpoint_every_s=self._config.checkpoint_every_s)
 
     async def running(self) -> dict[str, list[str]]:
         """The processes still running in the sandbox, started by any adapter: id → argv."""
@@ -101,6 +103,10 @@ class Processes:
                     raw = b""
                 running[process_id] = [arg.decode(errors="replace") for arg in raw.split(b"\0")[:-1]]
         return running
+
+    def busy(self) -> bool:
+        """Whether a process is followed here (it may still change files)."""
+        return bool(self._followed)
 
     async def unfollow_all(self) -> None:
         """Stop following every process here (they go on); returns once their offsets are final."""
