@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -86,7 +87,7 @@ class SandboxCalls:
             left = max(1, int(end - time.monotonic()))
             try:
                 return await self.provider.call("get the preview tunnel",
-                                                lambda wait=min(50, left): self.handle.tunnels.aio(timeout=wait))
+                                                partial(self.handle.tunnels.aio, timeout=min(50, left)))
             except ProviderError as exc:
                 if not isinstance(exc.__cause__, e.SandboxTimeoutError) or time.monotonic() >= end \
                         or not await self.alive():
