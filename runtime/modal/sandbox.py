@@ -183,9 +183,10 @@ class ModalSandbox:
 
     async def watch(self) -> AsyncIterator[list[FileChange]]:
         """Debounced changes made in the workspace by anything but `write_files`/`delete`."""
-        async for changes in self._watcher.watch():
-            self._keeper.clock.changed()
-            yield changes
+        async with contextlib.aclosing(self._watcher.watch()) as batches:
+            async for changes in batches:
+                self._keeper.clock.changed()
+                yield changes
 
     # -- suspend and resume (runtime.base.Suspendable) ------------------------------------------
 

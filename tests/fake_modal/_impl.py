@@ -77,6 +77,8 @@ class FakeCloud:
         self.execs: list[dict[str, Any]] = []
         #: Filesystem snapshots: image id → the directory holding the sandbox's tree when it was taken.
         self.images: dict[str, Path] = {}
+        #: Images built (`Image.build`): image id → the Dockerfile or registry tag built.
+        self.built: dict[str, str] = {}
         #: Every snapshot's `ttl`, by image id.
         self.image_ttls: dict[str, int | None] = {}
         #: Named Dicts: name → contents.
@@ -226,7 +228,7 @@ class _Image:
     def __init__(self, ref: str, secret: _Secret | None) -> None:
         self._ref = ref
         self._secret = secret
-        self._id: str | None = ref if ref in CLOUD.images else None
+        self._id: str | None = ref if ref in CLOUD.images or ref in CLOUD.built else None
 
     @property
     def object_id(self) -> str:
@@ -249,6 +251,7 @@ class _Image:
             raise CLOUD.image_errors[self._ref]
         if self._id is None:
             self._id = "im-" + _secrets_mod.token_hex(11)
+            CLOUD.built[self._id] = self._ref
         return self
 
     @staticmethod
@@ -569,7 +572,7 @@ class _Sandbox:
                 raise CLOUD.image_errors[image._ref]
             if image._secret is not None and image._secret._name not in CLOUD.secrets:
                 raise exc.NotFoundError(f"Secret '{image._secret._name}' not found in environment 'main'")
-            if image._ref.startswith("im-") and image._ref not in CLOUD.images:
+            if image._ref.startswith("im-") and image._ref not in CLOUD.images and image._ref not in CLOUD.built:
                 raise exc.NotFoundError(f"Image {image._ref} not found")
         for secret in secrets or []:
             if secret._name is not None and secret._name not in CLOUD.secrets:
