@@ -3,6 +3,7 @@ resume, no activity that is not real, big watch batches, errors mapped, orphans 
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -274,3 +275,35 @@ async def test_a_connect_token_reaches_the_dev_port(cloud: FakeCloud) -> None:
     url, token = await sandbox.connect_credentials(3000)
     assert token and cloud.connect_tokens[token] == (sandbox.handle.object_id, 3000)
     assert url.startswith("http://127.0.0.1:")
+
+
+# -- the command line -------------------------------------------------------------------------------
+
+
+async def test_realtime_gc_ends_the_orphans_and_prints_them(
+    cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from realtime import cli
+
+    monkeypatch.setitem(sys.modules, "modal", fake_modal)
+    monkeypatch.setenv("WORKSPACE_RUNTIME", "modal")
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    orphan = await make_runtime().open("left-behind")
+    assert await anyio.to_thread.run_sync(cli.main, ["gc"]) == 2  # no registry: refuses without --all
+    assert state_of(cloud, orphan).returncode is None
+    assert await anyio.to_thread.run_sync(cli.main, ["gc", "--all"]) == 0
+    out = capsys.readouterr().out
+    assert f"ended left-behind {orphan.handle.object_id}" in out and "1 orphaned sandbox(es) ended" in out
+    assert state_of(cloud, orphan).returncode is not None
+
+
+async def test_realtime_image_build_prints_the_image_id(
+    cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from realtime import cli
+
+    monkeypatch.setitem(sys.modules, "modal", fake_modal)
+    monkeypatch.setenv("WORKSPACE_RUNTIME", "modal")
+    assert await anyio.to_thread.run_sync(cli.main, ["image", "build"]) == 0
+    [image_id] = capsys.readouterr().out.split()
+    assert image_id in cloud.built and cloud.built[image_id].endswith("workspace.Dockerfile")
