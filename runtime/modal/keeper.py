@@ -82,8 +82,9 @@ class SnapshotKeeper:
             if not self.clock.due():
                 continue
             try:
-                if await self._calls.alive():
-                    await self.snapshot("take a periodic snapshot")
+                if not await self._calls.alive():
+                    return  # it ended: the next open resumes from the newest snapshot
+                await self.snapshot("take a periodic snapshot")
             except ProviderError as exc:
                 logger.warning("sandbox %s: periodic snapshot failed: %s", self._calls.project_id, exc)
 

@@ -108,6 +108,11 @@ class Processes:
         """Whether a process is followed here (it may still change files)."""
         return bool(self._followed)
 
+    def cancel_all(self) -> None:
+        """Stop following every process at once (their sandbox is gone)."""
+        for process in list(self._followed):
+            process.cancel()
+
     async def unfollow_all(self) -> None:
         """Stop following every process here (they go on); returns once their offsets are final."""
         async with anyio.create_task_group() as tg:

@@ -112,6 +112,7 @@ class ModalRuntime:
                 if await sandbox.alive():
                     return sandbox
                 self._forget(sandbox)  # its lifetime ran out, or someone terminated it: a new one
+                await sandbox.abandon()
             app = await self._lookup_app()
             name = sandbox_name(project_id)
             handle = await self._find(name)

@@ -81,6 +81,12 @@ class ModalSandbox:
         """Whether the sandbox still runs (False too when Modal cannot say)."""
         return await self._calls.alive()
 
+    async def abandon(self) -> None:
+        """Let go of a sandbox that ended behind our back: nothing more starts, its keeper stops."""
+        self._calls.close()
+        await self._keeper.stop()
+        self._processes.cancel_all()
+
     # -- files ----------------------------------------------------------------------------------
 
     async def write_files(self, files: Sequence[FileUpload]) -> list[WrittenFile]:
