@@ -185,14 +185,18 @@ async def test_2500_files_changed_at_once_keep_file_events_flowing(cloud: FakeCl
     async with anyio.create_task_group() as tg:
         tg.start_soon(consume)
         await until(lambda: cloud.calls["fs.watch.ready"] >= 1)
-        await run(sandbox, "mkdir -p generated/components/deeply/nested && cd generated/components/deeply/nested"
-                           " && i=0; while [ $i -lt 2500 ]; do : > $(printf component_number_%04d.tsx $i);"
-                           " i=$((i+1)); done")
+        folder = "generated/components/deeply/nested"
+        await run(sandbox, f"mkdir -p {folder} && echo > {folder}/seed.txt")  # a directory already watched
+        await until(lambda: FileChange(ChangeKind.added, f"{folder}/seed.txt") in changes)
+        await run(sandbox, f"cd {folder} && printf 'component_number_%04d.tsx\\n' $(seq 0 2499) | xargs touch")
         await until(lambda: len({c.path for c in changes}) >= 2500, seconds=120)
         await run(sandbox, "echo after > after.txt")
         await until(lambda: FileChange(ChangeKind.added, "after.txt") in changes)
         tg.cancel_scope.cancel()
-    assert {c.path for c in changes} == {*names, "after.txt"}
+    assert {c.path for c in changes} == {*names, "after.txt", "generated/components/deeply/nested/seed.txt"}
+    probes = [e["args"] for e in cloud.execs if len(e["args"]) > 3 and e["args"][3] == "dirs"]
+    assert max(sum(len(arg) for arg in args) for args in probes) > 30000  # a batch of many paths …
+    assert all(sum(len(arg) for arg in args) <= 65536 for args in probes)  # … in chunks under the limit
 
 
 # -- errors mapped ----------------------------------------------------------------------------------
@@ -206,6 +210,17 @@ async def test_a_transient_fault_hidden_by_the_filesystem_layer_is_retried(cloud
     assert cloud.calls["fs.read_bytes"] == 2
     cloud.inject("fs.stat", mexc.ServiceError("UNAVAILABLE"))  # → "Sandbox is unavailable", still running
     assert await sandbox.is_dir("") is True
+
+
+async def test_tunnels_not_ready_yet_are_waited_for_while_the_sandbox_runs(cloud: FakeCloud) -> None:
+    sandbox = await make_runtime().open("p1")
+    cloud.inject("Sandbox.tunnels", mexc.SandboxTimeoutError("tunnels not ready"),
+                 mexc.SandboxTimeoutError("tunnels not ready"))
+    assert (await sandbox.preview_origin(3000)).startswith("http://127.0.0.1:")
+    assert cloud.calls["Sandbox.tunnels"] == 3
+    state_of(cloud, sandbox).kill(124)
+    with pytest.raises(ProviderError, match="sandbox has ended"):
+        await sandbox.preview_origin(3000)  # not waited for: it ended
 
 
 async def test_a_file_over_modals_read_limit_is_too_large_not_a_failure(cloud: FakeCloud) -> None:
