@@ -151,11 +151,13 @@ async def test_the_sandbox_goes_idle_when_nobody_follows_or_watches(cloud: FakeC
         tg.start_soon(consume)
         await until(lambda: cloud.calls["fs.watch.ready"] >= 1)
         assert cloud.live_execs(state.object_id) == 2  # a follower and a watch, while someone follows
+        assert not cloud.idle_out(state.object_id)
         tg.cancel_scope.cancel()  # nobody watches any more
     dev.cancel()  # the service crashed: nothing stops the follower from the inside
     await until(lambda: cloud.live_execs(state.object_id) == 0)  # the exec timeout ended it
-    assert state.returncode is None  # the sandbox runs; Modal's idle_timeout can now end it
+    assert state.returncode is None
     assert cloud.created[0]["idle_timeout"] == 1800
+    assert cloud.idle_out(state.object_id)  # so Modal's idle_timeout, the backstop, can end it
 
 
 async def test_a_dropped_stream_stops_the_old_follower_before_the_new_one(cloud: FakeCloud) -> None:
@@ -169,6 +171,25 @@ async def test_a_dropped_stream_stops_the_old_follower_before_the_new_one(cloud:
     unfollows = [e for e in cloud.execs if len(e["args"]) > 3 and e["args"][3] == "unfollow"]
     assert len(unfollows) == 1  # the dropped one was ended
     assert cloud.live_execs(state_of(cloud, sandbox).object_id) == 0
+
+
+async def test_checkpoints_are_batched_and_the_last_one_is_written_on_detach(cloud: FakeCloud) -> None:
+    a = await make_runtime(checkpoint_every_s=3600).open("p1")
+    script = 'i=0; while [ $i -lt 200 ]; do i=$((i+1)); echo "line $i"; done; sleep 1000'
+    seen = Collector()
+    dev = await a.start_dev(["sh", "-c", script], on_output=seen, env={"PORT": "3000"})
+    await until(lambda: len(seen.lines()) == 200)
+    path = f"/tmp/qai/procs/{dev.process_id}.delivered"
+    writes = [e for e in cloud.execs if path in " ".join(e["args"])]
+    assert writes == []  # checkpoints are filesystem calls, not execs
+    checkpoints = cloud.calls["fs.write_bytes"]
+    assert checkpoints <= 4  # the record, the first checkpoint, at most one more: not one per chunk
+    await a.detach()
+    assert cloud.calls["fs.write_bytes"] == checkpoints + 1  # the final offsets, at once
+    b = await make_runtime().open("p1")
+    again = await b.reattach_dev(["sh", "-c", script], on_output=Collector(), env={"PORT": "3000"})
+    assert again is not None and again.offsets == dev.offsets  # follows on from all that was delivered
+    await b.terminate()
 
 
 @pytest.mark.usefixtures("cancellable_watch")

@@ -110,6 +110,13 @@ class FakeCloud:
         """End a sandbox as Modal does when its `timeout` runs out (exit code 124), behind the caller's back."""
         self.sandboxes[object_id].kill(124)
 
+    def idle_out(self, object_id: str) -> bool:
+        """End the sandbox as its `idle_timeout` would, if it is idle (no exec or watch runs); say whether."""
+        if self.live_execs(object_id):
+            return False
+        self.sandboxes[object_id].kill(137)
+        return True
+
     def live_execs(self, object_id: str) -> int:
         """How many execs and file watches of the sandbox still run: Modal counts them as activity."""
         state = self.sandboxes[object_id]
