@@ -343,3 +343,10 @@ async def test_realtime_image_build_prints_the_image_id(
     assert await anyio.to_thread.run_sync(cli.main, ["image", "build"]) == 0
     [image_id] = capsys.readouterr().out.split()
     assert image_id in cloud.built and cloud.built[image_id].endswith("workspace.Dockerfile")
+
+
+def test_realtime_check_accepts_a_modal_image_id() -> None:
+    from realtime.check import check_image
+
+    finding = check_image("im-" + "aB3" * 7 + "x")
+    assert finding.ok is True and "Modal image id" in finding.detail

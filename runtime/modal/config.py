@@ -8,6 +8,7 @@ sandbox lifetime is 300 s).
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from runtime.backoff import Backoff
 from runtime.base import DEFAULT_TEMPLATE
 from runtime.reads import DEFAULT_MAX_READ_BYTES
 
-__all__ = ["MAX_TAG", "ModalConfig", "RetryPolicy", "project_of", "sandbox_name", "sandbox_tags", "tag_value"]
+__all__ = ["IMAGE_ID", "MAX_TAG", "ModalConfig", "RetryPolicy", "project_of", "sandbox_name", "sandbox_tags", "tag_value"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,9 @@ class ModalConfig:
         """The absolute path in the sandbox of a normalized workspace path ("" is the workspace)."""
         return f"{self.workdir.rstrip('/')}/{rel}" if rel else self.workdir
 
+
+#: A Modal image id (`Image.object_id`), as `realtime image build` prints it.
+IMAGE_ID = re.compile(r"im-[A-Za-z0-9]{22}")
 
 #: Modal's longest tag value.
 MAX_TAG = 63

@@ -28,7 +28,7 @@ import anyio
 
 from runtime.base import PROJECT_ID_PATTERN, SnapshotStore
 from runtime.errors import PathError, ProviderError
-from runtime.modal.config import ModalConfig, project_of, sandbox_name, sandbox_tags, tag_value
+from runtime.modal.config import IMAGE_ID, ModalConfig, project_of, sandbox_name, sandbox_tags, tag_value
 from runtime.modal.provider import Provider
 from runtime.modal.sandbox import ModalSandbox
 from runtime.modal.scripts import CLEAR_STATE
@@ -80,7 +80,7 @@ class ModalRuntime:
         if self._image_obj is None:
             m, c = self._provider.m, self.config
             secret = m.Secret.from_name(c.registry_secret) if c.registry_secret else None
-            if c.image and c.image.startswith("im-"):  # built by `realtime image build`
+            if c.image and IMAGE_ID.fullmatch(c.image):  # built by `realtime image build`
                 self._image_obj = m.Image.from_id(c.image)
             elif c.image:
                 self._image_obj = m.Image.from_registry(c.image, secret=secret, add_python=c.add_python)
