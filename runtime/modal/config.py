@@ -16,7 +16,9 @@ from runtime.backoff import Backoff
 from runtime.base import DEFAULT_TEMPLATE
 from runtime.reads import DEFAULT_MAX_READ_BYTES
 
-__all__ = ["IMAGE_ID", "MAX_TAG", "ModalConfig", "RetryPolicy", "project_of", "sandbox_name", "sandbox_tags", "tag_value"]
+__all__ = [
+    "IMAGE_ID", "MAX_TAG", "ModalConfig", "RetryPolicy", "project_of", "sandbox_name", "sandbox_tags", "tag_value",
+]
 
 
 @dataclass(frozen=True, slots=True)
