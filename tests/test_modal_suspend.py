@@ -350,3 +350,19 @@ def test_realtime_check_accepts_a_modal_image_id() -> None:
 
     finding = check_image("im-" + "aB3" * 7 + "x")
     assert finding.ok is True and "Modal image id" in finding.detail
+
+
+async def test_the_gateways_networks_are_the_only_ones_the_tunnels_accept(cloud: FakeCloud) -> None:
+    from realtime.config.settings import ConfigError, Settings
+    from realtime.web.app import modal_config
+
+    env = {"WORKSPACE_RUNTIME": "modal", "WORKSPACE_MODAL_INBOUND_CIDRS": "203.0.113.7, 10.1.0.0/16"}
+    settings = Settings.from_env(env)
+    assert settings.modal_inbound_cidrs == ("203.0.113.7/32", "10.1.0.0/16")
+    with pytest.raises(ConfigError, match="not a network"):
+        Settings.from_env({"WORKSPACE_MODAL_INBOUND_CIDRS": "gateway.example.com"})
+    config = modal_config(settings)
+    await ModalRuntime(ModalConfig(retry=FAST, inbound_cidrs=config.inbound_cidrs), modal_module=fake_modal).open("p1")
+    assert cloud.created[-1]["inbound_cidr_allowlist"] == ["203.0.113.7/32", "10.1.0.0/16"]
+    await make_runtime().open("p2")
+    assert cloud.created[-1]["inbound_cidr_allowlist"] is None  # unset: Modal's default (any address)

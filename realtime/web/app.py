@@ -125,6 +125,7 @@ def modal_config(settings: Settings) -> ModalConfig:
         snapshot_interval_s=settings.snapshot_interval_s,
         snapshot_ttl_s=settings.snapshot_ttl_s,
         instance=settings.instance_id or "solo",
+        inbound_cidrs=settings.modal_inbound_cidrs,
     )
 
 

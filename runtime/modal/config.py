@@ -63,6 +63,8 @@ class ModalConfig:
     region: str | None = None
     #: Modal secrets (by name) given to the whole sandbox as environment variables.
     secrets: tuple[str, ...] = ()
+    #: When set, the only networks the tunnels accept (`inbound_cidr_allowlist`): the gateway's.
+    inbound_cidrs: tuple[str, ...] = ()
     #: The service name and this instance's id, as tags of every sandbox (the orphan sweep's keys).
     service: str = "qai-workspace"
     instance: str = "solo"

@@ -182,6 +182,7 @@ class ModalRuntime:
                     "sleep", "infinity", app=app, name=name, tags=tags, image=image, secrets=secrets,
                     timeout=c.sandbox_timeout_s, idle_timeout=c.idle_timeout_s, workdir=c.workdir,
                     encrypted_ports=ports, cpu=c.cpu, memory=c.memory_mb, region=c.region,
+                    inbound_cidr_allowlist=list(c.inbound_cidrs) or None,
                 ), True
             except m.exception.AlreadyExistsError:
                 # Another instance won the race, or an earlier attempt did succeed: reconnect.
