@@ -33,15 +33,14 @@ class SnapshotKeeper:
     """Snapshots one sandbox while it changes, and ends it (planned) before its lifetime runs out."""
 
     def __init__(self, calls: SandboxCalls, config: ModalConfig, store: SnapshotStore, *,
-                 busy: Callable[[], bool], expires_at: float | None,
+                 expires_at: float | None,
                  on_expiry: Callable[[], Awaitable[None]]) -> None:
         self._calls = calls
         self._config = config
         self._store = store
-        self._busy = busy
         self.expires_at = expires_at
         self._on_expiry = on_expiry
-        self.clock = SnapshotClock(config.snapshot_interval_s)
+        self.clock = SnapshotClock()
         self._lock = anyio.Lock()
         self._task: asyncio.Task[None] | None = None
         #: The id of the newest snapshot this keeper took.
@@ -53,11 +52,14 @@ class SnapshotKeeper:
     async def snapshot(self, what: str) -> str:
         """Snapshot the filesystem now and record it as the project's newest; return its id."""
         async with self._lock:
-            busy = self._busy()
-            snapshot_id = await take_snapshot(self._calls.provider, self._calls.handle,
-                                              self._config.snapshot_ttl_s, what)
-            await self._store.record(self._calls.project_id, snapshot_id, self._config.snapshot_ttl_s)
-            self.clock.taken(busy=busy)
+            self.clock.begins()
+            try:
+                snapshot_id = await take_snapshot(self._calls.provider, self._calls.handle,
+                                                  self._config.snapshot_ttl_s, what)
+                await self._store.record(self._calls.project_id, snapshot_id, self._config.snapshot_ttl_s)
+            except BaseException:
+                self.clock.failed()
+                raise
             self.last = snapshot_id
             return snapshot_id
 

@@ -69,12 +69,12 @@ class ModalSandbox:
         self._calls = SandboxCalls(project_id, handle, provider)
         own = OwnWrites(config.echo_ttl_s)
         self._files = SandboxFiles(self._calls, config, own)
-        self._processes = Processes(self._calls, config)
+        self._processes = Processes(self._calls, config, on_end=lambda: self._keeper.clock.changed())
         self._checkpoints = Checkpoints(self._calls, config.procs_dir)
         self._dev = DevServer(self._calls, self._processes, self._checkpoints, f"{config.state_dir}/dev")
         self._watcher = Watcher(self._calls, config, own)
-        self._keeper = SnapshotKeeper(self._calls, config, store, busy=self._processes.busy,
-                                      expires_at=expires_at, on_expiry=self._planned_end)
+        self._keeper = SnapshotKeeper(self._calls, config, store, expires_at=expires_at,
+                                      on_expiry=self._planned_end)
         self._keeper.start()
 
     async def alive(self) -> bool:

@@ -62,15 +62,15 @@ class DictSnapshotStore:
 
 
 class SnapshotClock:
-    """When a sandbox's next snapshot is due (sans-I/O): every `interval_s` while files changed.
+    """Whether a sandbox's next snapshot is due (sans-I/O): when files changed since the last one.
 
-    `changed()` marks the workspace dirty (a write, a delete, a watched change, a command run);
-    `busy` (a command still runs) keeps it dirty after a snapshot, since commands change files
-    that nobody may be watching.
+    `changed()` marks the workspace dirty: a write, a delete, a watched change, a command started
+    or ended (the watch ignores `node_modules`, so an install shows as its end). A snapshot
+    `begins()` by clearing the mark, so that a change during it makes the next one due; one that
+    `failed()` marks it again. A dev server that runs on and changes nothing takes no snapshots.
     """
 
-    def __init__(self, interval_s: float) -> None:
-        self.interval_s = interval_s
+    def __init__(self) -> None:
         self.dirty = False
 
     def changed(self) -> None:
@@ -79,8 +79,11 @@ class SnapshotClock:
     def due(self) -> bool:
         return self.dirty
 
-    def taken(self, *, busy: bool) -> None:
-        self.dirty = busy
+    def begins(self) -> None:
+        self.dirty = False
+
+    def failed(self) -> None:
+        self.dirty = True
 
 
 async def take_snapshot(provider: Provider, handle: Any, ttl_s: int, what: str) -> str:
