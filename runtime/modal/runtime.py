@@ -212,16 +212,20 @@ class ModalRuntime:
 
         ended: list[str] = []
         for handle in await self._provider.call("list the sandboxes", listed):
-            tags = await self._provider.call("read a sandbox's tags", handle.get_tags.aio)
-            project = project_of(tags)
-            if project is not None and await owned(project):
+            try:
+                tags = await self._provider.call("read a sandbox's tags", handle.get_tags.aio)
+                project = project_of(tags)
+                if project is not None and await owned(project):
+                    continue
+                cached = self._sandboxes.get(project or "")
+                if cached is not None and cached.handle.object_id == handle.object_id:
+                    await cached.terminate()
+                else:
+                    await self._provider.call("terminate an orphaned sandbox",
+                                              lambda h=handle: h.terminate.aio(wait=True))
+            except ProviderError as exc:  # one sandbox's trouble does not stop the sweep
+                logger.warning("sweep: sandbox %s not swept: %s", handle.object_id, exc)
                 continue
-            cached = self._sandboxes.get(project or "")
-            if cached is not None and cached.handle.object_id == handle.object_id:
-                await cached.terminate()
-            else:
-                await self._provider.call("terminate an orphaned sandbox",
-                                          lambda h=handle: h.terminate.aio(wait=True))
             ended.append(f"{project or '?'} {handle.object_id}")
             logger.info("sweep: terminated sandbox %s of project %s (no workspace owns it)", handle.object_id, project)
         return ended
