@@ -160,6 +160,24 @@ async def test_the_sandbox_goes_idle_when_nobody_follows_or_watches(cloud: FakeC
     assert cloud.idle_out(state.object_id)  # so Modal's idle_timeout, the backstop, can end it
 
 
+@pytest.mark.usefixtures("cancellable_watch")
+async def test_the_watch_is_re_armed_past_its_timeout_while_consumed(cloud: FakeCloud) -> None:
+    sandbox = await make_runtime(follow_timeout_s=1).open("p1")
+    changes: list[FileChange] = []
+
+    async def consume() -> None:
+        async for batch in sandbox.watch():
+            changes.extend(batch)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consume)
+        await until(lambda: cloud.calls["fs.watch.ready"] >= 2)  # the first watch's timeout elapsed
+        await run(sandbox, "echo x > later.txt")
+        await until(lambda: FileChange(ChangeKind.added, "later.txt") in changes)
+        tg.cancel_scope.cancel()
+    assert cloud.live_execs(sandbox.handle.object_id) == 0
+
+
 async def test_a_dropped_stream_stops_the_old_follower_before_the_new_one(cloud: FakeCloud) -> None:
     sandbox = await make_runtime().open("p1")
     cloud.inject("StreamReader.read", *[mexc.ConnectionError("dropped")])
