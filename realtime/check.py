@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 import tomllib
@@ -72,6 +73,8 @@ def check_image(ref: str | None, runtime: str = "modal") -> Finding:
     if ref is None:
         dockerfile = DEFAULT_TEMPLATE / "workspace.Dockerfile"
         return Finding(name, None, f"WORKSPACE_IMAGE unset (modal builds {dockerfile.name} of the template)")
+    if re.fullmatch(r"im-[A-Za-z0-9]{22}", ref):  # issue 15: `realtime image build` printed it
+        return Finding(name, True, f"{ref}: a Modal image id (built once by `realtime image build`)")
     try:
         parsed = parse_image_reference(ref)
     except ValueError as exc:

@@ -21,10 +21,12 @@ __all__ = [
     "FileChange",
     "FileRange",
     "FileUpload",
+    "ForgetsProjects",
     "OutputSink",
     "Process",
     "Runtime",
     "Sandbox",
+    "SnapshotStore",
     "Stream",
     "Suspendable",
     "WrittenFile",
@@ -223,6 +225,35 @@ class Suspendable(Protocol):
 
     async def suspend(self) -> dict[str, object]:
         """End every process and release the compute; return what to report (`{"snapshot": id}` or `{}`)."""
+        ...
+
+
+class SnapshotStore(Protocol):
+    """Where a runtime records each project's newest snapshot, somewhere that outlives the service.
+
+    The Modal runtime keeps them in a Modal Dict by default; a caller may supply another store
+    (Redis, say) through this interface without the runtime knowing of it.
+    """
+
+    async def newest(self, project_id: str) -> str | None:
+        """The id of the project's newest snapshot still within its TTL, or None."""
+        ...
+
+    async def record(self, project_id: str, snapshot_id: str, ttl_s: int) -> None:
+        """Record `snapshot_id` as the project's newest, usable for `ttl_s` seconds."""
+        ...
+
+    async def drop(self, project_id: str) -> None:
+        """Forget the project's snapshots (the workspace was deleted)."""
+        ...
+
+
+@runtime_checkable
+class ForgetsProjects(Protocol):
+    """Optional runtime capability: drop what a deleted workspace left (its snapshots)."""
+
+    async def forget(self, project_id: str) -> None:
+        """Forget every snapshot of the project; its next `open` starts from the template."""
         ...
 
 

@@ -30,6 +30,7 @@ from tests.fake_modal._impl import synchronizer as fake_synchronizer
 #: (dotted name, fake object, real object): every wrapped class the fake exposes.
 CLASSES = [
     ("App", fake_modal.App, modal.App),
+    ("Dict", fake_modal.Dict, modal.Dict),
     ("Image", fake_modal.Image, modal.Image),
     ("Secret", fake_modal.Secret, modal.Secret),
     ("Sandbox", fake_modal.Sandbox, modal.Sandbox),
@@ -180,6 +181,7 @@ def test_enums_match_modal(name: str) -> None:
         (fake_modal.types.FileInfo, modal.types.FileInfo),
         (fake_modal.types.FileWatchEvent, modal.types.FileWatchEvent),
         (fake_modal.Tunnel, modal.Tunnel),
+        (fake_modal.types.SandboxConnectCredentials, modal.types.SandboxConnectCredentials),
     ],
 )
 def test_dataclasses_match_modal(fake: type, real: type) -> None:

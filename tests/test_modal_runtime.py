@@ -62,9 +62,11 @@ async def test_open_creates_a_named_tagged_sandbox_with_explicit_lifetimes(cloud
     assert isinstance(sandbox, ModalSandbox)
     [created] = cloud.created
     assert created["name"] == sandbox_name("p1") == "ws-p1"
-    assert created["tags"] == {"project_id": "p1"}
+    tags = dict(created["tags"])
+    assert int(tags.pop("expires")) > 7000  # when Modal ends it: the runtime replaces it before
+    assert tags == {"service": "qai-workspace", "instance": "solo", "project": "p1"}
     assert (created["timeout"], created["idle_timeout"]) == (7200, 600)
-    assert created["encrypted_ports"] == [3000]
+    assert created["encrypted_ports"] == [3000, 3010]  # both ports of the image
     assert created["workdir"] == "/workspace"
     assert created["args"] == ("sleep", "infinity")
     assert created["image"]._ref.endswith("templates/nextjs/workspace.Dockerfile")

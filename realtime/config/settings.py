@@ -195,6 +195,8 @@ class Settings:
     #: Modal: the region sandboxes run in, and Modal secrets (by name) every sandbox gets.
     modal_region: str | None = None
     modal_secrets: tuple[str, ...] = ()
+    #: Modal (issue 15): the only addresses a sandbox's tunnels accept (the gateway's egress CIDRs).
+    modal_inbound_cidrs: tuple[str, ...] = ()
     #: Websockets served by uvicorn get frames built once per event and written to every socket.
     ws_fast_path: bool = True
     #: Behind a reverse proxy: trust its X-Forwarded-* headers, from these addresses (comma-separated).
@@ -327,6 +329,7 @@ class Settings:
             modal_secrets=tuple(
                 item.strip() for item in env.get("WORKSPACE_MODAL_SECRETS", "").split(",") if item.strip()
             ),
+            modal_inbound_cidrs=_cidrs(env, "WORKSPACE_MODAL_INBOUND_CIDRS"),
             ws_fast_path=_bool(env, "WORKSPACE_WS_FAST_PATH", d["ws_fast_path"]),
             proxy_headers=_bool(env, "WORKSPACE_PROXY_HEADERS", d["proxy_headers"]),
             trusted_proxies=env.get("WORKSPACE_TRUSTED_PROXIES") or d["trusted_proxies"],
@@ -355,6 +358,19 @@ def source(field: str) -> str | None:
     """Where `Settings.from_env` reads `field` from: its environment variable (or `serve` option), or
     None for a field that is derived (`token_generated`) or fixed (`max_command_timeout_s`)."""
     return _SOURCES.get(field, "WORKSPACE_" + field.upper())
+
+
+def _cidrs(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Comma-separated networks (`10.0.0.0/8`, `203.0.113.7/32`), each checked and normalized."""
+    networks = []
+    for item in env.get(name, "").split(","):
+        if not item.strip():
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+        except ValueError:
+            raise ConfigError(f"{name}: {item.strip()!r} is not a network (e.g. 203.0.113.7/32)") from None
+    return tuple(networks)
 
 
 def _instance_id(raw: str | None) -> str | None:

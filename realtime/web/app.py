@@ -123,6 +123,15 @@ def modal_config(settings: Settings) -> ModalConfig:
         sandbox_timeout_s=settings.modal_sandbox_timeout_s,
         idle_timeout_s=settings.modal_idle_timeout_s,
         max_read_bytes=settings.max_read_bytes,
+        # issue 15 (Modal): resources, placement, secrets, snapshots, tags
+        cpu=settings.cpu,
+        memory_mb=settings.memory_mb,
+        region=settings.modal_region,
+        secrets=settings.modal_secrets,
+        snapshot_interval_s=settings.snapshot_interval_s,
+        snapshot_ttl_s=settings.snapshot_ttl_s,
+        instance=settings.instance_id or "solo",
+        inbound_cidrs=settings.modal_inbound_cidrs,
     )
 
 

@@ -16,6 +16,11 @@ How it maps the `runtime.base` protocols onto Modal (SDK 1.6.4), module by modul
   service's own writes kept out.
 * `provider`: transient failures are retried with backoff (stamina), only for idempotent calls;
   permanent ones raise `ProviderError` at once, saying what to fix.
+* `snapshots` and `keeper`: the workspace is snapshotted (`snapshot_filesystem`) while it changes
+  and on `suspend` (runtime.base.Suspendable); the ids are recorded per project (a Modal Dict, or
+  any `runtime.base.SnapshotStore`), and `open` resumes a project without a running sandbox from
+  its newest one. Every exec the runtime keeps running (followers, the watch) has a timeout and
+  is re-armed only while followed, so Modal's `idle_timeout` ends a sandbox nobody drives.
 
 Only this package imports the `modal` SDK, and only when a `ModalRuntime` is built without one.
 """

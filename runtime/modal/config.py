@@ -8,6 +8,7 @@ sandbox lifetime is 300 s).
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from runtime.backoff import Backoff
 from runtime.base import DEFAULT_TEMPLATE
 from runtime.reads import DEFAULT_MAX_READ_BYTES
 
-__all__ = ["ModalConfig", "RetryPolicy", "sandbox_name"]
+__all__ = [
+    "IMAGE_ID", "MAX_TAG", "ModalConfig", "RetryPolicy", "project_of", "sandbox_name", "sandbox_tags", "tag_value",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +30,8 @@ class RetryPolicy:
     wait_max: float = 8.0
     wait_jitter: float = 1.0
     timeout: float = 120.0
+    #: The exec timeout of a helper command (an unpack, a read, a signal): bounded like every exec.
+    exec_timeout_s: int = 300
 
     def backoff(self, failures: int) -> float:
         """The pause before the next attempt after `failures` consecutive failures (no jitter)."""
@@ -46,10 +51,35 @@ class ModalConfig:
     #: Where process logs, pids and uploads live inside the sandbox (outside the workspace).
     state_dir: str = "/tmp/qai"
     dev_port: int = 3000
+    #: Every port of the image the gateway reaches (the dev server's, and the image's second one).
+    ports: tuple[int, ...] = (3000, 3010)
     sandbox_timeout_s: int = 4 * 3600
+    #: Modal's own backstop: a sandbox with no exec, watch or connection for this long ends.
     idle_timeout_s: int | None = 1800
+    #: A sandbox this close to its `sandbox_timeout_s` is snapshotted and replaced (planned).
+    renew_margin_s: int = 600
     cpu: float | None = None
     memory_mb: int | None = None
+    region: str | None = None
+    #: Modal secrets (by name) given to the whole sandbox as environment variables.
+    secrets: tuple[str, ...] = ()
+    #: When set, the only networks the tunnels accept (`inbound_cidr_allowlist`): the gateway's.
+    inbound_cidrs: tuple[str, ...] = ()
+    #: The service name and this instance's id, as tags of every sandbox (the orphan sweep's keys).
+    service: str = "qai-workspace"
+    instance: str = "solo"
+    #: A snapshot every this many seconds while files changed; snapshots are kept `snapshot_ttl_s`.
+    snapshot_interval_s: float = 300.0
+    snapshot_ttl_s: int = 30 * 24 * 3600
+    #: Where snapshot ids are recorded (a Modal Dict, so that they outlive the service).
+    snapshot_dict: str = "qai-workspace-snapshots"
+    #: The exec timeout of an output follower and of a file watch: re-armed while followed, so a
+    #: sandbox nobody follows (its service crashed) has no exec left after this long.
+    follow_timeout_s: int = 600
+    #: At most one checkpoint write per this many seconds per process (the last one on detach).
+    checkpoint_every_s: float = 3.0
+    #: How long a tunnel that is not ready yet is waited for (Modal's own call gives up after 50 s).
+    tunnel_deadline_s: float = 180.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     #: File watch debounce window, and how long the service's own writes are kept out of it.
     debounce_s: float = 0.05
@@ -65,6 +95,38 @@ class ModalConfig:
     def workspace_path(self, rel: str) -> str:
         """The absolute path in the sandbox of a normalized workspace path ("" is the workspace)."""
         return f"{self.workdir.rstrip('/')}/{rel}" if rel else self.workdir
+
+
+#: A Modal image id (`Image.object_id`), as `realtime image build` prints it.
+IMAGE_ID = re.compile(r"im-[A-Za-z0-9]{22}")
+
+#: Modal's longest tag value.
+MAX_TAG = 63
+
+
+def tag_value(text: str) -> str:
+    """`text` as a tag value: at most 63 characters, shortened with a digest so it stays distinct."""
+    if len(text) <= MAX_TAG:
+        return text
+    return f"{text[:50]}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def sandbox_tags(config: ModalConfig, project_id: str) -> dict[str, str]:
+    """The tags of a project's sandbox: which service and instance made it, for which project.
+
+    A project id may be 64 characters, one more than a tag value: its 64th goes in `project_rest`.
+    """
+    tags = {"service": tag_value(config.service), "instance": tag_value(config.instance),
+            "project": project_id[:MAX_TAG]}
+    if len(project_id) > MAX_TAG:
+        tags["project_rest"] = project_id[MAX_TAG:]
+    return tags
+
+
+def project_of(tags: dict[str, str]) -> str | None:
+    """The project id `sandbox_tags` wrote, or None when the tags are not ours."""
+    project = tags.get("project")
+    return None if not project else project + tags.get("project_rest", "")
 
 
 def sandbox_name(project_id: str) -> str:

@@ -92,7 +92,7 @@ class SandboxFiles:
         if kind == "regular":
             if int(info.size) > limit:
                 raise too_large(path, int(info.size), limit)
-            content = await self._read_bytes(rel, path)
+            content = await self._read_bytes(rel, path, int(info.size))
         elif kind == "follow":
             content = (await self._read_in_sandbox(rel, path, 0, limit + 1, whole=True)).content
         else:
@@ -106,12 +106,14 @@ class SandboxFiles:
         count = range_length(path, offset, length, self._config.max_read_bytes)
         return await self._read_in_sandbox(normalize(path), path, offset, count, whole=False)
 
-    async def _read_bytes(self, rel: str, path: str) -> bytes:
+    async def _read_bytes(self, rel: str, path: str, size: int) -> bytes:
         e = self._calls.provider.exc
         try:
             return await self._calls.fs(f"read {rel!r}", lambda: self._filesystem.read_bytes.aio(self._abs(rel)))
         except ProviderError as exc:
             cause = exc.__cause__
+            if isinstance(cause, e.SandboxFilesystemFileTooLargeError):  # Modal's own read limit: a 413
+                raise too_large(path, size, self._config.max_read_bytes) from None
             if isinstance(cause, e.SandboxFilesystemIsADirectoryError):
                 raise NotAFile(f"path {path!r} is a directory") from None
             if isinstance(cause, e.SandboxFilesystemNotFoundError | e.SandboxFilesystemNotADirectoryError):

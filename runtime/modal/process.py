@@ -72,7 +72,8 @@ class ModalProcess:
 
     def __init__(self, calls: SandboxCalls, procs_dir: str, process_id: str, on_output: OutputSink,
                  offsets: tuple[int, int] = (0, 0), *, checkpoint: Checkpoint | None = None,
-                 on_end: Callable[[ModalProcess], None] | None = None) -> None:
+                 on_end: Callable[[ModalProcess], None] | None = None, follow_timeout_s: int = 600,
+                 checkpoint_every_s: float = 3.0) -> None:
         self.process_id = process_id
         self._calls = calls
         self._path = f"{procs_dir}/{process_id}"
@@ -92,6 +93,9 @@ class ModalProcess:
         self._task: asyncio.Task[None] | None = None
         self._follower = ""
         self._detaching = False
+        self._follow_timeout_s = follow_timeout_s
+        self._checkpoint_every_s = checkpoint_every_s
+        self._stop_pacing = anyio.Event()
 
     @property
     def returncode(self) -> int | None:
@@ -112,9 +116,12 @@ class ModalProcess:
         mode = "start" if argv is not None else "attach"
         out, err = self._consumed["stdout"], self._consumed["stderr"]
         self._follower = secrets.token_hex(4)
+        # The readers stop a little after the exec's timeout, should Modal end only the runner.
+        limit = self._follow_timeout_s + 30
         args = ["sh", "-c", RUNNER, "run", self._procs_dir, self.process_id, mode,
-                str(out), str(err), self._follower, *(argv or [])]
-        return await self._calls.spawn(f"start {list(argv or [])[:1] or 'a follower'}", args, workdir=workdir, env=env)
+                str(out), str(err), self._follower, str(limit), *(argv or [])]
+        return await self._calls.spawn(f"start {list(argv or [])[:1] or 'a follower'}", args, workdir=workdir,
+                                       env=env, exec_timeout_s=self._follow_timeout_s)
 
     async def _supervise(self, handle: Any, workdir: str, env: Mapping[str, str] | None) -> None:
         try:
@@ -127,6 +134,7 @@ class ModalProcess:
                     await self._follow_to_end(handle, workdir, env)
                 finally:
                     self._following = False
+                    self._stop_pacing.set()
                     self._advanced.set()  # the checkpointer writes the final offsets (when detached) and ends
         finally:
             if self._returncode is not None:  # ended here (not detached): the partial last lines too
@@ -157,6 +165,9 @@ class ModalProcess:
                 written = current
             if not following:
                 return
+            # Batched: at most one write per `checkpoint_every_s` (the final one on detach at once).
+            with anyio.move_on_after(self._checkpoint_every_s):
+                await self._stop_pacing.wait()
 
     async def _follow_to_end(self, handle: Any, workdir: str, env: Mapping[str, str] | None) -> None:
         provider = self._calls.provider
@@ -170,6 +181,10 @@ class ModalProcess:
                     if code >= 0:
                         self._returncode = code
                         return
+                    if code == -1 and not self._calls.closed:  # the exec's timeout: re-arm it
+                        failures = 0
+                        handle = await self._spawn_runner(None, workdir, env)
+                        continue
                     failure: Exception = RuntimeError(f"follower exec returned {code}")
                 except Exception as exc:
                     if self._detaching:
@@ -183,6 +198,7 @@ class ModalProcess:
                     self._returncode = 128 + signal.SIGKILL
                     return
                 await anyio.sleep(provider.policy.backoff(failures))
+                await self._end_follower()  # one follower per stream: the old one ends first
                 handle = await self._spawn_runner(None, workdir, env)  # attach from our offsets
         except Exception:
             logger.exception("process %s: following its output failed", self.process_id)
@@ -218,6 +234,12 @@ class ModalProcess:
             self._sink_broken = True
             logger.exception("output sink of process %s failed; dropping the rest of its output", self.process_id)
 
+    async def _end_follower(self) -> None:
+        """End our current runner and its readers in the sandbox (no error if they are gone)."""
+        with contextlib.suppress(ProviderError):
+            await self._calls.run(["sh", "-c", UNFOLLOW, "unfollow", f"{self._path}.f{self._follower}"],
+                                  "stop following a process", closing=True)
+
     async def unfollow(self) -> None:
         """Stop following (the process goes on): end our copying shell, so its streams end cleanly.
 
@@ -226,11 +248,10 @@ class ModalProcess:
         nothing more is delivered: `offsets` are final (and checkpointed, with a checkpoint).
         """
         self._detaching = True
+        self._stop_pacing.set()
         if self._task is None or self._task.done():
             return
-        with contextlib.suppress(ProviderError):
-            await self._calls.run(["sh", "-c", UNFOLLOW, "unfollow", f"{self._path}.f{self._follower}"],
-                                  "stop following a process", closing=True)
+        await self._end_follower()
         with anyio.move_on_after(10):
             await self._done.wait()
             return

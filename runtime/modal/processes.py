@@ -7,7 +7,7 @@ runs while it has a `<id>.lock` and no `<id>.rc`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
 import anyio
@@ -28,10 +28,11 @@ LOOPBACK_HOSTNAMES = ("127.0.0.1", "localhost", "::1")
 class Processes:
     """Start, attach to and list one sandbox's processes; follow them until let go."""
 
-    def __init__(self, calls: SandboxCalls, config: ModalConfig) -> None:
+    def __init__(self, calls: SandboxCalls, config: ModalConfig, on_end: Callable[[], None] | None = None) -> None:
         self._calls = calls
         self._config = config
         self._followed: set[ModalProcess] = set()
+        self._on_end = on_end
 
     async def start(self, argv: Sequence[str], on_output: OutputSink, cwd: str | None,
                     env: Mapping[str, str] | None, process_id: str, *,
@@ -76,7 +77,14 @@ class Processes:
     def _new(self, process_id: str, on_output: OutputSink, offsets: tuple[int, int],
              checkpoint: Checkpoint | None) -> ModalProcess:
         return ModalProcess(self._calls, self._config.procs_dir, process_id, on_output, offsets,
-                            checkpoint=checkpoint, on_end=self._followed.discard)
+                            checkpoint=checkpoint, on_end=self._ended,
+                            follow_timeout_s=self._config.follow_timeout_s,
+                            checkpoint_every_s=self._config.checkpoint_every_s)
+
+    def _ended(self, process: ModalProcess) -> None:
+        self._followed.discard(process)
+        if self._on_end is not None:
+            self._on_end()  # what it did to the files is worth a snapshot
 
     async def running(self) -> dict[str, list[str]]:
         """The processes still running in the sandbox, started by any adapter: id → argv."""
@@ -101,6 +109,11 @@ class Processes:
                     raw = b""
                 running[process_id] = [arg.decode(errors="replace") for arg in raw.split(b"\0")[:-1]]
         return running
+
+    def cancel_all(self) -> None:
+        """Stop following every process at once (their sandbox is gone)."""
+        for process in list(self._followed):
+            process.cancel()
 
     async def unfollow_all(self) -> None:
         """Stop following every process here (they go on); returns once their offsets are final."""

@@ -77,8 +77,8 @@ class Provider:
         except (ProviderError, FileNotFound, NotADirectory, PathError):
             raise
         except SandboxGone as exc:
-            raise ProviderError(f"{what}: the sandbox has ended ({exc}); POST /api/workspaces to start a new one") \
-                from None
+            raise ProviderError(f"{what}: the sandbox has ended ({exc}); POST /api/workspaces to start a new one "
+                                "(from its newest snapshot)") from None
         except Exception as exc:
             if isinstance(exc, self.exc.Error) or self.transient(exc):
                 raise ProviderError(self.explain(what, exc)) from exc

@@ -11,13 +11,16 @@ it ended) and `ID.f<FOLLOWER>` (the pid of a shell copying its output to an exec
 
 from __future__ import annotations
 
-__all__ = ["DIRS", "KILLER", "READ", "RUNNER", "UNFOLLOW", "UNPACK"]
+__all__ = ["CLEAR_STATE", "DIRS", "KILLER", "READ", "RUNNER", "UNFOLLOW", "UNPACK"]
 
-#: `sh -c RUNNER run DIR ID MODE OUT_OFFSET ERR_OFFSET FOLLOWER [ARGV...]`. MODE `start` launches
-#: ARGV detached (once: the lock directory makes a retried start attach instead); both modes then
-#: copy the output files from the offsets to stdout/stderr until `ID.rc` exists, and exit with it.
-#: The copying shell's pid is kept in `ID.f<FOLLOWER>`, so that `UNFOLLOW` can end it.
-RUNNER = r"""d=$1; id=$2; mode=$3; o=$4; e=$5; fw=$6; shift 6
+#: `sh -c RUNNER run DIR ID MODE OUT_OFFSET ERR_OFFSET FOLLOWER LIMIT [ARGV...]`. MODE `start`
+#: launches ARGV detached (once: the lock directory makes a retried start attach instead); both
+#: modes then copy the output files from the offsets to stdout/stderr and exit with `ID.rc`.
+#: The copying is one long-lived `tail -F --pid` per file (inotify, no process per poll), which
+#: ends once the command has ended and its output is copied, or after LIMIT seconds (the exec's
+#: own timeout ends the runner then, and the adapter re-arms it from its offsets). The pids of
+#: the runner and its two readers are kept in `ID.f<FOLLOWER>`, so that `UNFOLLOW` ends them all.
+RUNNER = r"""d=$1; id=$2; mode=$3; o=$4; e=$5; fw=$6; lim=$7; shift 7
 p="$d/$id"
 if [ "$mode" = start ]; then
   mkdir -p "$d" || exit 125
@@ -29,16 +32,14 @@ if [ "$mode" = start ]; then
   fi
 fi
 [ -d "$p.lock" ] || { echo "qai: no process $id" >&2; exit 125; }
-echo $$ > "$p.f$fw.tmp" && mv "$p.f$fw.tmp" "$p.f$fw"
-while :; do
-  f=0; [ -e "$p.rc" ] && f=1
-  s=$(stat -c %s "$p.out" 2>/dev/null || echo 0)
-  if [ "$s" -gt "$o" ]; then tail -c +$((o+1)) "$p.out" | head -c $((s-o)); o=$s; fi
-  s=$(stat -c %s "$p.err" 2>/dev/null || echo 0)
-  if [ "$s" -gt "$e" ]; then tail -c +$((e+1)) "$p.err" | head -c $((s-e)) >&2; e=$s; fi
-  [ $f = 1 ] && { rm -f "$p.f$fw"; exit "$(cat "$p.rc")"; }
-  sleep 0.1
-done
+i=0; while [ ! -s "$p.pid" ] && [ ! -e "$p.rc" ]; do i=$((i+1)); [ $i -gt 400 ] && exit 125; sleep 0.05; done
+c=$(cat "$p.pid" 2>/dev/null); [ -n "$c" ] || c=1
+timeout "$lim" tail -c +$((o+1)) -F -s 1 --pid="$c" "$p.out" 2>/dev/null & a=$!
+timeout "$lim" tail -c +$((e+1)) -F -s 1 --pid="$c" "$p.err" >&2 2>/dev/null & b=$!
+echo "$$ $a $b" > "$p.f$fw.tmp" && mv "$p.f$fw.tmp" "$p.f$fw"
+wait $a; wait $b
+i=0; while [ ! -e "$p.rc" ]; do i=$((i+1)); [ $i -gt 200 ] && exit 125; sleep 0.05; done
+rm -f "$p.f$fw"; exit "$(cat "$p.rc")"
 """
 
 #: `sh -c KILLER kill DIR/ID SIGNAME`: signal the command's process group (no error if it ended).
@@ -50,10 +51,10 @@ done
 exit 0
 """
 
-#: `sh -c UNFOLLOW unfollow DIR/ID.fFOLLOWER`: end a copying shell (its output stream then ends).
+#: `sh -c UNFOLLOW unfollow DIR/ID.fFOLLOWER`: end a runner and its readers (its streams then end).
 UNFOLLOW = r"""i=0
 while [ ! -s "$1" ]; do i=$((i+1)); [ $i -gt 100 ] && exit 0; sleep 0.05; done
-kill "$(cat "$1")" 2>/dev/null; rm -f "$1"; exit 0
+kill $(cat "$1") 2>/dev/null; rm -f "$1"; exit 0
 """
 
 #: `sh -c UNPACK unpack WORKDIR TARBALL`: check every path, then move the files into place.
@@ -73,7 +74,7 @@ done < "$s/manifest"
 i=0; : > "$t.res"
 while IFS= read -r f; do
   if [ -e "$w/$f" ] || [ -L "$w/$f" ]; then echo M >> "$t.res"; else echo A >> "$t.res"; fi
-  mkdir -p "$w/$(dirname "$f")" && mv -f "$s/files/$i" "$w/$f" || exit 93
+  mkdir -p "$w/$(dirname "$f")" && mv -fT "$s/files/$i" "$w/$f" || exit 93
   i=$((i+1))
 done < "$s/manifest"
 mv "$t.res" "$t.done"; rm -rf "$s" "$t"; cat "$t.done"
@@ -110,4 +111,9 @@ echo "$s" >&2
 if [ "$5" = whole ] && [ "$s" -ge "$n" ]; then exit 95; fi
 if [ "$o" -ge "$s" ] || [ "$n" -eq 0 ]; then exit 0; fi
 exec dd if="$f" iflag=nonblock,skip_bytes,count_bytes skip="$o" count="$n" bs=65536 status=none
+"""
+
+#: `sh -c CLEAR_STATE clear STATE_DIR`: after a resume, remove the state of processes that ran in
+#: the snapshotted sandbox (their locks, logs, the dev server record): none of them runs here.
+CLEAR_STATE = r"""rm -rf "$1" && mkdir -p "$1"
 """

@@ -3,8 +3,12 @@
 A feeder task copies the SDK's watch events into a bounded stream (1024 events; a full stream
 pauses the feeder); the consumer takes a window of events until `debounce_s` passes with
 nothing new, and turns it into changes (`changes.ChangeWindow`), with one exec per window to
-tell directories from files. A failing watcher is restarted with backoff while the sandbox
-runs, up to the retry policy's attempts in a row; the watch ends with the sandbox.
+tell directories from files (its arguments chunked under Modal's 64 KiB argv limit, so a batch
+of thousands of paths takes several). The watcher carries a `timeout` (it is an exec, and a
+running exec keeps the sandbox from going idle) and is re-armed while the watch is consumed: a
+watch nobody consumes (the service crashed) ends by itself. A failing watcher is restarted
+with backoff while the sandbox runs, up to the retry policy's attempts in a row; the watch ends
+with the sandbox.
 """
 
 from __future__ import annotations
@@ -23,7 +27,26 @@ from runtime.modal.changes import ChangeWindow, OwnWrites
 from runtime.modal.config import ModalConfig
 from runtime.modal.scripts import DIRS
 
-__all__ = ["Watcher"]
+__all__ = ["Watcher", "chunk_args"]
+
+#: The most characters of paths one `DIRS` exec carries (Modal refuses argv over 65,536 in total).
+ARGS_BUDGET = 32 * 1024
+
+
+def chunk_args(args: list[str], budget: int = ARGS_BUDGET) -> list[list[str]]:
+    """`args` in runs whose total length stays within `budget` (one arg alone may not: paths are short)."""
+    chunks: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    for arg in args:
+        if current and size + len(arg) + 1 > budget:
+            chunks.append(current)
+            current, size = [], 0
+        current.append(arg)
+        size += len(arg) + 1
+    if current:
+        chunks.append(current)
+    return chunks
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +93,14 @@ class Watcher:
         async with send:
             while not calls.closed:
                 try:
-                    events = calls.handle.filesystem.watch.aio(self._config.workdir, recursive=True)
+                    events = calls.handle.filesystem.watch.aio(self._config.workdir, recursive=True,
+                                                               timeout=self._config.follow_timeout_s)
                     async for event in events:
                         failures = 0
                         await send.send(event)
-                    return  # the watcher ended (sandbox gone)
+                    if calls.closed or not await calls.alive():
+                        return  # the watcher ended with the sandbox
+                    continue  # its timeout elapsed: re-arm (the consumer is still here)
                 except Exception as exc:  # noqa: BLE001 - any watcher failure is retried while the sandbox lives
                     failures += 1
                     if calls.closed or failures > policy.attempts or not await calls.alive():
@@ -88,9 +114,27 @@ class Watcher:
         for event in events:
             window.add(event)
         marked = window.probe()
-        if marked:
-            code, out, _ = await self._calls.run(["sh", "-c", DIRS, "dirs", self._config.workdir, *marked],
+        outputs: list[str] = []
+        offset = 0
+        for chunk in chunk_args(marked):
+            code, out, _ = await self._calls.run(["sh", "-c", DIRS, "dirs", self._config.workdir, *chunk],
                                                  "classify changes")
             if code == 0:
-                window.apply_probe(out.decode(errors="replace"))
+                outputs.append(_shift(out.decode(errors="replace"), offset))
+            offset += len(chunk)
+        if outputs:
+            window.apply_probe("".join(outputs))
         return window.report(known)
+
+
+def _shift(probe: str, offset: int) -> str:
+    """A chunk's `DIRS` answer with its `D <position>` lines made positions in the whole batch."""
+    if not offset:
+        return probe
+    lines = []
+    for line in probe.splitlines(keepends=True):
+        kind, _, rest = line.partition(" ")
+        if kind == "D" and rest.strip().isdigit():
+            line = f"D {int(rest) + offset}\n"
+        lines.append(line)
+    return "".join(lines)

@@ -6,12 +6,13 @@ See `_impl` for how it works; `tests/test_modal_fake.py` keeps it faithful to th
 from __future__ import annotations
 
 from . import container_process, exception, io_streams, sandbox, stream_type, types
-from ._impl import CLOUD, App, FakeCloud, Image, Sandbox, Secret, Tunnel
+from ._impl import CLOUD, App, Dict, FakeCloud, Image, Sandbox, Secret, Tunnel
 from .exception import Error
 
 __all__ = [
     "CLOUD",
     "App",
+    "Dict",
     "Error",
     "FakeCloud",
     "Image",

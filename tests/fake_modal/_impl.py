@@ -43,11 +43,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import synchronicity
+from synchronicity.combined_types import MethodWithAio
 from watchfiles import Change, awatch
 
 from . import exception as exc
 from .stream_type import StreamType
-from .types import FileInfo, FileType, FileWatchEvent, FileWatchEventType
+from .types import FileInfo, FileType, FileWatchEvent, FileWatchEventType, SandboxConnectCredentials
 
 synchronizer = synchronicity.Synchronizer()
 
@@ -74,6 +75,16 @@ class FakeCloud:
         self.created: list[dict[str, Any]] = []
         #: Every `Sandbox.exec` call's argv and env (as passed, before the fake maps them), in order.
         self.execs: list[dict[str, Any]] = []
+        #: Filesystem snapshots: image id → the directory holding the sandbox's tree when it was taken.
+        self.images: dict[str, Path] = {}
+        #: Images built (`Image.build`): image id → the Dockerfile or registry tag built.
+        self.built: dict[str, str] = {}
+        #: Every snapshot's `ttl`, by image id.
+        self.image_ttls: dict[str, int | None] = {}
+        #: Named Dicts: name → contents.
+        self.dicts: dict[str, dict[Any, Any]] = {}
+        #: Connect tokens handed out: token → (sandbox id, port).
+        self.connect_tokens: dict[str, tuple[str, int]] = {}
 
     def reset(self, root: Path) -> None:
         self.__init__()  # type: ignore[misc]
@@ -94,6 +105,22 @@ class FakeCloud:
             if state.app == app and state.name == name and state.returncode is None:
                 return state
         return None
+
+    def expire(self, object_id: str) -> None:
+        """End a sandbox as Modal does when its `timeout` runs out (exit code 124), behind the caller's back."""
+        self.sandboxes[object_id].kill(124)
+
+    def idle_out(self, object_id: str) -> bool:
+        """End the sandbox as its `idle_timeout` would, if it is idle (no exec or watch runs); say whether."""
+        if self.live_execs(object_id):
+            return False
+        self.sandboxes[object_id].kill(137)
+        return True
+
+    def live_execs(self, object_id: str) -> int:
+        """How many execs and file watches of the sandbox still run: Modal counts them as activity."""
+        state = self.sandboxes[object_id]
+        return sum(1 for proc in state.procs if proc.returncode is None) + state.watches
 
     def shutdown(self) -> None:
         """Kill every sandbox and its processes (test teardown)."""
@@ -119,6 +146,10 @@ class _SandboxState:
     host_ports: dict[int, int] = field(default_factory=dict)
     returncode: int | None = None
     procs: set[asyncio.subprocess.Process] = field(default_factory=set)
+    #: File watches running now (each is an exec of modal's fs tools in the real sandbox).
+    watches: int = 0
+    #: Everything else `Sandbox.create` was given (timeout, idle_timeout, cpu, memory, region, …).
+    options: dict[str, Any] = field(default_factory=dict)
 
     def map(self, path: str) -> str:
         return _MAPPED_RE.sub(lambda m: str(self.root) + m.group(1), path)
@@ -204,6 +235,31 @@ class _Image:
     def __init__(self, ref: str, secret: _Secret | None) -> None:
         self._ref = ref
         self._secret = secret
+        self._id: str | None = ref if ref in CLOUD.images or ref in CLOUD.built else None
+
+    @property
+    def object_id(self) -> str:
+        if self._id is None:
+            raise exc.InvalidError("Image has not been hydrated")  # modal: only a built image has an id
+        return self._id
+
+    def _from_id(cls, image_id: str, client: Any = None) -> _Image:
+        return _Image(image_id, None)
+
+    async def _from_id_aio(*args: Any, **kwargs: Any) -> _Image:
+        return _Image._from_id(_Image, *args, **kwargs)
+
+    # As modal's `deprecate_aio_usage`: a sync classmethod with a (deprecated) `.aio`.
+    from_id = MethodWithAio(_from_id, _from_id_aio, synchronizer, is_classmethod=True)
+
+    async def build(self, app: _App | None = None) -> _Image:
+        CLOUD.hit("Image.build")
+        if self._ref in CLOUD.image_errors:
+            raise CLOUD.image_errors[self._ref]
+        if self._id is None:
+            self._id = "im-" + _secrets_mod.token_hex(11)
+            CLOUD.built[self._id] = self._ref
+        return self
 
     @staticmethod
     def from_registry(
@@ -223,9 +279,10 @@ class _Image:
         *,
         force_build: bool = False,
         context_dir: Path | str | None = None,
+        registry_secret: _Secret | None = None,
         add_python: str | None = None,
     ) -> _Image:
-        return _Image(str(path), None)
+        return _Image(str(path), registry_secret)
 
 
 @dataclass(frozen=True)
@@ -367,6 +424,11 @@ class _SandboxFilesystem:
             CLOUD.hit(op)
         except (exc.NotFoundError, exc.ServiceError, exc.ConnectionError):
             raise exc.NotFoundError(_UNAVAILABLE) from None  # what modal's fs layer makes of them
+        except exc.SandboxFilesystemError:
+            raise
+        except exc.Error:  # modal's fs layer hides every other error, cause and all
+            raise exc.SandboxFilesystemError(
+                "An unexpected error occurred, please contact support@modal.com") from None
         if not remote_path.startswith("/"):
             raise exc.InvalidError(f"remote_path must be absolute, got {remote_path!r}")
         return Path(state.map(remote_path))
@@ -442,17 +504,24 @@ class _SandboxFilesystem:
                  Change.deleted: FileWatchEventType.Remove}
         state = self._sandbox._state
         ready = False
-        async for batch in awatch(path, debounce=10, step=10, rust_timeout=100, yield_on_timeout=True,
-                                  recursive=recursive):
-            if not ready:  # awatch's first (empty) batch: the watcher is installed
-                ready = True
-                CLOUD.calls["fs.watch.ready"] += 1
-            if state.returncode is not None:
-                return
-            for change, raw in sorted(batch, key=lambda item: item[1]):
-                kind = kinds[change]
-                if filter is None or kind in filter:
-                    yield FileWatchEvent(paths=[state.unmap(raw)], type=kind)
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        state.watches += 1
+        try:
+            async for batch in awatch(path, debounce=10, step=10, rust_timeout=100, yield_on_timeout=True,
+                                      recursive=recursive):
+                if not ready:  # awatch's first (empty) batch: the watcher is installed
+                    ready = True
+                    CLOUD.calls["fs.watch.ready"] += 1
+                if state.returncode is not None:
+                    return
+                for change, raw in sorted(batch, key=lambda item: item[1]):
+                    kind = kinds[change]
+                    if filter is None or kind in filter:
+                        yield FileWatchEvent(paths=[state.unmap(raw)], type=kind)
+                if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+                    return  # modal's watch just stops when its timeout elapses
+        finally:
+            state.watches -= 1
 
 
 class _Sandbox:
@@ -484,8 +553,10 @@ class _Sandbox:
         timeout: int | None = 300,
         idle_timeout: int | None = None,
         workdir: str | None = None,
+        region: str | Sequence[str] | None = None,
         cpu: float | tuple[float, float] | None = None,
         memory: int | tuple[int, int] | None = None,
+        inbound_cidr_allowlist: Sequence[str] | None = None,
         encrypted_ports: Sequence[int] = [],
         client: Any = None,
     ) -> _Sandbox:
@@ -500,12 +571,19 @@ class _Sandbox:
         CLOUD.hit("Sandbox.create")
         CLOUD.created.append({"args": args, "app": app._name, "name": name, "tags": tags, "image": image,
                               "timeout": timeout, "idle_timeout": idle_timeout, "workdir": workdir,
-                              "encrypted_ports": list(encrypted_ports), "secrets": list(secrets or [])})
+                              "encrypted_ports": list(encrypted_ports), "secrets": list(secrets or []),
+                              "cpu": cpu, "memory": memory, "region": region,
+                              "inbound_cidr_allowlist": inbound_cidr_allowlist})
         if image is not None:
             if image._ref in CLOUD.image_errors:
                 raise CLOUD.image_errors[image._ref]
             if image._secret is not None and image._secret._name not in CLOUD.secrets:
                 raise exc.NotFoundError(f"Secret '{image._secret._name}' not found in environment 'main'")
+            if image._ref.startswith("im-") and image._ref not in CLOUD.images and image._ref not in CLOUD.built:
+                raise exc.NotFoundError(f"Image {image._ref} not found")
+        for secret in secrets or []:
+            if secret._name is not None and secret._name not in CLOUD.secrets:
+                raise exc.NotFoundError(f"Secret '{secret._name}' not found in environment 'main'")
         if name is not None and CLOUD.running(app._name, name) is not None:
             raise exc.AlreadyExistsError(f"Sandbox with name '{name}' already exists")
         assert CLOUD.root is not None, "call CLOUD.reset(root) first"
@@ -514,7 +592,10 @@ class _Sandbox:
         for prefix in MAPPED:
             (root / prefix.lstrip("/")).mkdir(parents=True)
         state = _SandboxState(object_id, app._name, name, dict(tags or {}), root, workdir, list(encrypted_ports),
-                              {port: _free_port() for port in encrypted_ports})
+                              {port: _free_port() for port in encrypted_ports},
+                              options={"timeout": timeout, "idle_timeout": idle_timeout})
+        if image is not None and image._ref in CLOUD.images:  # a snapshot: its whole tree comes back
+            shutil.copytree(CLOUD.images[image._ref], root, symlinks=True, dirs_exist_ok=True)
         if workdir is not None:
             Path(state.map(workdir)).mkdir(parents=True, exist_ok=True)
         CLOUD.sandboxes[object_id] = state
@@ -548,7 +629,7 @@ class _Sandbox:
         if sum(len(arg) for arg in args) > 65536:
             raise exc.InvalidError("argv too long")
         if state.returncode is not None:
-            raise exc.ConflictError("Sandbox already finished")
+            raise exc.NotFoundError(f"Sandbox {state.object_id} not found")  # Sandbox V2 (1.6's default)
         CLOUD.hit("Sandbox.exec")
         CLOUD.execs.append({"args": args, "env": dict(env or {})})
         full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/root", "LANG": "C.UTF-8",
@@ -585,13 +666,87 @@ class _Sandbox:
         CLOUD.hit("Sandbox.poll")
         return self._state.returncode
 
+    async def get_tags(self) -> dict[str, str]:
+        CLOUD.hit("Sandbox.get_tags")
+        return dict(self._state.tags)
+
+    async def snapshot_filesystem(self, timeout: int = 55, *, ttl: int | None = 30 * 24 * 3600) -> _Image:
+        CLOUD.hit("Sandbox.snapshot_filesystem")
+        state = self._state
+        if state.returncode is not None:
+            raise exc.SandboxTerminatedError("Sandbox has been terminated")
+        assert CLOUD.root is not None
+        image_id = "im-" + _secrets_mod.token_hex(11)
+        target = CLOUD.root / "images" / image_id
+        await asyncio.to_thread(shutil.copytree, state.root, target, symlinks=True,
+                                ignore_dangling_symlinks=True)
+        CLOUD.images[image_id] = target
+        CLOUD.image_ttls[image_id] = ttl
+        return _Image(image_id, None)
+
+    async def create_connect_token(
+        self, user_metadata: str | dict[str, Any] | None = None, port: int = 8080
+    ) -> SandboxConnectCredentials:
+        CLOUD.hit("Sandbox.create_connect_token")
+        if not 1 <= port <= 65535:
+            raise exc.InvalidError("port must be between 1 and 65535")
+        token = _secrets_mod.token_urlsafe(16)
+        CLOUD.connect_tokens[token] = (self._state.object_id, port)
+        host_port = self._state.host_ports.get(port, 0)
+        return SandboxConnectCredentials(f"http://127.0.0.1:{host_port}", token)
+
+    @staticmethod
+    async def list(
+        *, app_id: str | None = None, tags: dict[str, str] | None = None, client: Any = None
+    ) -> AsyncIterator[_Sandbox]:
+        CLOUD.hit("Sandbox.list")
+        apps = {ident: name for name, ident in CLOUD.apps.items()}
+        for state in list(CLOUD.sandboxes.values()):
+            if state.returncode is not None:
+                continue  # running sandboxes only
+            if app_id is not None and apps.get(app_id) != state.app:
+                continue
+            if all(state.tags.get(key) == value for key, value in (tags or {}).items()):
+                yield _Sandbox(state)
+
     async def terminate(self, *, wait: bool = False) -> int | None:
         CLOUD.hit("Sandbox.terminate")
         await self._state.terminate()
         return self._state.returncode if wait else None
 
 
+class _Dict:
+    """A named Dict (values kept in `CLOUD.dicts`)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    @staticmethod
+    def from_name(
+        name: str, *, environment_name: str | None = None, create_if_missing: bool = False, client: Any = None
+    ) -> _Dict:
+        return _Dict(name)
+
+    def _contents(self) -> dict[Any, Any]:
+        if self._name not in CLOUD.dicts:
+            CLOUD.dicts[self._name] = {}
+        return CLOUD.dicts[self._name]
+
+    async def get(self, key: Any, default: Any | None = None) -> Any:
+        CLOUD.hit("Dict.get")
+        return self._contents().get(key, default)
+
+    async def put(self, key: Any, value: Any, *, skip_if_exists: bool = False) -> bool:
+        CLOUD.hit("Dict.put")
+        contents = self._contents()
+        if skip_if_exists and key in contents:
+            return False
+        contents[key] = value
+        return True
+
+
 App = synchronizer.create_blocking(_App, "App", "tests.fake_modal")
+Dict = synchronizer.create_blocking(_Dict, "Dict", "tests.fake_modal")
 Secret = synchronizer.create_blocking(_Secret, "Secret", "tests.fake_modal")
 Image = synchronizer.create_blocking(_Image, "Image", "tests.fake_modal")
 StreamReader = synchronizer.create_blocking(_StreamReader, "StreamReader", "tests.fake_modal.io_streams")

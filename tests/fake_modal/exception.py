@@ -19,6 +19,7 @@ __all__ = [
     "RemoteError",
     "ResourceExhaustedError",
     "SandboxFilesystemError",
+    "SandboxFilesystemFileTooLargeError",
     "SandboxFilesystemIsADirectoryError",
     "SandboxFilesystemNotADirectoryError",
     "SandboxFilesystemNotFoundError",
@@ -110,4 +111,8 @@ class SandboxFilesystemIsADirectoryError(SandboxFilesystemError):
 
 
 class SandboxFilesystemNotADirectoryError(SandboxFilesystemError):
+    pass
+
+
+class SandboxFilesystemFileTooLargeError(SandboxFilesystemError):
     pass

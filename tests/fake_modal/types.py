@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["FileInfo", "FileType", "FileWatchEvent", "FileWatchEventType"]
+__all__ = ["FileInfo", "FileType", "FileWatchEvent", "FileWatchEventType", "SandboxConnectCredentials"]
 
 
 class FileType(enum.Enum):
@@ -49,3 +49,9 @@ class FileInfo:
 class FileWatchEvent:
     paths: list[str]
     type: FileWatchEventType
+
+
+@dataclass(frozen=True)
+class SandboxConnectCredentials:
+    url: str
+    token: str
