@@ -1,93 +1,132 @@
-"""The `realtime` command line: `realtime serve [--host] [--port]`, `realtime check [--host] [--port]`,
-`realtime gc [--all]` and `realtime image build` (the Modal runtime's), and the clients
-`realtime tail|exec|token|status` (in `realtime.client._cli`)."""
+"""The `realtime` command line (click): `serve` and `check` here, `gc` and `image build` (the Modal
+runtime's, by hand), the client commands (`create`, `stop`, `ls`, `open`, `logs`, `tail`, `exec`,
+`token`, `status`) in `realtime.client._cli`, and `completion`.
+
+Shell completion: `eval "$(realtime completion bash)"` (or zsh, fish).
+"""
 
 from __future__ import annotations
 
-import argparse
-import os
+import dataclasses
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 import anyio
+import click
+from click.shell_completion import get_completion_class
 from dotenv import load_dotenv
 
+from realtime.client._cli import client_commands
 from realtime.config import logs
 from realtime.config.masking import secret_values
-from realtime.config.settings import ConfigError, Settings
+from realtime.config.settings import ConfigError, Settings, source
 from realtime.web.app import create_app, modal_config
 from realtime.web.server import Server, uvicorn_config
 
-__all__ = ["main"]
+__all__ = ["cli", "main"]
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _settings_epilog() -> str:
+    """Every setting's environment variable and default, for `serve --help`."""
+    lines = ["Configured by environment variables (or a .env file; .env.example describes each):", "", "\b"]
+    for field in dataclasses.fields(Settings):
+        name = source(field.name)
+        if name is None or name.startswith("--"):
+            continue
+        default = field.default if field.default is not dataclasses.MISSING else "(required off loopback)"
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        lines.append(f"  {name}={'' if shown is None else shown}")
+    return "\n".join(lines)
+
+
+def _settings(host: str, port: int) -> Settings:
     try:
-        settings = Settings.from_env(host=args.host, port=args.port)
+        return Settings.from_env(host=host, port=port)
     except ConfigError as exc:
-        print(f"realtime: configuration error: {exc}", file=sys.stderr)
-        return 2
-    logs.configure(args.log_level, args.log_format, settings.instance_id, secret_values(settings))
+        click.echo(f"realtime: configuration error: {exc}", err=True)
+        sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="qai-workspace", prog_name="realtime")
+def cli() -> None:
+    """QAI workspace service: sandboxes, live logs and signed previews for every project."""
+    load_dotenv(".env", override=False)
+
+
+def _listen_options(fn: click.decorators.FC) -> click.decorators.FC:
+    fn = click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+                      help="the port to listen on")(fn)
+    return click.option("--host", default="127.0.0.1", show_default=True,
+                        help="the address to listen on; off loopback, WORKSPACE_TOKEN and WORKSPACE_SIGNING_KEY "
+                             "are required")(fn)
+
+
+@cli.command(epilog=_settings_epilog())
+@_listen_options
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              envvar="WORKSPACE_LOG_FORMAT", show_envvar=True,
+              help="json: one object per line with instance, project_id and connection_id")
+def serve(host: str, port: int, log_level: str, log_format: str) -> None:
+    """Start the server."""
+    settings = _settings(host, port)
+    logs.configure(log_level, log_format, settings.instance_id, secret_values(settings))
     if settings.token_generated:
-        print(f"realtime: dev token (WORKSPACE_TOKEN): {settings.token}", flush=True)
+        click.echo(f"realtime: dev token (WORKSPACE_TOKEN): {settings.token}")
     try:
         app = create_app(settings)
     except ConfigError as exc:
-        print(f"realtime: configuration error: {exc}", file=sys.stderr)
-        return 2
+        click.echo(f"realtime: configuration error: {exc}", err=True)
+        sys.exit(2)
     if settings.runtime == "local" and settings.isolation == "none":
-        print("realtime: WARNING: WORKSPACE_ISOLATION=none: workspaces run as the server's user "
-              "and can read its secrets; use it on a trusted machine only", file=sys.stderr, flush=True)
-    print(f"realtime: serving on http://{args.host}:{args.port} (runtime {settings.runtime})", flush=True)
-    config = uvicorn_config(app, settings, host=args.host, port=args.port, log_level=args.log_level)
+        click.echo("realtime: WARNING: WORKSPACE_ISOLATION=none: workspaces run as the server's user "
+                   "and can read its secrets; use it on a trusted machine only", err=True)
+    click.echo(f"realtime: serving on http://{host}:{port} (runtime {settings.runtime})")
+    config = uvicorn_config(app, settings, host=host, port=port, log_level=log_level)
     Server(config, app.state.hub, settings.drain_timeout_s).run()
-    return 0
 
 
-def _check(args: argparse.Namespace) -> int:
-    """Print the effective configuration (secrets masked) and the checks; 0 if none failed, 1, or 2."""
+@cli.command()
+@_listen_options
+def check(host: str, port: int) -> None:
+    """Print the effective configuration (secrets masked) and check it: exit 0 if all passed, 1 if a
+    check failed, 2 if the configuration itself is wrong."""
     from realtime.check import exit_code, format_report, run_checks
     from realtime.config.masking import effective_config
 
-    try:
-        settings = Settings.from_env(host=args.host, port=args.port)
-    except ConfigError as exc:
-        print(f"realtime: configuration error: {exc}", file=sys.stderr)
-        return 2
+    settings = _settings(host, port)
     findings = anyio.run(run_checks, settings)
-    print(format_report(effective_config(settings), findings), flush=True)
-    return exit_code(findings)
+    click.echo(format_report(effective_config(settings), findings))
+    sys.exit(exit_code(findings))
 
 
-# -- the Modal runtime by hand: `realtime gc`, `realtime image build` (issue 15) ---------------------
+# -- the Modal runtime by hand: `realtime gc`, `realtime image build` ---------------------------------
 
 
-def _modal_settings() -> Settings | None:
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"realtime: configuration error: {exc}", file=sys.stderr)
-        return None
+def _modal_settings() -> Settings:
+    settings = _settings("127.0.0.1", 8000)
     if settings.runtime != "modal":
-        print(f"realtime: WORKSPACE_RUNTIME is {settings.runtime!r}; this command is for the modal runtime",
-              file=sys.stderr)
-        return None
+        click.echo(f"realtime: WORKSPACE_RUNTIME is {settings.runtime!r}; this command is for the modal runtime",
+                   err=True)
+        sys.exit(2)
     return settings
 
 
-def _gc(args: argparse.Namespace) -> int:
-    """End every sandbox of this service that no workspace owns (an active one in the registry)."""
+@cli.command()
+@click.option("--all", "every", is_flag=True, help="without REDIS_URL: end every sandbox of this service")
+def gc(every: bool) -> None:
+    """End the Modal sandboxes no workspace owns (an active one in the registry); print what it ended."""
     from runtime.errors import RuntimeFailure
     from runtime.modal import ModalRuntime
 
     settings = _modal_settings()
-    if settings is None:
-        return 2
-    if not settings.redis_url and not args.all:
-        print("realtime gc: without REDIS_URL no registry says which workspaces are owned; pass --all to end "
-              "every sandbox of this service (only while no server runs)", file=sys.stderr)
-        return 2
+    if not settings.redis_url and not every:
+        click.echo("realtime gc: without REDIS_URL no registry says which workspaces are owned; pass --all to end "
+                   "every sandbox of this service (only while no server runs)", err=True)
+        sys.exit(2)
     runtime = ModalRuntime(modal_config(settings))
 
     async def sweep() -> list[str]:
@@ -113,65 +152,54 @@ def _gc(args: argparse.Namespace) -> int:
     try:
         ended = anyio.run(sweep)
     except RuntimeFailure as exc:
-        print(f"realtime gc: {exc}", file=sys.stderr)
-        return 1
+        click.echo(f"realtime gc: {exc}", err=True)
+        sys.exit(1)
     for line in ended:
-        print(f"ended {line}", flush=True)
-    print(f"realtime gc: {len(ended)} orphaned sandbox(es) ended", flush=True)
-    return 0
+        click.echo(f"ended {line}")
+    click.echo(f"realtime gc: {len(ended)} orphaned sandbox(es) ended")
 
 
-def _image_build(args: argparse.Namespace) -> int:
+@cli.group()
+def image() -> None:
+    """The Modal workspace image."""
+
+
+@image.command()
+def build() -> None:
     """Build (or pull) the workspace image once and print its id, for WORKSPACE_IMAGE."""
     from runtime.errors import RuntimeFailure
     from runtime.modal import ModalRuntime
 
-    settings = _modal_settings()
-    if settings is None:
-        return 2
-    runtime = ModalRuntime(modal_config(settings))
+    runtime = ModalRuntime(modal_config(_modal_settings()))
     try:
         image_id = anyio.run(runtime.build_image)
     except RuntimeFailure as exc:
-        print(f"realtime image build: {exc}", file=sys.stderr)
-        return 1
-    print(image_id, flush=True)
-    return 0
+        click.echo(f"realtime image build: {exc}", err=True)
+        sys.exit(1)
+    click.echo(image_id)
 
 
-def _add_modal_commands(commands: Any) -> None:
-    gc = commands.add_parser("gc", help="end the Modal sandboxes no workspace owns; print what it ended")
-    gc.add_argument("--all", action="store_true", help="without REDIS_URL: end every sandbox of this service")
-    gc.set_defaults(handler=_gc)
-    image = commands.add_parser("image", help="the Modal workspace image")
-    image_commands = image.add_subparsers(dest="image_command", required=True)
-    build = image_commands.add_parser("build", help="build (or pull) the image once and print its id")
-    build.set_defaults(handler=_image_build)
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script: eval "$(realtime completion bash)"."""
+    completer = get_completion_class(shell)
+    assert completer is not None
+    click.echo(completer(cli, {}, "realtime", "_REALTIME_COMPLETE").source())
+
+
+for _command in client_commands():
+    cli.add_command(_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    load_dotenv(".env", override=False)
-    parser = argparse.ArgumentParser(prog="realtime", description="QAI workspace service")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="start the server")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    serve.add_argument(
-        "--log-format", default=os.environ.get("WORKSPACE_LOG_FORMAT") or "text", choices=["text", "json"],
-        help="json: one object per line with instance, project_id and connection_id (WORKSPACE_LOG_FORMAT)",
-    )
-    serve.set_defaults(handler=_serve)
-    check = commands.add_parser("check", help="print the effective configuration and check it")
-    check.add_argument("--host", default="127.0.0.1", help="as for serve: off loopback, secrets are required")
-    check.add_argument("--port", type=int, default=8000)
-    check.set_defaults(handler=_check)
-    _add_modal_commands(commands)
-    from realtime.client._cli import add_client_commands  # tail, exec, token, status
-
-    add_client_commands(commands)
-    args = parser.parse_args(argv)
-    return int(args.handler(args))
+    """The console script: run the command and return its exit code."""
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="realtime",
+                 complete_var="_REALTIME_COMPLETE")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    return 0
 
 
 if __name__ == "__main__":
