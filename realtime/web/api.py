@@ -19,6 +19,7 @@ from realtime.config import logs
 from realtime.config.settings import Settings
 from realtime.core.errors import ApiError
 from realtime.core.ops import OPS, OpSpec, ParseContext
+from realtime.core.schemas import EventBody, TokenBody, check
 from realtime.core.tokens import Access, SessionTokens, TokenGrant
 from realtime.core.validation import parse_project_id
 from realtime.fanout.hub import locate
@@ -133,7 +134,8 @@ def _op_endpoint(spec: OpSpec) -> Callable[[Request], Awaitable[Response]]:
         elif binding.source in ("body", "optional_body"):
             raw = await read_json(request, optional=binding.source == "optional_body")
         raw.update((name, value) for name, value in request.path_params.items() if name != "project_id")
-        args = spec.parse(raw, _context(request, raw if binding.source != "query" else None))
+        args = spec.read(raw, _context(request, raw if binding.source != "query" else None),
+                         lax=binding.source == "query")
         result = await _services(request).cluster.call(project_id, spec.name, args)
         if binding.status == 204:
             return Response(status_code=204)
@@ -159,7 +161,7 @@ async def create_workspace(request: Request) -> Response:
     body = await read_json(request)
     project_id = parse_project_id(body.get("project_id"))
     logs.bind(project_id=project_id)
-    args = OPS["ensure"].parse(body, _context(request, body))
+    args = OPS["ensure"].read(body, _context(request, body))
     workspace = await services.cluster.call(project_id, "ensure", args)
     epoch, seq = await _latest(services.broker, project_id)
     generation = await services.manager.session_generation(project_id)
@@ -257,6 +259,7 @@ async def post_event(request: Request) -> Response:
     services = _services(request)
     project_id = parse_project_id(request.path_params["project_id"])
     body = await read_json(request)
+    check(EventBody, body)
     kind = body.get("type")
     if not isinstance(kind, str) or not 0 < len(kind) <= 128:
         raise ApiError(400, "bad_request", "type must be a non-empty string of at most 128 characters")
@@ -271,6 +274,7 @@ async def post_token(request: Request) -> Response:
     services = _services(request)
     project_id = parse_project_id(request.path_params["project_id"])
     body = await read_json(request, optional=True)
+    check(TokenBody, body)
     try:
         access = Access(body.get("scope", "read"))
     except ValueError:
