@@ -19,7 +19,8 @@ from realtime.config import logs
 from realtime.config.settings import Settings
 from realtime.core.errors import ApiError
 from realtime.core.ops import OPS, OpSpec, ParseContext
-from realtime.core.schemas import EventBody, TokenBody, check
+from realtime.core.schemas import EventBody, TokenBody
+from realtime.core.schemas import check as check_body
 from realtime.core.tokens import Access, SessionTokens, TokenGrant
 from realtime.core.validation import parse_project_id
 from realtime.fanout.hub import locate
@@ -259,7 +260,7 @@ async def post_event(request: Request) -> Response:
     services = _services(request)
     project_id = parse_project_id(request.path_params["project_id"])
     body = await read_json(request)
-    check(EventBody, body)
+    check_body(EventBody, body)
     kind = body.get("type")
     if not isinstance(kind, str) or not 0 < len(kind) <= 128:
         raise ApiError(400, "bad_request", "type must be a non-empty string of at most 128 characters")
@@ -274,7 +275,7 @@ async def post_token(request: Request) -> Response:
     services = _services(request)
     project_id = parse_project_id(request.path_params["project_id"])
     body = await read_json(request, optional=True)
-    check(TokenBody, body)
+    check_body(TokenBody, body)
     try:
         access = Access(body.get("scope", "read"))
     except ValueError:
