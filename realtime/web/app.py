@@ -31,10 +31,12 @@ from realtime.fanout.outbox import OutboxLimits
 from realtime.log.broker import Broker
 from realtime.log.memory import MemoryBroker
 from realtime.preview.gateway import PreviewGateway
+from realtime.web import openapi
 from realtime.web.api import Services, json_response, routes
 from realtime.web.auth import BearerAuth
 from realtime.web.console import console_routes
 from realtime.web.hosts import HostRouting, ServiceHosts
+from realtime.web.openapi import docs_routes
 from realtime.web.ratelimit import HttpRateLimit, RateLimitCounters
 from realtime.web.webhook_routes import webhook_routes
 from realtime.web.websocket import websocket_endpoint
@@ -224,11 +226,12 @@ def create_app(
                     await the_broker.aclose()
                 tg.cancel_scope.cancel()
 
+    http_routes = [*webhook_routes, *routes]
     app = Starlette(
         routes=[
-            *webhook_routes,
-            *routes,
+            *http_routes,
             WebSocketRoute("/ws/projects/{project_id}", websocket_endpoint),
+            *docs_routes(openapi.build(http_routes)),
             *console_routes(settings),
         ],
         lifespan=lifespan,
