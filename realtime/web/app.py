@@ -34,6 +34,7 @@ from realtime.preview.gateway import PreviewGateway
 from realtime.web import openapi
 from realtime.web.api import Services, json_response, routes
 from realtime.web.auth import BearerAuth
+from realtime.web.closing import close_in_order
 from realtime.web.console import console_routes
 from realtime.web.hosts import HostRouting, ServiceHosts
 from realtime.web.openapi import docs_routes
@@ -215,15 +216,16 @@ def create_app(
                     "metric_sources": (outbound, inbound, cluster, RateLimitCounters(http_limiter, op_limiter)),
                 }
             finally:
-                with anyio.CancelScope(shield=True):
-                    if settings.shutdown == "handover":
-                        await cluster.hand_over()
-                    await manager.aclose()
-                    await cluster.aclose()
-                    await outbound.aclose()  # after the workspaces stopped: their webhooks are stored
-                    await inbound.aclose()
-                    await runtime.aclose()
-                    await the_broker.aclose()
+                steps = [
+                    *([("cluster (hand-over)", cluster.hand_over)] if settings.shutdown == "handover" else []),
+                    ("workspaces", manager.aclose),
+                    ("cluster", cluster.aclose),
+                    ("outbound webhooks", outbound.aclose),  # after the workspaces stopped: their webhooks are stored
+                    ("inbound webhooks", inbound.aclose),
+                    ("runtime", runtime.aclose),
+                    ("broker", the_broker.aclose),
+                ]
+                await close_in_order(steps, settings.drain_timeout_s)
                 tg.cancel_scope.cancel()
 
     http_routes = [*webhook_routes, *routes]
