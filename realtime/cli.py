@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 
 import anyio
@@ -22,39 +21,35 @@ from realtime.web.server import Server, uvicorn_config
 __all__ = ["main"]
 
 
-def _config_errors(exc: ConfigError) -> int:
-    """Every problem of the configuration, one a line with the variable's description; exit status 2."""
+def _config_errors(exc: ConfigError, fmt: logs.Format = "text") -> int:
+    """Every problem of the configuration, each with the variable's description; exit status 2."""
     for problem in exc.problems:
-        print(f"realtime: configuration error: {problem}", file=sys.stderr)
         described = describe(problem.split(" ", 1)[0])
-        if described:
-            print(f"    ({described})", file=sys.stderr)
+        logs.say(fmt, f"configuration error: {problem}", level="error", err=True,
+                 **({"help": described} if described else {}))
     return 2
 
 
-def _unknown_warnings() -> list[str]:
-    return [f"{name} is not a setting of this service (ignored)" for name, close in unknown_names(os.environ)
-            if close is None]
-
-
 def _serve(args: argparse.Namespace) -> int:
+    fmt: logs.Format = args.log_format
     try:
         settings = Settings.from_env(host=args.host, port=args.port)
     except ConfigError as exc:
-        return _config_errors(exc)
-    logs.configure(args.log_level, args.log_format, settings.instance_id, secret_values(settings))
+        return _config_errors(exc, fmt)
+    logs.configure(args.log_level, fmt, settings.instance_id, secret_values(settings))
     if settings.token_generated:
-        print(f"realtime: dev token (WORKSPACE_TOKEN): {settings.token}", flush=True)
-    for warning in _unknown_warnings():
-        print(f"realtime: WARNING: {warning}", file=sys.stderr, flush=True)
+        logs.say(fmt, "dev token (WORKSPACE_TOKEN)", token=settings.token)
+    for name, close in unknown_names(os.environ):
+        if close is None:
+            logs.say(fmt, f"{name} is not a setting of this service (ignored)", level="warning", err=True)
     try:
         app = create_app(settings)
     except ConfigError as exc:
-        return _config_errors(exc)
+        return _config_errors(exc, fmt)
     if settings.runtime == "local" and settings.isolation == "none":
-        print("realtime: WARNING: WORKSPACE_ISOLATION=none: workspaces run as the server's user "
-              "and can read its secrets; use it on a trusted machine only", file=sys.stderr, flush=True)
-    print(f"realtime: serving on http://{args.host}:{args.port} (runtime {settings.runtime})", flush=True)
+        logs.say(fmt, "WORKSPACE_ISOLATION=none: workspaces run as the server's user and can read its secrets; "
+                 "use it on a trusted machine only", level="warning", err=True)
+    logs.say(fmt, f"serving on http://{args.host}:{args.port} (runtime {settings.runtime})")
     config = uvicorn_config(app, settings, host=args.host, port=args.port, log_level=args.log_level)
     Server(config, app.state.hub, settings.drain_timeout_s).run()
     return 0
