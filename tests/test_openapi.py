@@ -24,6 +24,7 @@ from realtime.web.api import routes
 from realtime.web.app import create_app
 from realtime.web.server import Server, uvicorn_config
 from realtime.web.webhook_routes import webhook_routes
+from tests.fake_modal import CLOUD
 from tests.harness import TOKEN, bound_socket, fake_modal_runtime, make_settings
 
 #: Examples per operation: enough to reach each error path, bounded for a 2-core machine.
@@ -36,6 +37,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     sock = bound_socket()
     port = sock.getsockname()[1]
     root: Path = tmp_path_factory.mktemp("openapi")
+    (root / "cloud").mkdir()
+    CLOUD.reset(root / "cloud")
     app_settings = make_settings(root / "root", port, WORKSPACE_RUNTIME="modal")
     app = create_app(app_settings, runtime_factory=fake_modal_runtime)
     server = Server(uvicorn_config(app, app_settings, log_level="warning"), app.state.hub, 5.0)
@@ -53,6 +56,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.should_exit = True
         thread.join(30)
         sock.close()
+        CLOUD.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,7 @@ from realtime.web.console import console_routes
 from realtime.web.hosts import HostRouting, ServiceHosts
 from realtime.web.openapi import docs_routes
 from realtime.web.ratelimit import HttpRateLimit, RateLimitCounters
+from realtime.web.telemetry import Latencies, ReadyTimer
 from realtime.web.webhook_routes import webhook_routes
 from realtime.web.websocket import websocket_endpoint
 from realtime.webhooks.config import make_inbound, make_outbound, validate_webhook_settings
@@ -195,13 +196,16 @@ def create_app(
             cluster = make_cluster(settings, the_broker, manager)
             outbound, inbound = make_outbound(settings), make_inbound(settings)
             manager.on_appended.append(outbound.notify)
+            latencies = Latencies(append=manager.append_latency, webhook=outbound.delivery_latency)
+            manager.on_appended.append(ReadyTimer(latencies.ready))
             await tg.start(the_broker.run)
             await tg.start(manager.run)
             await tg.start(cluster.run)
             await tg.start(hub.run)
             await tg.start(outbound.run)
             services = Services(
-                settings=settings, manager=manager, broker=the_broker, tokens=tokens, cluster=cluster
+                settings=settings, manager=manager, broker=the_broker, tokens=tokens, cluster=cluster,
+                op_latency=latencies.op,
             )
             try:
                 yield {
@@ -214,6 +218,7 @@ def create_app(
                     "outbound": outbound,
                     "inbound": inbound,
                     "metric_sources": (outbound, inbound, cluster, RateLimitCounters(http_limiter, op_limiter)),
+                    "latencies": latencies,
                 }
             finally:
                 steps = [
