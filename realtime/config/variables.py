@@ -30,6 +30,7 @@ __all__ = ["EXTRA_VARIABLES", "Variables", "describe", "problems", "unknown_name
 #: Variables read elsewhere than `Variables` (the CLI's, Modal's own), known so they are not "unknown".
 EXTRA_VARIABLES: dict[str, str] = {
     "WORKSPACE_LOG_FORMAT": "Log format of `serve`: text, or json (one object per line).",
+    "WORKSPACE_URL": "The clients (`realtime tail|exec|token|status`): the service's URL.",
     "MODAL_TOKEN_ID": "Modal credentials (or the Modal CLI's config, `modal token new`).",
     "MODAL_TOKEN_SECRET": "Modal credentials: the secret of MODAL_TOKEN_ID.",
 }
