@@ -60,24 +60,43 @@ class _Doc:
     query: tuple[tuple[str, dict[str, Any]], ...] = ()
     media: str = "application/json"
     public: bool = False
+    #: The success body's schema (default: any object).
+    response: dict[str, Any] | None = None
+
+
+def _shape(required: dict[str, Any], optional: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An object with `required` properties (name → schema) and `optional` ones."""
+    return {"type": "object", "required": list(required), "properties": {**required, **(optional or {})}}
+
+
+_STR, _INT, _BOOL = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}
+_STR_OR_NULL, _INT_OR_NULL = {"type": ["string", "null"]}, {"type": ["integer", "null"]}
+_WORKSPACE_CREATED = _shape({
+    "project_id": _STR, "state": _STR, "detail": _STR_OR_NULL, "epoch": _STR, "seq": _INT,
+    "preview_url": _STR_OR_NULL, "preview_expires_at": _INT_OR_NULL, "session_token": _STR,
+    "session_token_expires_at": _INT, "ws_url": _STR,
+})
 
 
 _SINCE = ("since", {"type": "integer", "minimum": 0, "maximum": 10**17})
 #: By endpoint name: the routes that are not ops.
 _EXTRA: dict[str, _Doc] = {
-    "healthz": _Doc("Liveness: the process answers", public=True),
+    "healthz": _Doc("Liveness: the process answers", public=True, response=_shape({"ok": _BOOL, "instance": _STR})),
     "readyz": _Doc("Readiness: the broker and the runtime answer (503 otherwise)", public=True),
     "metrics": _Doc("Prometheus metrics", media="text/plain", public=True),
-    "create_workspace": _Doc("Create the project's workspace, or find it (200)", CreateWorkspaceBody, status=201),
-    "list_workspaces": _Doc("Every workspace, as snapshots"),
+    "create_workspace": _Doc("Create the project's workspace, or find it (200)", CreateWorkspaceBody, status=201,
+                             response=_WORKSPACE_CREATED),
+    "list_workspaces": _Doc("Every workspace, as snapshots",
+                            response=_shape({"workspaces": {"type": "array", "items": _OBJECT}})),
     "get_workspace": _Doc("One workspace's snapshot"),
     "get_events": _Doc(
         "A page of the project's history (or, with Accept: text/event-stream, the live stream)",
         query=(_SINCE, ("limit", {"type": "integer", "minimum": 0, "maximum": 10**17}),
                ("epoch", {"type": "string"}), ("token", {"type": "string"})),
     ),
-    "post_event": _Doc("Append an app-defined event", EventBody),
-    "post_token": _Doc("Mint a session token for the project", TokenBody, optional_body=True),
+    "post_event": _Doc("Append an app-defined event", EventBody, response=_shape({"seq": _INT})),
+    "post_token": _Doc("Mint a session token for the project", TokenBody, optional_body=True,
+                       response=_shape({"token": _STR, "expires_at": _INT, "scope": {"enum": ["read", "write"]}})),
     "revoke_tokens": _Doc("End every session token of the project minted so far"),
     "inbound_event": _Doc("Inbound provider webhook (Standard Webhooks signature)", public=True),
     "list_dead_letters": _Doc("Outbound webhooks that ran out of attempts"),
@@ -119,10 +138,11 @@ def _query_from(model: type[Shape], skip: Iterable[str]) -> list[dict[str, Any]]
     ]
 
 
-def _responses(status: int, media: str) -> dict[str, Any]:
+def _responses(status: int, media: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     ok: dict[str, Any] = {"description": "success"}
     if status != 204:
-        ok["content"] = {media: {"schema": {"type": "string"} if media != "application/json" else _OBJECT}}
+        body = {"type": "string"} if media != "application/json" else (schema or _OBJECT)
+        ok["content"] = {media: {"schema": body}}
     responses = {str(status): ok, "default": {
         "description": "an error", "content": {"application/json": {"schema": _ERROR_REF}}}}
     if status == 201:
@@ -154,7 +174,7 @@ def _operation(path: str, method: str, endpoint: str) -> dict[str, Any] | None:
     operation: dict[str, Any] = {
         "operationId": spec.name if spec is not None else endpoint,
         "summary": doc.summary,
-        "responses": _responses(doc.status, doc.media),
+        "responses": _responses(doc.status, doc.media, doc.response),
     }
     if params:
         operation["parameters"] = params
