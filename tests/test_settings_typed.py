@@ -125,3 +125,14 @@ def test_serve_and_check_refuse_bad_settings_naming_each_and_start_nothing(tmp_p
     for _, message in BAD.values():
         assert message in said
     assert "serving on" not in said
+
+
+def test_serve_help_shows_defaults_and_every_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    """`realtime serve --help`: option defaults, and each variable with its description."""
+    from realtime.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: 127.0.0.1)" in out and "(default: 8000)" in out
+    assert "WORKSPACE_HISTORY_EVENTS [default: 100000]" in out and "Events of history kept per project." in out

@@ -6,7 +6,9 @@ client going away may cancel it (`shielded` ops change the workspace and must fi
 arguments are parsed from what a client sent, and how it is bound to HTTP. The websocket offers
 every op with `socket=True`; the HTTP API routes every op with an `http` binding; the cluster
 forwards every op to the project's owner in its wire form (`to_wire` / `from_wire`). Adding an op
-is two edits: its row here and its handler in `realtime.workspaces.dispatch`.
+is two edits: its row here (with `model=`, its request shape in `realtime.core.schemas`: what a
+client may send; unknown fields are refused, and the OpenAPI/AsyncAPI documents describe it) and
+its handler in `realtime.workspaces.dispatch`.
 
 Pure: parsing raises `ApiError(400)` and nothing else; no I/O.
 """
