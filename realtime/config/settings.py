@@ -123,6 +123,7 @@ class Settings:
     snapshot_ttl_s: int = 30 * 24 * 3600
     modal_region: str | None = None
     modal_secrets: tuple[str, ...] = ()
+    modal_inbound_cidrs: tuple[str, ...] = ()
     ws_fast_path: bool = True
     proxy_headers: bool = False
     trusted_proxies: str = "127.0.0.1"
@@ -165,7 +166,7 @@ class Settings:
     @classmethod
     def _build(cls, given: Variables, host: str, port: int) -> Settings:
         values = given.model_dump(exclude={"token", "signing_key", "signing_keys_old", "service_url",
-                                           "preview_url", "modal_secrets"})
+                                           "preview_url", "modal_secrets", "modal_inbound_cidrs"})
         token, generated = given.token, False
         if not token:
             token, generated = "dev-" + secrets.token_urlsafe(24), True
@@ -177,6 +178,8 @@ class Settings:
             signing_key=(given.signing_key or secrets.token_urlsafe(32)).encode(),
             signing_keys_old=tuple(item.encode() for item in _items(given.signing_keys_old)),
             modal_secrets=tuple(_items(given.modal_secrets)),
+            modal_inbound_cidrs=tuple(str(ipaddress.ip_network(item, strict=False))
+                                      for item in _items(given.modal_inbound_cidrs)),
             host=host,
             port=port,
             service_url=(given.service_url or f"http://localhost:{public_port}").rstrip("/"),

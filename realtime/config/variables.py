@@ -115,6 +115,7 @@ class Variables(BaseSettings):
     modal_registry_secret: str | None = var(None, "Modal: the Modal secret holding REGISTRY_USERNAME/REGISTRY_PASSWORD for a private WORKSPACE_IMAGE.")
     modal_region: str | None = var(None, "Modal: the region sandboxes run in.")
     modal_secrets: str | None = var(None, "Modal: secrets (comma-separated names) every sandbox gets.")
+    modal_inbound_cidrs: str | None = var(None, "Modal: the gateway's egress networks (comma-separated CIDRs); when set, the sandboxes' tunnels accept connections from these only (`inbound_cidr_allowlist`). Unset: tunnels are public by URL.")
     max_read_bytes: int = var(8 * 1024 * 1024, "The largest file read whole (bigger files: offset/length).", gt=0)
     file_op_timeout_s: float = var(30.0, "Seconds one file call of a workspace may take.", gt=0)
     max_commands: int = var(32, "Commands running at once per workspace (more: 429 too_many_commands).", gt=0)
@@ -170,6 +171,17 @@ class Variables(BaseSettings):
     def _redis(cls, value: str | None) -> str | None:
         if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("modal_inbound_cidrs")
+    @classmethod
+    def _cidrs(cls, value: str | None) -> str | None:
+        for item in (part.strip() for part in (value or "").split(",")):
+            if item:
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ValueError(f"must be comma-separated networks (e.g. 203.0.113.7/32): {item!r} is not a network") from None
         return value
 
     @field_validator("trusted_proxies")
