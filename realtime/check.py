@@ -27,6 +27,7 @@ from realtime.config.image import parse_image_reference
 from realtime.config.masking import mask, mask_url
 from realtime.config.secret_policy import MIN_SECRET_BYTES, secret_problems, validate_secrets
 from realtime.config.settings import DEFAULT_TEMPLATE, ConfigError, Settings
+from realtime.config.variables import describe, unknown_names
 from realtime.webhooks.config import (
     parse_secret,
     require_callback_secret,
@@ -45,6 +46,7 @@ __all__ = [
     "check_redis",
     "check_secrets",
     "check_webhook_secret",
+    "config_findings",
     "exit_code",
     "format_report",
     "run_checks",
@@ -302,6 +304,25 @@ async def check_isolation(settings: Settings) -> Finding:
         detail = result.stderr.decode(errors="replace").strip()[:200]
         return Finding("isolation", False, f"sandbox: {bwrap} cannot start a sandbox here: {detail}")
     return Finding("isolation", True, f"sandbox: bubblewrap ({bwrap}), a throwaway sandbox started")
+
+
+# --- the variables themselves: the typed model of realtime.config.variables ---------------------
+
+
+def config_findings(error: ConfigError | None, env: Mapping[str, str] | None = None) -> list[Finding]:
+    """`serve`'s refusal of the variables (`error`, every problem of it) and the unknown `WORKSPACE_*`
+    names, as findings, each failure with what its variable is for."""
+    env = os.environ if env is None else env
+    findings = []
+    for problem in error.problems if error else ():
+        described = describe(problem.split(" ", 1)[0])
+        findings.append(Finding("settings", False, problem + (f" ({described})" if described else "")))
+    for name, close in unknown_names(env):
+        if close is None:
+            findings.append(Finding("settings", True, f"warning: {name} is not a setting of this service (ignored)"))
+    if not findings:
+        findings.append(Finding("settings", True, "every variable well-formed and in range"))
+    return findings
 
 
 # --- all together ----------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ Shell completion: `eval "$(realtime completion bash)"` (or zsh, fish).
 
 from __future__ import annotations
 
-import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 
@@ -18,8 +18,10 @@ from dotenv import load_dotenv
 
 from realtime.client._cli import client_commands
 from realtime.config import logs
+from realtime.config.envfile import help_text
 from realtime.config.masking import secret_values
-from realtime.config.settings import ConfigError, Settings, source
+from realtime.config.settings import ConfigError, Settings
+from realtime.config.variables import describe, unknown_names
 from realtime.web.app import create_app, modal_config
 from realtime.web.server import Server, uvicorn_config
 
@@ -28,25 +30,26 @@ __all__ = ["cli", "main"]
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def _settings_epilog() -> str:
-    """Every setting's environment variable and default, for `serve --help`."""
-    lines = ["Configured by environment variables (or a .env file; .env.example describes each):", "", "\b"]
-    for field in dataclasses.fields(Settings):
-        name = source(field.name)
-        if name is None or name.startswith("--"):
-            continue
-        default = field.default if field.default is not dataclasses.MISSING else "(required off loopback)"
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        lines.append(f"  {name}={'' if shown is None else shown}")
-    return "\n".join(lines)
+def _epilog() -> str:
+    """Every setting's variable, default and description (`realtime.config.variables`), unwrapped."""
+    return "\b\n" + help_text().replace("\n\n", "\n")
 
 
-def _settings(host: str, port: int) -> Settings:
+def _config_errors(exc: ConfigError, fmt: logs.Format = "text") -> None:
+    """Every problem of the configuration, each with the variable's description; exit status 2."""
+    for problem in exc.problems:
+        described = describe(problem.split(" ", 1)[0])
+        logs.say(fmt, f"configuration error: {problem}", level="error", err=True,
+                 **({"help": described} if described else {}))
+    sys.exit(2)
+
+
+def _settings(host: str, port: int, fmt: logs.Format = "text") -> Settings:
     try:
         return Settings.from_env(host=host, port=port)
     except ConfigError as exc:
-        click.echo(f"realtime: configuration error: {exc}", err=True)
-        sys.exit(2)
+        _config_errors(exc, fmt)
+        raise
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -64,41 +67,43 @@ def _listen_options(fn: click.decorators.FC) -> click.decorators.FC:
                              "are required")(fn)
 
 
-@cli.command(epilog=_settings_epilog())
+@cli.command(epilog=_epilog())
 @_listen_options
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               envvar="WORKSPACE_LOG_FORMAT", show_envvar=True,
               help="json: one object per line with instance, project_id and connection_id")
-def serve(host: str, port: int, log_level: str, log_format: str) -> None:
+def serve(host: str, port: int, log_level: str, log_format: logs.Format) -> None:
     """Start the server."""
-    settings = _settings(host, port)
+    settings = _settings(host, port, log_format)
     logs.configure(log_level, log_format, settings.instance_id, secret_values(settings))
     if settings.token_generated:
-        click.echo(f"realtime: dev token (WORKSPACE_TOKEN): {settings.token}")
+        logs.say(log_format, "dev token (WORKSPACE_TOKEN)", token=settings.token)
+    for name, close in unknown_names(os.environ):
+        if close is None:
+            logs.say(log_format, f"{name} is not a setting of this service (ignored)", level="warning", err=True)
     try:
         app = create_app(settings)
     except ConfigError as exc:
-        click.echo(f"realtime: configuration error: {exc}", err=True)
-        sys.exit(2)
+        _config_errors(exc, log_format)
     if settings.runtime == "local" and settings.isolation == "none":
-        click.echo("realtime: WARNING: WORKSPACE_ISOLATION=none: workspaces run as the server's user "
-                   "and can read its secrets; use it on a trusted machine only", err=True)
-    click.echo(f"realtime: serving on http://{host}:{port} (runtime {settings.runtime})")
+        logs.say(log_format, "WORKSPACE_ISOLATION=none: workspaces run as the server's user and can read its "
+                 "secrets; use it on a trusted machine only", level="warning", err=True)
+    logs.say(log_format, f"serving on http://{host}:{port} (runtime {settings.runtime})")
     config = uvicorn_config(app, settings, host=host, port=port, log_level=log_level)
     Server(config, app.state.hub, settings.drain_timeout_s).run()
 
 
-@cli.command()
+@cli.command(epilog=_epilog())
 @_listen_options
 def check(host: str, port: int) -> None:
     """Print the effective configuration (secrets masked) and check it: exit 0 if all passed, 1 if a
     check failed, 2 if the configuration itself is wrong."""
-    from realtime.check import exit_code, format_report, run_checks
+    from realtime.check import config_findings, exit_code, format_report, run_checks
     from realtime.config.masking import effective_config
 
     settings = _settings(host, port)
-    findings = anyio.run(run_checks, settings)
+    findings = [*config_findings(None), *anyio.run(run_checks, settings)]
     click.echo(format_report(effective_config(settings), findings))
     sys.exit(exit_code(findings))
 

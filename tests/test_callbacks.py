@@ -426,6 +426,8 @@ async def test_two_instances_on_one_redis_deliver_each_callback_once(redis_prefi
     ids = [webhook_id for webhook_id, _type, _status in receiver.attempts]
     assert len(ids) == len(set(ids)) == 30
     assert receiver.unverified == 0
+    # Each attempt's duration went into the delivery-latency histogram (`/metrics`).
+    assert sum(service.delivery_latency.count for service in services) >= 30
 
 
 @pytest.mark.parametrize(

@@ -44,8 +44,8 @@ def test_version_help_and_completion() -> None:
     serve = subprocess.run([*CLI, "serve", "--help"], capture_output=True, text=True, check=False)
     assert serve.returncode == 0, serve.stderr
     # Defaults and environment names, the settings' included.
-    for shown in ("[default: 127.0.0.1]", "[default: 8000", "WORKSPACE_LOG_FORMAT", "WORKSPACE_TOKEN=",
-                  "WORKSPACE_RUNTIME=local", "WORKSPACE_MEMORY_MB=2048", "REDIS_URL="):
+    for shown in ("[default: 127.0.0.1]", "[default: 8000", "WORKSPACE_LOG_FORMAT", "WORKSPACE_TOKEN\n",
+                  "WORKSPACE_RUNTIME [default: local]", "WORKSPACE_MEMORY_MB [default: 2048]", "REDIS_URL\n"):
         assert shown in serve.stdout, shown
     exec_help = subprocess.run([*CLI, "exec", "--help"], capture_output=True, text=True, check=False)
     words = " ".join(exec_help.stdout.split())

@@ -502,12 +502,12 @@ def test_exec_with_wait_is_refused(wait: Any) -> None:
 
 
 def test_ping_takes_no_arguments() -> None:
-    """`ping` needs read scope only; extra fields are kept as args and ignored."""
+    """`ping` needs read scope only; an extra field is refused, named (issue 18: never silently dropped)."""
     op, args = parse({"op": "ping", "id": 1})
     assert (op.op, op.id, dict(op.args), args) == ("ping", 1, {}, NoArgs())
     assert op.access.value == "read"
-    op, args = parse('{"op":"ping","id":"p","extra":[1,2]}')
-    assert (op.id, dict(op.args), args) == ("p", {"extra": [1, 2]}, NoArgs())
+    error = error_of('{"op":"ping","id":"p","extra":[1,2]}')
+    assert (error.id, error.code) == ("p", "bad_request") and "unknown field(s): extra" in error.message
 
 
 def test_every_other_op_needs_write_scope() -> None:

@@ -18,6 +18,10 @@ SAMPLES = {
     "service_url": "https://service.example.com",
     "ws_deflate": "true",
     "isolation": "none",
+    "callback_url": "https://app.example.com/hook",
+    "redis_url": "redis://127.0.0.1:6390/2",
+    "trusted_proxies": "10.0.0.0/8",
+    "modal_inbound_cidrs": "203.0.113.7/32",
 }
 
 

@@ -23,7 +23,7 @@ import orjson
 
 from realtime.config.masking import redact
 
-__all__ = ["ContextFilter", "JsonFormatter", "Redact", "bind", "configure"]
+__all__ = ["QUIET_LOGGERS", "ContextFilter", "Format", "JsonFormatter", "Redact", "bind", "configure", "say"]
 
 _project: ContextVar[str | None] = ContextVar("project_id", default=None)
 _connection: ContextVar[str | None] = ContextVar("connection_id", default=None)
@@ -128,7 +128,11 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(body).decode()
 
 
-def configure(level: str, fmt: Literal["text", "json"], instance: str | None, secrets: Iterable[str] = ()) -> None:
+#: The log formats of `serve --log-format`.
+Format = Literal["text", "json"]
+
+
+def configure(level: str, fmt: Format, instance: str | None, secrets: Iterable[str] = ()) -> None:
     """Send every log record to stderr in `fmt`, with its context, and with `secrets` (and every
     token-shaped value) masked."""
     handler = logging.StreamHandler(sys.stderr)
@@ -141,3 +145,30 @@ def configure(level: str, fmt: Literal["text", "json"], instance: str | None, se
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in QUIET_LOGGERS:  # a line per request made would drown the service's own
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+
+
+#: Client libraries whose INFO lines (every request they make) are not logged.
+QUIET_LOGGERS = ("httpx", "httpcore")
+
+
+def say(fmt: Format, message: str, *, level: str = "info", err: bool = False, **fields: str) -> None:
+    """What `serve` itself says outside logging (its banner, the dev token it generated, configuration
+    errors and warnings) in the log format: one JSON object a line with `json`, `realtime: …` with
+    `text`. Not redacted: the generated dev token is shown here on purpose, and only here.
+
+    Text shows each field as `: value`, and `help` on a line of its own.
+    """
+    stream = sys.stderr if err else sys.stdout
+    if fmt == "json":
+        now = time.time()
+        body = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z",
+                "level": level, "logger": "realtime.cli", "message": message, **fields}
+        print(orjson.dumps(body).decode(), file=stream, flush=True)
+        return
+    prefix = "WARNING: " if level == "warning" else ""
+    line = f"realtime: {prefix}{message}" + "".join(f": {value}" for key, value in fields.items() if key != "help")
+    if fields.get("help"):
+        line += f"\n    ({fields['help']})"
+    print(line, file=stream, flush=True)

@@ -112,7 +112,7 @@ def parse_args(op: Op, *, default_timeout_s: float, max_timeout_s: float, reques
     """
     context = ParseContext(default_timeout_s, max_timeout_s, request_id=request_id, via="socket")
     try:
-        return op.spec.parse(op.args, context)
+        return op.spec.read(op.args, context)
     except ApiError as exc:
         raise FrameError(op.id, exc.code, exc.message) from None
 

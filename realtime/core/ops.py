@@ -6,7 +6,9 @@ client going away may cancel it (`shielded` ops change the workspace and must fi
 arguments are parsed from what a client sent, and how it is bound to HTTP. The websocket offers
 every op with `socket=True`; the HTTP API routes every op with an `http` binding; the cluster
 forwards every op to the project's owner in its wire form (`to_wire` / `from_wire`). Adding an op
-is two edits: its row here and its handler in `realtime.workspaces.dispatch`.
+is two edits: its row here (with `model=`, its request shape in `realtime.core.schemas`: what a
+client may send; unknown fields are refused, and the OpenAPI/AsyncAPI documents describe it) and
+its handler in `realtime.workspaces.dispatch`.
 
 Pure: parsing raises `ApiError(400)` and nothing else; no I/O.
 """
@@ -20,6 +22,18 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from realtime.core.errors import ApiError
+from realtime.core.schemas import (
+    CommandBody,
+    CreateWorkspaceBody,
+    KillBody,
+    NoBody,
+    PathBody,
+    RangedPathBody,
+    RefreshBody,
+    Shape,
+    WriteBody,
+    problem,
+)
 from realtime.core.tokens import Access
 from realtime.core.validation import CommandRequest, parse_command, parse_env, parse_files, parse_path
 from runtime.base import FileUpload
@@ -236,28 +250,49 @@ class OpSpec:
     forwarded: bool = True
     #: On the wire between instances, the arguments sit under this key (`exec`'s `command`).
     wire_key: str | None = None
+    #: What a client may send (`realtime.core.schemas`): unknown fields and wrong types are refused
+    #: before `parse` runs, and the OpenAPI and AsyncAPI documents describe the op with it.
+    model: type[Shape] | None = None
+
+    def read(self, raw: Mapping[str, Any], ctx: ParseContext, *, lax: bool = False) -> OpArgs:
+        """The op's typed arguments from what a client sent: checked against `model`, then parsed.
+
+        Args:
+            lax: the values come from a query string (strings): `"5"` counts as an integer.
+
+        Raises:
+            ApiError: 400 naming the unknown or malformed fields.
+        """
+        found = None if self.model is None else problem(self.model, raw, lax=lax)
+        if found is not None and found[0]:  # unknown fields: refused before anything else
+            raise found[1]
+        args = self.parse(raw, ctx)
+        if found is not None:
+            raise found[1]
+        return args
 
 
 OPS: Mapping[str, OpSpec] = {
     spec.name: spec
     for spec in (
-        OpSpec("ping", Access.read, True, False, _no_args, NoArgs, forwarded=False),
-        OpSpec("ensure", Access.write, True, False, _ensure, EnsureArgs, socket=False),
+        OpSpec("ping", Access.read, True, False, _no_args, NoArgs, forwarded=False, model=NoBody),
+        OpSpec("ensure", Access.write, True, False, _ensure, EnsureArgs, socket=False, model=CreateWorkspaceBody),
         OpSpec("stop", Access.write, True, False, _no_args, NoArgs, socket=False,
-               http=HttpBinding("DELETE", "", 204, "none")),
+               http=HttpBinding("DELETE", "", 204, "none"), model=NoBody),
         OpSpec("exec", Access.write, False, True, _exec, CommandRequest,
-               http=HttpBinding("POST", "/commands"), wire_key="command"),
+               http=HttpBinding("POST", "/commands"), wire_key="command", model=CommandBody),
         OpSpec("kill", Access.write, False, True, _kill, KillArgs,
-               http=HttpBinding("DELETE", "/commands/{command_id}", source="none")),
-        OpSpec("write", Access.write, False, True, _write, WriteArgs, http=HttpBinding("PUT", "/files")),
-        OpSpec("read", Access.write, True, True, _read, PathArgs),
-        OpSpec("list", Access.write, True, True, _path_or_root, PathArgs),
+               http=HttpBinding("DELETE", "/commands/{command_id}", source="none"), model=KillBody),
+        OpSpec("write", Access.write, False, True, _write, WriteArgs, http=HttpBinding("PUT", "/files"),
+               model=WriteBody),
+        OpSpec("read", Access.write, True, True, _read, PathArgs, model=RangedPathBody),
+        OpSpec("list", Access.write, True, True, _path_or_root, PathArgs, model=PathBody),
         OpSpec("list_or_read", Access.write, True, True, _listing_or_read, PathArgs, socket=False,
-               http=HttpBinding("GET", "/files", source="query")),
+               http=HttpBinding("GET", "/files", source="query"), model=RangedPathBody),
         OpSpec("delete", Access.write, False, True, _changed_path, PathArgs,
-               http=HttpBinding("DELETE", "/files", 204, "query")),
+               http=HttpBinding("DELETE", "/files", 204, "query"), model=PathBody),
         OpSpec("refresh", Access.write, True, False, _refresh, RefreshArgs,
-               http=HttpBinding("POST", "/preview", source="optional_body")),
+               http=HttpBinding("POST", "/preview", source="optional_body"), model=RefreshBody),
     )
 }
 

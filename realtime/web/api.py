@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -18,7 +19,10 @@ from realtime.cluster.protocol import Cluster, project_snapshot
 from realtime.config import logs
 from realtime.config.settings import Settings
 from realtime.core.errors import ApiError
+from realtime.core.histogram import Histograms
 from realtime.core.ops import OPS, OpSpec, ParseContext
+from realtime.core.schemas import EventBody, TokenBody
+from realtime.core.schemas import check as check_body
 from realtime.core.tokens import Access, SessionTokens, TokenGrant
 from realtime.core.validation import parse_project_id
 from realtime.fanout.hub import locate
@@ -45,6 +49,8 @@ class Services:
     broker: Broker
     tokens: SessionTokens
     cluster: Cluster
+    #: Seconds each op took, by op, as its client saw it (HTTP and websocket; forwarding included).
+    op_latency: Histograms = field(default_factory=Histograms)
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -133,8 +139,14 @@ def _op_endpoint(spec: OpSpec) -> Callable[[Request], Awaitable[Response]]:
         elif binding.source in ("body", "optional_body"):
             raw = await read_json(request, optional=binding.source == "optional_body")
         raw.update((name, value) for name, value in request.path_params.items() if name != "project_id")
-        args = spec.parse(raw, _context(request, raw if binding.source != "query" else None))
-        result = await _services(request).cluster.call(project_id, spec.name, args)
+        args = spec.read(raw, _context(request, raw if binding.source != "query" else None),
+                         lax=binding.source == "query")
+        services = _services(request)
+        started = time.perf_counter()
+        try:
+            result = await services.cluster.call(project_id, spec.name, args)
+        finally:
+            services.op_latency.observe(spec.name, time.perf_counter() - started)
         if binding.status == 204:
             return Response(status_code=204)
         return json_response(result, binding.status)
@@ -159,8 +171,12 @@ async def create_workspace(request: Request) -> Response:
     body = await read_json(request)
     project_id = parse_project_id(body.get("project_id"))
     logs.bind(project_id=project_id)
-    args = OPS["ensure"].parse(body, _context(request, body))
-    workspace = await services.cluster.call(project_id, "ensure", args)
+    args = OPS["ensure"].read(body, _context(request, body))
+    started = time.perf_counter()
+    try:
+        workspace = await services.cluster.call(project_id, "ensure", args)
+    finally:
+        services.op_latency.observe("ensure", time.perf_counter() - started)
     epoch, seq = await _latest(services.broker, project_id)
     generation = await services.manager.session_generation(project_id)
     token, expires_at = services.tokens.mint(project_id, Access.write, generation=generation)
@@ -257,6 +273,7 @@ async def post_event(request: Request) -> Response:
     services = _services(request)
     project_id = parse_project_id(request.path_params["project_id"])
     body = await read_json(request)
+    check_body(EventBody, body)
     kind = body.get("type")
     if not isinstance(kind, str) or not 0 < len(kind) <= 128:
         raise ApiError(400, "bad_request", "type must be a non-empty string of at most 128 characters")
@@ -271,6 +288,7 @@ async def post_token(request: Request) -> Response:
     services = _services(request)
     project_id = parse_project_id(request.path_params["project_id"])
     body = await read_json(request, optional=True)
+    check_body(TokenBody, body)
     try:
         access = Access(body.get("scope", "read"))
     except ValueError:
@@ -316,7 +334,8 @@ async def healthz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     services = _services(request)
     sources = getattr(request.state, "metric_sources", ())
-    body = render(request.state.hub, services.manager, services.broker, services.cluster, sources)
+    body = render(request.state.hub, services.manager, services.broker, services.cluster, sources,
+                  getattr(request.state, "latencies", None))
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

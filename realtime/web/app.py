@@ -32,11 +32,15 @@ from realtime.fanout.outbox import OutboxLimits
 from realtime.log.broker import Broker
 from realtime.log.memory import MemoryBroker
 from realtime.preview.gateway import PreviewGateway
+from realtime.web import openapi
 from realtime.web.api import Services, json_response, routes
 from realtime.web.auth import BearerAuth
+from realtime.web.closing import close_in_order
 from realtime.web.console import console_routes
 from realtime.web.hosts import HostRouting, ServiceHosts
+from realtime.web.openapi import docs_routes
 from realtime.web.ratelimit import HttpRateLimit, RateLimitCounters
+from realtime.web.telemetry import Latencies, ReadyTimer
 from realtime.web.webhook_routes import webhook_routes
 from realtime.web.websocket import websocket_endpoint
 from realtime.webhooks.config import make_inbound, make_outbound, validate_webhook_settings
@@ -209,13 +213,16 @@ def create_app(
             cluster = make_cluster(settings, the_broker, manager)
             outbound, inbound = make_outbound(settings), make_inbound(settings)
             manager.on_appended.append(outbound.notify)
+            latencies = Latencies(append=manager.append_latency, webhook=outbound.delivery_latency)
+            manager.on_appended.append(ReadyTimer(latencies.ready))
             await tg.start(the_broker.run)
             await tg.start(manager.run)
             await tg.start(cluster.run)
             await tg.start(hub.run)
             await tg.start(outbound.run)
             services = Services(
-                settings=settings, manager=manager, broker=the_broker, tokens=tokens, cluster=cluster
+                settings=settings, manager=manager, broker=the_broker, tokens=tokens, cluster=cluster,
+                op_latency=latencies.op,
             )
             try:
                 yield {
@@ -228,24 +235,27 @@ def create_app(
                     "outbound": outbound,
                     "inbound": inbound,
                     "metric_sources": (outbound, inbound, cluster, RateLimitCounters(http_limiter, op_limiter)),
+                    "latencies": latencies,
                 }
             finally:
-                with anyio.CancelScope(shield=True):
-                    if settings.shutdown == "handover":
-                        await cluster.hand_over()
-                    await manager.aclose()
-                    await cluster.aclose()
-                    await outbound.aclose()  # after the workspaces stopped: their webhooks are stored
-                    await inbound.aclose()
-                    await runtime.aclose()
-                    await the_broker.aclose()
+                steps = [
+                    *([("cluster (hand-over)", cluster.hand_over)] if settings.shutdown == "handover" else []),
+                    ("workspaces", manager.aclose),
+                    ("cluster", cluster.aclose),
+                    ("outbound webhooks", outbound.aclose),  # after the workspaces stopped: their webhooks are stored
+                    ("inbound webhooks", inbound.aclose),
+                    ("runtime", runtime.aclose),
+                    ("broker", the_broker.aclose),
+                ]
+                await close_in_order(steps, settings.drain_timeout_s)
                 tg.cancel_scope.cancel()
 
+    http_routes = [*webhook_routes, *routes]
     app = Starlette(
         routes=[
-            *webhook_routes,
-            *routes,
+            *http_routes,
             WebSocketRoute("/ws/projects/{project_id}", websocket_endpoint),
+            *docs_routes(openapi.build(http_routes)),
             *console_routes(settings),
         ],
         lifespan=lifespan,

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterable, Iterator, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from realtime.cluster.protocol import Cluster
 from realtime.fanout.hub import Hub
 from realtime.log.broker import Broker
+from realtime.web.telemetry import Latencies
 from realtime.workspaces.manager import WorkspaceManager
 from runtime.workspace.lifecycle import State
 
-__all__ = ["CounterSource", "ServiceCollector", "render"]
+__all__ = ["CounterSource", "LatencyCollector", "ServiceCollector", "render"]
 
 
 class CounterSource(Protocol):
@@ -98,9 +107,49 @@ class ServiceCollector(Collector):
         yield from families.values()
 
 
+class LatencyCollector(Collector):
+    """The latency histograms (`realtime.web.telemetry`), and what build this is."""
+
+    def __init__(self, latencies: Latencies | None) -> None:
+        self._latencies = latencies
+
+    def collect(self) -> Iterator[Metric]:
+        yield InfoMetricFamily("realtime_build", "The service's version and Python", value=_build_labels())
+        latencies = self._latencies
+        if latencies is None:
+            return
+        ops = HistogramMetricFamily(
+            "realtime_op_duration_seconds", "Seconds an op took, as its client saw it, by op", labels=["op"]
+        )
+        for op, histogram in latencies.op.items():
+            ops.add_metric([op], histogram.cumulative(), histogram.total)
+        yield ops
+        for name, help_text, histogram in (
+            ("realtime_time_to_ready_seconds", "Seconds from a workspace's start to ready", latencies.ready),
+            ("realtime_append_duration_seconds", "Seconds an event append took", latencies.append),
+            ("realtime_webhook_delivery_duration_seconds", "Seconds an outbound webhook attempt took",
+             latencies.webhook),
+        ):
+            family = HistogramMetricFamily(name, help_text)
+            family.add_metric([], histogram.cumulative(), histogram.total)
+            yield family
+
+
+def _build_labels() -> dict[str, str]:
+    try:
+        release = version("qai-workspace")
+    except PackageNotFoundError:
+        release = "unknown"
+    return {"version": release, "python": platform.python_version()}
+
+
 def render(
-    hub: Hub, manager: WorkspaceManager, broker: Broker, cluster: Cluster, sources: Sequence[CounterSource] = ()
+    hub: Hub, manager: WorkspaceManager, broker: Broker, cluster: Cluster, sources: Sequence[CounterSource] = (),
+    latencies: Latencies | None = None,
 ) -> bytes:
+    """The metrics in Prometheus' text format: the service's, its latencies, and the process' (`process_*`)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServiceCollector(hub, manager, broker, cluster, sources))
+    registry.register(LatencyCollector(latencies))
+    ProcessCollector(registry=registry)
     return generate_latest(registry)

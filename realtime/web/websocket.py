@@ -265,6 +265,7 @@ class _Session:
 
     async def _run_op(self, op: Op, args: OpArgs) -> None:
         assert self._outbox is not None
+        started = time.perf_counter()
         try:
             frame = reply_ok(op.id, await self._perform(op, args))
         except Exception as exc:
@@ -275,6 +276,7 @@ class _Session:
                 error = INTERNAL
             frame = reply_error(op.id, error.code, error.message)
         finally:
+            self.services.op_latency.observe(op.op, time.perf_counter() - started)
             self._in_flight -= 1
             assert self._slots is not None
             self._slots.release()

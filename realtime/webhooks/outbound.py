@@ -23,6 +23,7 @@ import httpx
 from redis.exceptions import RedisError
 from standardwebhooks import Webhook
 
+from realtime.core.histogram import Histogram
 from realtime.log.broker import BrokerUnavailable
 from realtime.webhooks.delivery import (
     Action,
@@ -87,6 +88,8 @@ class OutboundWebhooks:
         self._stopped = anyio.Event()
         #: Counters for the metrics collector.
         self.stats: Counter[str] = Counter()
+        #: Seconds each delivery attempt took, answered or not.
+        self.delivery_latency = Histogram()
 
     @property
     def enabled(self) -> bool:
@@ -202,7 +205,9 @@ class OutboundWebhooks:
 
     async def _attempt(self, delivery: Delivery) -> None:
         try:
+            started = time.perf_counter()
             status, retry_after, error = await self._send(delivery)
+            self.delivery_latency.observe(time.perf_counter() - started)
             decision = self.policy.decide(delivery.attempts, status, retry_after, self._rand())
             # The receiver has answered: record that even while shutting down (not sent again).
             with anyio.CancelScope(shield=True), anyio.move_on_after(5.0):

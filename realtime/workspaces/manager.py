@@ -20,6 +20,7 @@ import httpx
 
 from realtime.config import logs
 from realtime.core.eventlog import Event
+from realtime.core.histogram import Histogram
 from realtime.core.signing import PreviewSigner, PreviewTarget
 from realtime.log.broker import Broker, BrokerUnavailable
 from realtime.workspaces.revocation import Generation, MemoryRevocations, Revocations
@@ -64,6 +65,8 @@ class WorkspaceManager:
         self.events_appended: Counter[str] = Counter()
         self.commands_ended: Counter[str] = Counter()
         self.events_lost: Counter[str] = Counter()
+        #: Seconds each append took (the broker's answer included), for the metrics collector.
+        self.append_latency = Histogram()
         self._generations: dict[str, int] = {}
         self._keys: dict[str, str] = {}
         self._tg: anyio.abc.TaskGroup | None = None
@@ -147,7 +150,9 @@ class WorkspaceManager:
         Raises:
             BrokerUnavailable: the broker stayed unreachable; nothing was appended, nobody is told.
         """
+        started = time.perf_counter()
         event = await self.broker.append(project_id, kind, data)
+        self.append_latency.observe(time.perf_counter() - started)
         self.events_appended[kind] += 1
         if events.is_command_exit(kind, data):
             self.commands_ended[events.command_outcome(data)] += 1
