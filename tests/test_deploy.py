@@ -42,7 +42,7 @@ def compose() -> dict[str, Any]:
 
 def substituted(value: object) -> str:
     """A compose value with `${NAME:?…}`/`${NAME:-default}` filled as a user's .env would."""
-    samples = {"WORKSPACE_DOMAIN": "workspaces.example.com"}
+    samples = {"WORKSPACE_DOMAIN": "workspaces.example.com", "WORKSPACE_MODAL_INBOUND_CIDRS": "203.0.113.0/24"}
 
     def fill(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(3) or ""

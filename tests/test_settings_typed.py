@@ -135,3 +135,14 @@ def test_serve_help_shows_defaults_and_every_variable(capsys: pytest.CaptureFixt
     out = capsys.readouterr().out
     assert "[default: 127.0.0.1]" in out and "[default: 8000;" in out
     assert "WORKSPACE_HISTORY_EVENTS [default: 100000]" in out and "Events of history kept per project." in out
+
+
+def test_the_modal_runtime_off_loopback_needs_the_gateways_networks() -> None:
+    """A tunnel URL serves anyone who learns it: off loopback, Modal needs an inbound allowlist (or an explicit 0/0)."""
+    secrets_env = {"WORKSPACE_TOKEN": "t" * 40, "WORKSPACE_SIGNING_KEY": "k" * 40, "WORKSPACE_RUNTIME": "modal"}
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env(secrets_env, host="0.0.0.0")
+    assert any(problem.startswith("WORKSPACE_MODAL_INBOUND_CIDRS is required") for problem in refused.value.problems)
+    allowed = Settings.from_env({**secrets_env, "WORKSPACE_MODAL_INBOUND_CIDRS": "203.0.113.7/32"}, host="0.0.0.0")
+    assert allowed.modal_inbound_cidrs == ("203.0.113.7/32",)
+    assert Settings.from_env({"WORKSPACE_RUNTIME": "modal"}).modal_inbound_cidrs == ()  # loopback: development

@@ -159,6 +159,10 @@ class Settings:
                       (("WORKSPACE_TOKEN", given.token), ("WORKSPACE_SIGNING_KEY", given.signing_key)) if not value]
             if given.isolation == "none":
                 found.append("WORKSPACE_ISOLATION=none is accepted only when serving on loopback")
+            if given.runtime == "modal" and not _items(given.modal_inbound_cidrs):
+                # A tunnel URL serves anyone who learns it; the gateway is meant to be the only door.
+                found.append("WORKSPACE_MODAL_INBOUND_CIDRS is required with WORKSPACE_RUNTIME=modal off loopback: "
+                             "the gateway's egress networks (0.0.0.0/0,::/0 makes the tunnels public on purpose)")
         if found or given is None:
             raise ConfigError(found)
         return cls._build(given, host, port)

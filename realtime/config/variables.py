@@ -115,7 +115,7 @@ class Variables(BaseSettings):
     modal_registry_secret: str | None = var(None, "Modal: the Modal secret holding REGISTRY_USERNAME/REGISTRY_PASSWORD for a private WORKSPACE_IMAGE.")
     modal_region: str | None = var(None, "Modal: the region sandboxes run in.")
     modal_secrets: str | None = var(None, "Modal: secrets (comma-separated names) every sandbox gets.")
-    modal_inbound_cidrs: str | None = var(None, "Modal: the gateway's egress networks (comma-separated CIDRs); when set, the sandboxes' tunnels accept connections from these only (`inbound_cidr_allowlist`). Unset: tunnels are public by URL.")
+    modal_inbound_cidrs: str | None = var(None, "Modal: the gateway's egress networks (comma-separated CIDRs); when set, the sandboxes' tunnels accept connections from these only (`inbound_cidr_allowlist`). Required off loopback with the modal runtime (0.0.0.0/0,::/0 makes the tunnels public on purpose); unset on loopback: public, for development.")
     max_read_bytes: int = var(8 * 1024 * 1024, "The largest file read whole (bigger files: offset/length).", gt=0)
     file_op_timeout_s: float = var(30.0, "Seconds one file call of a workspace may take.", gt=0)
     max_commands: int = var(32, "Commands running at once per workspace (more: 429 too_many_commands).", gt=0)
