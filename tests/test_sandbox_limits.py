@@ -223,3 +223,14 @@ async def test_terminate_empties_and_removes_the_cgroup(sandbox: LocalSandbox) -
     assert confinement.cgroup.members()
     await sandbox.terminate()
     assert not any(path.exists() for path in dirs)
+
+
+@pytest.mark.anyio
+async def test_check_warns_of_what_the_host_cannot_give(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Without cgroups, `realtime check` still passes but says the limits are missing, and why."""
+    from realtime.check import check_isolation
+    from realtime.config.settings import Settings
+
+    monkeypatch.setattr("runtime.local.host.find_cgroups", lambda: "cgroups are unavailable here")
+    finding = await check_isolation(Settings.from_env({"WORKSPACE_ROOT": str(tmp_path)}))
+    assert finding.ok and "warning: no memory, process or CPU limits: cgroups are unavailable here" in finding.detail

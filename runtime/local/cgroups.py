@@ -16,9 +16,10 @@ Both hierarchies are supported:
   SIGKILL to every pid in `cgroup.procs` until it is empty.
 
 Workspace cgroups live under the server's own cgroup (`<own>/qai/<name>`), so whatever limits
-the server's host gives it still bound its workspaces. `find_cgroups` says why when there are
-none to use (not root, no controllers, v2 without delegation): the caller reports it, never
-silently.
+the server's host gives it still bound its workspaces. Their names carry the server's pid (servers
+sharing a workspace root on one host never share one): `sweep` removes those of servers gone.
+`find_cgroups` says why when there are none to use (not root, no controllers, v2 without
+delegation): the caller reports it, never silently.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import errno
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,19 @@ class Cgroups:
             _write(pid / "pids.max", pids)
             _write(cpu_dir / "cpu.shares", max(2, round(CPU_SHARES * cpu)), optional=True)
         return group
+
+    def sweep(self, prefix: str, alive: Callable[[int], bool]) -> list[str]:
+        """Remove the cgroups named `<prefix><pid>-…` whose server `pid` is gone (it crashed); their names."""
+        gone = []
+        with contextlib.suppress(OSError):
+            for entry in sorted(self.parents[0].iterdir()):
+                pid = entry.name.removeprefix(prefix).partition("-")[0]
+                if entry.name.startswith(prefix) and pid.isdigit() and not alive(int(pid)):
+                    group = WorkspaceCgroup(self.version, tuple(parent / entry.name for parent in self.parents))
+                    with contextlib.suppress(OSError):
+                        group.remove()
+                        gone.append(entry.name)
+        return gone
 
 
 class WorkspaceCgroup:

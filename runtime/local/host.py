@@ -76,11 +76,17 @@ class HostSandboxing:
         layout = await anyio.to_thread.run_sync(host_layout, bwrap, root / ".sandbox" / "etc")
         for line in degraded:
             logger.warning("workspace isolation: %s", line)
-        return cls(root, layout, limits, network, cgroups, prlimit, can_switch_uid(), degraded)
+        host = cls(root, layout, limits, network, cgroups, prlimit, can_switch_uid(), degraded)
+        if cgroups is not None:  # what crashed servers of this root left
+            await anyio.to_thread.run_sync(cgroups.sweep, host._cgroup_prefix(), _alive)
+        return host
+
+    def _cgroup_prefix(self) -> str:
+        return f"{hashlib.sha256(str(self.root).encode()).hexdigest()[:10]}-"
 
     def _cgroup_name(self, name: str) -> str:
-        """Unique per root and workspace (several servers may share a host)."""
-        return f"{hashlib.sha256(str(self.root).encode()).hexdigest()[:10]}-{name}"
+        """Unique per root, server and workspace (servers may share a host and a root)."""
+        return f"{self._cgroup_prefix()}{os.getpid()}-{name}"
 
     async def confine(self, name: str, workspace: Path, uid: int | None, *, network: bool = True) -> Confinement:
         """The confinement of workspace `name` (its directory `workspace`, its uid when switching).
@@ -144,3 +150,12 @@ class HostSandboxing:
 
         return run
 
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
