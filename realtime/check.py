@@ -315,8 +315,8 @@ async def check_isolation(settings: Settings) -> Finding:
     parts = [f"sandbox: bubblewrap ({host.layout.bwrap}), a throwaway sandbox started"]
     parts.append("a uid per workspace" if host.switch_uid else "")
     if host.cgroups is not None:
-        parts.append(f"cgroup v{host.cgroups.version}: memory {limits.memory_mb} MB, {limits.pids} processes, "
-                     f"CPU weight {limits.cpu:g}")
+        cpu = f", CPU weight {limits.cpu:g}" if host.cgroups.version == 2 else " (no CPU weight on cgroup v1)"
+        parts.append(f"cgroup v{host.cgroups.version}: memory {limits.memory_mb} MB, {limits.pids} processes{cpu}")
     parts.append("a network namespace per workspace (no loopback, no private ranges)" if host.network else "")
     detail = ", ".join(part for part in parts if part)
     if host.degraded:

@@ -1,4 +1,4 @@
-"""A control group per workspace sandbox: memory (swap off), process count and CPU weight.
+"""A control group per workspace sandbox: memory (swap off), process count, CPU weight (v2).
 
 Every process of a workspace joins its workspace's cgroup before it becomes the sandbox (the
 wrapper of `join_argv` writes its own pid into each `cgroup.procs`, then execs the rest), so
@@ -10,10 +10,12 @@ Both hierarchies are supported:
 - **v2** (`/sys/fs/cgroup/cgroup.controllers`): one directory; `memory.max`, `memory.swap.max`
   = 0, `pids.max`, `cpu.weight`; the kernel counts OOM kills in `memory.events`; `cgroup.kill`
   ends everything at once.
-- **v1** (`/sys/fs/cgroup/<controller>/`): one directory in each of `memory`, `pids` and `cpu`;
+- **v1** (`/sys/fs/cgroup/<controller>/`): one directory in each of `memory` and `pids`;
   `memory.limit_in_bytes` and `memory.memsw.limit_in_bytes` (swap off, where swap is accounted),
-  `pids.max`, `cpu.shares`; OOM kills counted in `memory.oom_control` (`oom_kill`); ending is
-  SIGKILL to every pid in `cgroup.procs` until it is empty.
+  `pids.max`; OOM kills counted in `memory.oom_control` (`oom_kill`); ending is SIGKILL to every
+  pid in `cgroup.procs` until it is empty. No CPU weight: a v1 `cpu` group's shares compete with
+  each single task of its parent group (the host's root group, usually), so a whole workspace
+  would get the CPU of one process.
 
 Workspace cgroups live under the server's own cgroup (`<own>/qai/<name>`), so whatever limits
 the server's host gives it still bound its workspaces. Their names carry the server's pid (servers
@@ -33,11 +35,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CPU_SHARES", "Cgroups", "WorkspaceCgroup", "find_cgroups", "join_argv"]
+__all__ = ["Cgroups", "WorkspaceCgroup", "find_cgroups", "join_argv"]
 
-#: cgroup v1's default `cpu.shares` (one CPU's worth of weight).
-CPU_SHARES = 1024
-_V1 = ("memory", "pids", "cpu")
+_V1 = ("memory", "pids")
 _V2 = ("memory", "pids", "cpu")
 _PARENT = "qai"
 
@@ -48,7 +48,7 @@ class Cgroups:
 
     Attributes:
         version: 1 or 2.
-        parents: the directories workspace cgroups are made in (v2: one; v1: memory, pids, cpu).
+        parents: the directories workspace cgroups are made in (v2: one; v1: memory, pids).
     """
 
     version: int
@@ -73,12 +73,11 @@ class Cgroups:
             _write(path / "pids.max", pids)
             _write(path / "cpu.weight", max(1, min(10_000, round(100 * cpu))), optional=True)
         else:
-            mem, pid, cpu_dir = dirs
+            mem, pid = dirs
             _write(mem / "memory.limit_in_bytes", memory)
             _write(mem / "memory.memsw.limit_in_bytes", memory, optional=True)  # swap off
             _write(mem / "memory.swappiness", 0, optional=True)
             _write(pid / "pids.max", pids)
-            _write(cpu_dir / "cpu.shares", max(2, round(CPU_SHARES * cpu)), optional=True)
         return group
 
     def sweep(self, prefix: str, alive: Callable[[int], bool]) -> list[str]:

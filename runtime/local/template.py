@@ -242,7 +242,10 @@ def link_tree(src: Path, dest: Path, owner: int | None = None) -> int:
                 target.mkdir()
                 own(target)
             else:
-                if link:
+                if link and rel == "." and name.startswith("."):  # npm's own files (.package-lock.json):
+                    shutil.copy2(source, target)  # it writes them in place, so each workspace gets a copy
+                    own(target)
+                elif link:
                     try:
                         os.link(source, target)
                     except OSError as exc:
