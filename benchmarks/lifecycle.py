@@ -29,7 +29,7 @@ from runtime.base import DEFAULT_TEMPLATE
 from tests.harness import make_settings, running_server
 
 #: Warm starts measured after the cold one.
-WARM = 5
+WARM = 3
 
 
 async def main(isolation: str) -> None:
@@ -41,7 +41,9 @@ async def main(isolation: str) -> None:
         os.environ["HOME"] = str(home)
         root = Path(tmp) / "root"
         def settings(port: int) -> Settings:
-            return dataclasses.replace(make_settings(root, port, template=DEFAULT_TEMPLATE), isolation=isolation)
+            # A loaded machine may take longer than the tests' 30 s to a first answer: measure it, do not fail.
+            base = make_settings(root, port, template=DEFAULT_TEMPLATE, WORKSPACE_START_TIMEOUT_S="600")
+            return dataclasses.replace(base, isolation=isolation)
 
         print(f"isolation: {isolation}", flush=True)
         async with running_server(settings) as server:
@@ -53,12 +55,14 @@ async def main(isolation: str) -> None:
                 result = await server.provision(project)
                 elapsed = time.perf_counter() - started
                 print(f"{label}: {elapsed:6.2f} s to {result['state']} ({result.get('detail') or 'ok'})", flush=True)
-                page = await server.preview_get(result["preview_url"])
-                assert page.status_code == 200, page.status_code
+                if result["state"] == "ready":
+                    page = await server.preview_get(result["preview_url"])
+                    print(f"      preview answered {page.status_code}", flush=True)
+                    if label == "warm":
+                        warm.append(elapsed)
                 await server.client.delete(f"/api/workspaces/{project}")
-                if label == "warm":
-                    warm.append(elapsed)
-            print(f"warm median: {statistics.median(warm):6.2f} s ({isolation})", flush=True)
+            if warm:
+                print(f"warm median: {statistics.median(warm):6.2f} s ({isolation})", flush=True)
 
 
 if __name__ == "__main__":

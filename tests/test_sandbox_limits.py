@@ -125,10 +125,11 @@ async def test_a_fork_bomb_is_bounded(sandbox: LocalSandbox) -> None:
 @pytest.mark.anyio
 async def test_open_files_and_file_size_are_limited(sandbox: LocalSandbox) -> None:
     """The rlimits hold inside, and cannot be raised from there."""
-    code, out = await run(sandbox, "ulimit -n; ulimit -n 100000 2>/dev/null && echo raised; true")
+    _, out = await run(sandbox, "ulimit -n; ulimit -n 100000 2>/dev/null && echo raised; true")
     assert out.split()[0] == str(LIMITS.open_files) and "raised" not in out
-    code, out = await run(sandbox, "head -c 3000000 /dev/zero > big; echo $?")
-    assert os.path.getsize(sandbox.workspace / "big") <= LIMITS.file_size_mb * 1024 * 1024
+    code, _ = await run(sandbox, "head -c 3000000 /dev/zero > big")
+    assert code != 0  # SIGXFSZ
+    assert (await sandbox.read_range("big", 0, 16)).size <= LIMITS.file_size_mb * 1024 * 1024
 
 
 @pytest.mark.anyio
@@ -234,3 +235,39 @@ async def test_check_warns_of_what_the_host_cannot_give(monkeypatch: pytest.Monk
     monkeypatch.setattr("runtime.local.host.find_cgroups", lambda: "cgroups are unavailable here")
     finding = await check_isolation(Settings.from_env({"WORKSPACE_ROOT": str(tmp_path)}))
     assert finding.ok and "warning: no memory, process or CPU limits: cgroups are unavailable here" in finding.detail
+
+
+@needs_root
+def test_cgroup_v2_limits_are_written_where_the_kernel_reads_them(tmp_path: Path) -> None:
+    """On a v2 hierarchy (here a stand-in tree): controllers delegated, memory with swap off, pids, CPU weight."""
+    from runtime.local.cgroups import Cgroups, join_argv
+
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    own = tmp_path / "self.cgroup"
+    own.write_text("0::/srv/qai.service\n")
+    (tmp_path / "srv" / "qai.service").mkdir(parents=True)
+    found = find_cgroups(tmp_path, own)
+    assert isinstance(found, Cgroups) and found.version == 2
+    assert (tmp_path / "srv" / "qai.service" / "cgroup.subtree_control").read_text() == "+memory +pids +cpu\n"
+    group = found.make("ws", memory_mb=64, pids=40, cpu=1.5)
+    path = tmp_path / "srv" / "qai.service" / "qai" / "ws"
+    read = {name: (path / name).read_text().strip() for name in ("memory.max", "memory.swap.max", "pids.max",
+                                                                  "cpu.weight")}
+    assert read == {"memory.max": str(64 << 20), "memory.swap.max": "0", "pids.max": "40", "cpu.weight": "150"}
+    (path / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    assert group.oom_kills() == 1
+    assert join_argv(group, ["true"])[-2:] == [str(path / "cgroup.procs"), "true"]
+
+
+def test_the_namespace_rules_refuse_private_ranges_but_let_dns_through() -> None:
+    """The `ip -batch` lines: DNS to the resolvers first, then every private range and host address refused."""
+    from runtime.local.network import PRIVATE_RANGES, prohibit_batch
+
+    v4 = prohibit_batch([*PRIVATE_RANGES, "192.0.2.2/32"], 4, ["10.255.255.53", "fd00::53"]).splitlines()
+    assert v4[:2] == ["rule add to 10.255.255.53 ipproto udp dport 53 lookup main pref 99",
+                      "rule add to 10.255.255.53 ipproto tcp dport 53 lookup main pref 99"]
+    refused = {line.split()[3] for line in v4[2:]}
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10",
+            "192.0.2.2/32"} <= refused and all("prohibit pref 100" in line for line in v4[2:])
+    v6 = prohibit_batch(PRIVATE_RANGES, 6, ["fd00::53"]).splitlines()
+    assert {"fc00::/7", "fe80::/10"} <= {line.split()[3] for line in v6 if "prohibit" in line}

@@ -59,8 +59,9 @@ __all__ = [
 
 #: What to say when isolation is on and its tools are missing.
 MISSING_TOOLS = (
-    "WORKSPACE_ISOLATION=sandbox needs bubblewrap and pasta: install them (`apt-get install bubblewrap "
-    "passt`, or run scripts/ensure-bwrap.sh), or set WORKSPACE_ISOLATION=none (loopback only)"
+    "WORKSPACE_ISOLATION=sandbox needs bubblewrap, pasta, ip and util-linux: install them (`apt-get install "
+    "bubblewrap passt iproute2 util-linux`, or run scripts/ensure-bwrap.sh), or set WORKSPACE_ISOLATION=none "
+    "(loopback only)"
 )
 #: `WORKSPACE_ISOLATION`: `sandbox` (bubblewrap) or `none` (processes run as the server's user).
 ISOLATIONS = ("sandbox", "none")
