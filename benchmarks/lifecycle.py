@@ -4,9 +4,10 @@ cold: an empty WORKSPACE_ROOT (no template cache) and an empty npm cache, so npm
 warm: further projects on the same root, laid from the template cache (hard-linked node_modules);
 `WARM` of them, one after another.
 
-Run: `make bench` (both isolations, `sandbox` then `none`), or `.venv/bin/python
-benchmarks/lifecycle.py sandbox|none` for one. With `sandbox` every process of a workspace runs
-confined (its uid, cgroup, rlimits, network namespace: see README, Isolation).
+Run: `make bench` (what confinement costs per workspace and per command, then both isolations,
+`sandbox` then `none`), or `.venv/bin/python benchmarks/lifecycle.py overhead|sandbox|none`.
+With `sandbox` every process of a workspace runs confined (its uid, cgroup, rlimits, network
+namespace: see README, Isolation).
 """
 
 from __future__ import annotations
@@ -65,6 +66,35 @@ async def main(isolation: str) -> None:
                 print(f"warm median: {statistics.median(warm):6.2f} s ({isolation})", flush=True)
 
 
+async def overhead(rounds: int = 15) -> None:
+    """What confinement itself costs, less sensitive to a loaded machine than a whole start: the
+    median of `rounds` opens of an empty workspace and its first command (`true`: the sandbox's
+    network namespace and cgroup are made then), and of a further command, per isolation."""
+    from runtime.base import Stream
+    from runtime.local.runtime import LocalRuntime
+
+    async def ignore(_stream: Stream, _text: str) -> None:
+        return None
+
+    with tempfile.TemporaryDirectory(prefix="qai-bench-") as tmp:
+        for isolation in ("none", "sandbox"):
+            runtime = LocalRuntime(Path(tmp) / isolation, None, isolation=isolation)
+            first: list[float] = []
+            again: list[float] = []
+            for n in range(rounds):
+                started = time.perf_counter()
+                sandbox = await runtime.open(f"o{n}")
+                await (await sandbox.exec(["true"], on_output=ignore)).wait()
+                first.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                await (await sandbox.exec(["true"], on_output=ignore)).wait()
+                again.append(time.perf_counter() - started)
+                await sandbox.terminate()
+            print(f"{isolation:>7}: open + first command {1000 * statistics.median(first):6.1f} ms, "
+                  f"another command {1000 * statistics.median(again):6.1f} ms (medians of {rounds})", flush=True)
+
+
 if __name__ == "__main__":
-    for chosen in sys.argv[1:] or ["sandbox", "none"]:
-        anyio.run(main, chosen)
+    chosen = sys.argv[1:] or ["overhead", "sandbox", "none"]
+    for what in chosen:
+        anyio.run(overhead) if what == "overhead" else anyio.run(main, what)

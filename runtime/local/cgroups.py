@@ -150,11 +150,12 @@ class WorkspaceCgroup:
                         time.sleep(0.005)
 
 
-def join_argv(group: WorkspaceCgroup, argv: Sequence[str]) -> list[str]:
-    """`argv` run by a shell that first moves itself into `group` (and fails if it cannot)."""
+def join_argv(group: WorkspaceCgroup, argv: Sequence[str], then: str = "true") -> list[str]:
+    """`argv` run by a shell that first moves itself into `group` and runs `then` (a fixed shell
+    command: rlimits), and fails if either fails."""
     files = group.procs_files
     joins = " && ".join(f'echo $$ > "${index}"' for index in range(1, len(files) + 1))
-    return ["/bin/sh", "-c", f'{joins} && shift {len(files)} && exec "$@"', "sh", *files, *argv]
+    return ["/bin/sh", "-c", f'{joins} && {then} && shift {len(files)} && exec "$@"', "sh", *files, *argv]
 
 
 def find_cgroups(root: Path = Path("/sys/fs/cgroup"), own: Path = Path("/proc/self/cgroup")) -> Cgroups | str:

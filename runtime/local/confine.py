@@ -2,8 +2,9 @@
 
 A command becomes, from the outside in (each step execs the next: one process, one pid):
 
-    sh -c 'echo $$ > …/cgroup.procs …'   join the workspace's cgroup (`runtime.local.cgroups`)
-    prlimit --nofile=… --fsize=…          open files, file size (`runtime.local.limits`)
+    sh -c 'echo $$ > …/cgroup.procs …'   join the workspace's cgroup (`runtime.local.cgroups`), and
+          ulimit -n … && ulimit -f …      open files, file size (`runtime.local.limits`; `prlimit`
+                                          without a cgroup)
     nsenter --net=/proc/<holder>/ns/net   the workspace's network (`runtime.local.network`)
     bwrap … setpriv --reuid=<uid> …       the sandbox, as the workspace's uid (`runtime.local.sandbox`)
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.local.cgroups import WorkspaceCgroup, join_argv
-from runtime.local.limits import DiskMeter, Limits, rlimit_argv
+from runtime.local.limits import DiskMeter, Limits, rlimit_argv, ulimit_script
 from runtime.local.network import WorkspaceNetwork
 from runtime.local.sandbox import Jail, Layout, bwrap_argv, find_program
 
@@ -74,10 +75,10 @@ class Confinement:
         wrapped = bwrap_argv(self.layout, jail, argv)
         if self.network is not None:
             wrapped = self.network.enter(wrapped)
+        if self.cgroup is not None:  # one shell joins the cgroup and sets the rlimits
+            return join_argv(self.cgroup, wrapped, ulimit_script(self.limits))
         if self.prlimit is not None:
             wrapped = rlimit_argv(self.prlimit, self.limits, wrapped)
-        if self.cgroup is not None:
-            wrapped = join_argv(self.cgroup, wrapped)
         return wrapped
 
     def oom_kills(self) -> int:

@@ -1,8 +1,9 @@
 """A workspace sandbox's limits: what they are, the rlimits of its processes, its disk use.
 
 Memory, processes and CPU weight are the workspace cgroup's (`runtime.local.cgroups`); open
-files and file size are rlimits every process of the sandbox inherits (`prlimit` sets them,
-soft and hard, in the wrapper before bubblewrap, so nothing inside can raise them); disk use
+files and file size are rlimits every process of the sandbox inherits (the wrapper shell that
+joins the cgroup sets them with `ulimit`, soft and hard, or `prlimit` without a cgroup, before
+bubblewrap, so nothing inside can raise them); disk use
 is measured (`DiskMeter`: a walk of the workspace, about 0.1 s for a Next.js one, at most every
 30 s) and checked before the file API writes and after each command.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from runtime.errors import DiskLimitExceeded
 
-__all__ = ["DiskMeter", "Limits", "disk_usage", "rlimit_argv"]
+__all__ = ["DiskMeter", "Limits", "disk_usage", "rlimit_argv", "ulimit_script"]
 
 _MB = 1024 * 1024
 
@@ -40,6 +41,11 @@ def rlimit_argv(prlimit: str, limits: Limits, argv: Sequence[str]) -> list[str]:
     """`argv` run with the open-file and file-size limits of `limits` (soft = hard)."""
     files, size = limits.open_files, limits.file_size_mb * _MB
     return [prlimit, f"--nofile={files}:{files}", f"--fsize={size}:{size}", "--", *argv]
+
+
+def ulimit_script(limits: Limits) -> str:
+    """The same limits as shell `ulimit` commands (soft and hard; `-f` counts 512-byte blocks in POSIX sh)."""
+    return f"ulimit -n {limits.open_files} && ulimit -f {limits.file_size_mb * _MB // 512}"
 
 
 def disk_usage(root: Path) -> int:

@@ -210,11 +210,13 @@ async def start_netns(net: Network, port: int, env: dict[str, str]) -> Netns:
                     raise OSError(f"the network namespace holder exited with {holder.returncode}")
                 await anyio.sleep(0.002)
             pasta = _spawn(pasta_argv(net, holder.pid, port), holder.pid, env)
-            while not _has_default_route(holder.pid):  # pasta configures it in a few ms
-                if pasta.poll() is not None:
-                    raise OSError(f"pasta exited with {pasta.returncode}")
-                await anyio.sleep(0.002)
-            await _prohibit(net, holder.pid)
+            async with anyio.create_task_group() as tg:  # the rules need no address: set them meanwhile
+                for family in (4, 6) if _has_ipv6(holder.pid) else (4,):
+                    tg.start_soon(_prohibit, net, holder.pid, family)
+                while not _has_default_route(holder.pid):  # pasta configures it in a few ms
+                    if pasta.poll() is not None:
+                        raise OSError(f"pasta exited with {pasta.returncode}")
+                    await anyio.sleep(0.002)
     except BaseException as exc:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(holder.pid, signal.SIGKILL)
@@ -227,16 +229,14 @@ async def start_netns(net: Network, port: int, env: dict[str, str]) -> Netns:
     return Netns(net, holder, pasta)
 
 
-async def _prohibit(net: Network, holder: int) -> None:
-    """Refuse private ranges and the host's addresses in the namespace of `holder` (or raise OSError)."""
-    destinations = [*PRIVATE_RANGES, *host_addresses()]
-    for family in (4, 6) if _has_ipv6(holder) else (4,):
-        argv = enter_argv(net, holder, [net.ip, f"-{family}", "-batch", "-"])
-        batch = prohibit_batch(destinations, family, resolvers())
-        result = await anyio.run_process(argv, input=batch.encode(), check=False)
-        if result.returncode != 0:
-            detail = result.stderr.decode(errors="replace")[:200]
-            raise OSError(f"cannot refuse private ranges in the namespace: {detail}")
+async def _prohibit(net: Network, holder: int, family: int) -> None:
+    """Refuse private ranges and the host's addresses of one family in the namespace of `holder` (or raise OSError)."""
+    argv = enter_argv(net, holder, [net.ip, f"-{family}", "-batch", "-"])
+    batch = prohibit_batch([*PRIVATE_RANGES, *host_addresses()], family, resolvers())
+    result = await anyio.run_process(argv, input=batch.encode(), check=False)
+    if result.returncode != 0:
+        detail = result.stderr.decode(errors="replace")[:200]
+        raise OSError(f"cannot refuse private ranges in the namespace: {detail}")
 
 
 def _has_ipv6(pid: int) -> bool:
