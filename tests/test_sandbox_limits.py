@@ -23,6 +23,7 @@ from runtime.errors import DiskLimitExceeded
 from runtime.local.cgroups import find_cgroups
 from runtime.local.identity import TEMPLATE_UID, uid_for
 from runtime.local.limits import Limits
+from runtime.local.network import host_addresses
 from runtime.local.runtime import LocalRuntime, LocalSandbox
 from runtime.local.template import TemplateCache
 from runtime.workspace.commands import CommandRun, finish_command, start_command
@@ -198,7 +199,8 @@ async def test_private_addresses_of_the_host_are_unreachable(sandbox: LocalSandb
     try:
         async with await anyio.create_tcp_listener(local_host="0.0.0.0") as service:
             port = service.extra(anyio.abc.SocketAttribute.local_port)
-            for host in (private, "169.254.169.254"):
+            others = [a.split("/")[0] for a in host_addresses() if "." in a and not a.startswith("127.")]
+            for host in (private, "169.254.169.254", *others):  # others: the host's own (eth0's) addresses
                 _, out = await run(sandbox, CONNECT.format(host=host, port=port))
                 assert "CONNECTED" not in out, (host, out)
     finally:
