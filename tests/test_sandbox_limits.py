@@ -21,6 +21,7 @@ import pytest
 from runtime.base import FileUpload
 from runtime.errors import DiskLimitExceeded
 from runtime.local.cgroups import find_cgroups
+from runtime.local.host import pid_alive
 from runtime.local.identity import TEMPLATE_UID, uid_for
 from runtime.local.limits import Limits
 from runtime.local.network import host_addresses
@@ -273,3 +274,19 @@ def test_the_namespace_rules_refuse_private_ranges_but_let_dns_through() -> None
             "192.0.2.2/32"} <= refused and all("prohibit pref 100" in line for line in v4[2:])
     v6 = prohibit_batch(PRIVATE_RANGES, 6, ["fd00::53"]).splitlines()
     assert {"fc00::/7", "fe80::/10"} <= {line.split()[3] for line in v6 if "prohibit" in line}
+
+
+@needs_cgroups
+def test_cgroups_of_servers_gone_are_swept() -> None:
+    """A cgroup a dead server left (its pid in the name) is emptied and removed; a live server's is kept."""
+
+    assert not isinstance(CGROUPS, str)
+    dead = CGROUPS.make(f"feedbeef00-{2**22 + 1}-gone", memory_mb=64, pids=8, cpu=1.0)
+    live = CGROUPS.make(f"feedbeef00-{os.getpid()}-kept", memory_mb=64, pids=8, cpu=1.0)
+    try:
+        gone = CGROUPS.sweep(lambda pid: pid != 2**22 + 1 and pid_alive(pid))
+        assert f"feedbeef00-{2**22 + 1}-gone" in gone and not any(path.exists() for path in dead.dirs)
+        assert all(path.exists() for path in live.dirs)
+    finally:
+        live.remove()
+        dead.remove()

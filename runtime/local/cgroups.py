@@ -80,13 +80,14 @@ class Cgroups:
             _write(pid / "pids.max", pids)
         return group
 
-    def sweep(self, prefix: str, alive: Callable[[int], bool]) -> list[str]:
-        """Remove the cgroups named `<prefix><pid>-…` whose server `pid` is gone (it crashed); their names."""
+    def sweep(self, alive: Callable[[int], bool]) -> list[str]:
+        """Remove the cgroups named `<root hash>-<pid>-<name>` whose server `pid` is gone (it crashed,
+        or never terminated them); return their names."""
         gone = []
         with contextlib.suppress(OSError):
             for entry in sorted(self.parents[0].iterdir()):
-                pid = entry.name.removeprefix(prefix).partition("-")[0]
-                if entry.name.startswith(prefix) and pid.isdigit() and not alive(int(pid)):
+                parts = entry.name.split("-", 2)
+                if len(parts) == 3 and parts[1].isdigit() and not alive(int(parts[1])):
                     group = WorkspaceCgroup(self.version, tuple(parent / entry.name for parent in self.parents))
                     with contextlib.suppress(OSError):
                         group.remove()

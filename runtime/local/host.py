@@ -32,7 +32,7 @@ from runtime.local.network import Network, WorkspaceNetwork, find_network_tools,
 from runtime.local.process import LocalProcess, base_env
 from runtime.local.sandbox import HOME, MISSING_TOOLS, Layout, find_bwrap, host_layout
 
-__all__ = ["HostSandboxing", "InstallRunner"]
+__all__ = ["HostSandboxing", "InstallRunner", "pid_alive"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,16 +77,13 @@ class HostSandboxing:
         for line in degraded:
             logger.warning("workspace isolation: %s", line)
         host = cls(root, layout, limits, network, cgroups, prlimit, can_switch_uid(), degraded)
-        if cgroups is not None:  # what crashed servers of this root left
-            await anyio.to_thread.run_sync(cgroups.sweep, host._cgroup_prefix(), _alive)
+        if cgroups is not None:  # what servers gone (crashed) left
+            await anyio.to_thread.run_sync(cgroups.sweep, pid_alive)
         return host
-
-    def _cgroup_prefix(self) -> str:
-        return f"{hashlib.sha256(str(self.root).encode()).hexdigest()[:10]}-"
 
     def _cgroup_name(self, name: str) -> str:
         """Unique per root, server and workspace (servers may share a host and a root)."""
-        return f"{self._cgroup_prefix()}{os.getpid()}-{name}"
+        return f"{hashlib.sha256(str(self.root).encode()).hexdigest()[:10]}-{os.getpid()}-{name}"
 
     async def confine(self, name: str, workspace: Path, uid: int | None, *, network: bool = True) -> Confinement:
         """The confinement of workspace `name` (its directory `workspace`, its uid when switching).
@@ -151,7 +148,8 @@ class HostSandboxing:
         return run
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (whoever's it is)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
