@@ -287,23 +287,46 @@ def check_local_runtime(settings: Settings, which: Callable[[str], str | None] =
 
 
 async def check_isolation(settings: Settings) -> Finding:
-    """The isolation in force; with `sandbox`, a throwaway sandbox is started to prove it works here."""
-    from runtime.local.network import find_network_tools
-    from runtime.local.sandbox import MISSING_TOOLS, Jail, bwrap_argv, find_bwrap, host_layout
+    """The isolation in force; with `sandbox`, a throwaway sandbox (its uid, cgroup and limits) is started
+    to prove it works here, and what the host cannot give sandboxes is reported as a warning."""
+    from realtime.web.app import local_limits
+    from runtime.errors import ProviderError
+    from runtime.local.host import HostSandboxing
+    from runtime.local.identity import uid_for
 
     if settings.isolation == "none":
         return Finding("isolation", True, "none: workspaces run as the server's user (loopback only)")
-    bwrap = find_bwrap()
-    if bwrap is None or find_network_tools() is None:
-        return Finding("isolation", False, MISSING_TOOLS)
+    limits = local_limits(settings)
     with tempfile.TemporaryDirectory(prefix="realtime-check-") as scratch:
-        layout = await anyio.to_thread.run_sync(host_layout, bwrap, Path(scratch) / "etc")
-        jail = Jail(Path(scratch), Path(scratch), env={"PATH": "/usr/bin:/bin"})
-        result = await anyio.run_process(bwrap_argv(layout, jail, ["true"]), check=False)
+        root = Path(scratch)
+        try:
+            host = await HostSandboxing.find(root, limits)
+        except ProviderError as exc:
+            return Finding("isolation", False, str(exc))
+        workspace = root / "workspace"
+        workspace.mkdir()
+        try:
+            confinement = await host.confine("check", workspace, uid_for("check"), network=False)
+        except ProviderError as exc:
+            return Finding("isolation", False, f"sandbox: {exc}")
+        try:
+            argv = confinement.argv(workspace, workspace, {"PATH": "/usr/bin:/bin"}, ["true"])
+            result = await anyio.run_process(argv, check=False)
+        finally:
+            await anyio.to_thread.run_sync(confinement.close)
     if result.returncode != 0:
         detail = result.stderr.decode(errors="replace").strip()[:200]
-        return Finding("isolation", False, f"sandbox: {bwrap} cannot start a sandbox here: {detail}")
-    return Finding("isolation", True, f"sandbox: bubblewrap ({bwrap}), a throwaway sandbox started")
+        return Finding("isolation", False, f"sandbox: {host.layout.bwrap} cannot start a sandbox here: {detail}")
+    parts = [f"sandbox: bubblewrap ({host.layout.bwrap}), a throwaway sandbox started"]
+    parts.append("a uid per workspace" if host.switch_uid else "")
+    if host.cgroups is not None:
+        cpu = f", CPU weight {limits.cpu:g}" if host.cgroups.version == 2 else " (no CPU weight on cgroup v1)"
+        parts.append(f"cgroup v{host.cgroups.version}: memory {limits.memory_mb} MB, {limits.pids} processes{cpu}")
+    parts.append("a network namespace per workspace (no loopback, no private ranges)" if host.network else "")
+    detail = ", ".join(part for part in parts if part)
+    if host.degraded:
+        detail += f" (warning: {'; '.join(host.degraded)})"
+    return Finding("isolation", True, detail)
 
 
 # --- the variables themselves: the typed model of realtime.config.variables ---------------------

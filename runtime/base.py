@@ -18,6 +18,7 @@ __all__ = [
     "ChangeKind",
     "DevReattach",
     "DirEntry",
+    "ExplainsExit",
     "FileChange",
     "FileRange",
     "FileUpload",
@@ -98,6 +99,15 @@ class Process(Protocol):
 
     @property
     def returncode(self) -> int | None: ...
+
+
+@runtime_checkable
+class ExplainsExit(Protocol):
+    """A process that can say which of its sandbox's limits ended it (the local runtime's)."""
+
+    async def limit_note(self) -> str | None:
+        """After `wait()`: a sentence for a `system` log line if a limit ended or hampered it, else None."""
+        ...
 
 
 class Sandbox(Protocol):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "BadRange",
+    "DiskLimitExceeded",
     "FileNotFound",
     "FileOpTimeout",
     "FileTooLarge",
@@ -46,6 +47,12 @@ class FileTooLarge(RuntimeFailure):
     def __init__(self, message: str, size: int) -> None:
         super().__init__(message)
         self.size = size
+
+
+class DiskLimitExceeded(RuntimeFailure):
+    """A write would take the workspace over its disk limit (`WORKSPACE_DISK_LIMIT_MB`); nothing was written."""
+
+    code = "disk_limit"
 
 
 class BadRange(RuntimeFailure, ValueError):

@@ -6,6 +6,7 @@ import math
 
 from runtime.errors import (
     BadRange,
+    DiskLimitExceeded,
     FileNotFound,
     FileOpTimeout,
     FileTooLarge,
@@ -70,6 +71,7 @@ _STATUS: list[tuple[type[RuntimeFailure], int]] = [
     (FileNotFound, 404),
     (WorkspaceBusy, 409),
     (FileTooLarge, 413),
+    (DiskLimitExceeded, 507),
     (FileOpTimeout, 504),
     (TooManyCommands, 429),
     (ProviderError, 502),

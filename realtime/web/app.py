@@ -51,6 +51,7 @@ from runtime.errors import RuntimeFailure
 from runtime.workspace.lifecycle import LifecycleConfig
 
 if TYPE_CHECKING:
+    from runtime.local.limits import Limits
     from runtime.modal import ModalConfig
 
 __all__ = ["create_app", "make_broker", "make_cluster", "make_runtime", "modal_config"]
@@ -107,12 +108,22 @@ def make_runtime(settings: Settings) -> Runtime:
         root = settings.root.resolve()
         template = TemplateCache(settings.template_dir, root / ".template-cache")
         return LocalRuntime(root, template, max_read_bytes=settings.max_read_bytes,
-                            file_op_timeout_s=settings.file_op_timeout_s, isolation=settings.isolation)
+                            file_op_timeout_s=settings.file_op_timeout_s, isolation=settings.isolation,
+                            limits=local_limits(settings))
     if settings.runtime == "modal":
         from runtime.modal import ModalRuntime
 
         return ModalRuntime(modal_config(settings))
     raise ValueError(f"runtime {settings.runtime!r} is not available in this build")
+
+
+def local_limits(settings: Settings) -> Limits:
+    """Each local sandbox's limits, from the settings."""
+    from runtime.local.limits import Limits
+
+    return Limits(memory_mb=settings.memory_mb, pids=settings.pids_limit, cpu=settings.cpu,
+                  open_files=settings.open_files, file_size_mb=settings.file_size_mb,
+                  disk_mb=settings.disk_limit_mb)
 
 
 def modal_config(settings: Settings) -> ModalConfig:

@@ -35,11 +35,16 @@ class _Planned:
 
 @dataclass(frozen=True, slots=True)
 class WorkspaceFiles:
-    """File operations confined to `root`. `staging` must be on the same filesystem."""
+    """File operations confined to `root`. `staging` must be on the same filesystem.
+
+    `owner`: the uid (and gid) files and directories written here are given to (the workspace
+    sandbox's, `runtime.local.identity`), or `None` to leave them the server's.
+    """
 
     root: Path
     staging: Path
     echo: EchoSuppression
+    owner: int | None = None
 
     def write(self, files: Sequence[FileUpload]) -> list[WrittenFile]:
         """Write `files` all or nothing.
@@ -60,6 +65,8 @@ class WorkspaceFiles:
                 path = batch / str(index)
                 with open(path, "xb") as fh:
                     fh.write(item.upload.content)
+                    if self.owner is not None:
+                        os.fchown(fh.fileno(), self.owner, self.owner)
                 staged.append(path)
                 digest = hashlib.sha256(item.upload.content).hexdigest()
                 results.append(WrittenFile(item.rel, digest, item.change))
@@ -103,7 +110,7 @@ class WorkspaceFiles:
                 if item.change is ChangeKind.modified:
                     backup = batch / f"old-{index}"
                     _preserve(item.target, backup)
-                item.target.parent.mkdir(parents=True, exist_ok=True)
+                self._make_parents(item.rel)
                 # rename keeps mtime and size, so the state after the rename is known before it
                 self.echo.expect(item.rel, file_state(path))
                 os.replace(path, item.target)
@@ -115,6 +122,18 @@ class WorkspaceFiles:
                 else:
                     item.target.unlink(missing_ok=True)
             raise
+
+    def _make_parents(self, rel: str) -> None:
+        """The missing directories of `rel`, one at a time, each given to the owner."""
+        path = self.root
+        for part in rel.split("/")[:-1]:
+            path = path / part
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                continue
+            if self.owner is not None:
+                os.chown(path, self.owner, self.owner, follow_symlinks=False)
 
     def read(self, rel: str, limit: int) -> bytes:
         """The whole regular file, at most `limit` bytes (see `runtime.local.reads`).

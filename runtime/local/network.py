@@ -10,6 +10,14 @@ which joins it. pasta gives it a copy of the host's address and routes, and:
 - `-t 127.0.0.1/<port>`: the host's 127.0.0.1:<port> (the workspace's dev port) is forwarded
   into the namespace's own loopback, where the dev server listens: the gateway reaches it there.
 
+Once pasta has configured it, policy routing rules in the namespace (`ip rule … prohibit`, set
+by the server as root before any sandbox process enters; no sandbox has a capability over the
+namespace) refuse every private and link-local range (`PRIVATE_RANGES`: the host's LAN, a
+cloud's metadata address, carrier-grade NAT, IPv6 ULA and link-local) and every other address
+of the host: only the internet stays reachable, and DNS (port 53 only) to the name servers of
+the host's resolv.conf, which the sandbox shares. They sit after the namespace's local table
+(its own addresses and loopback) and before its routes.
+
 Both run in one process group (recorded, so a later server can kill what a crashed one left)
 and with a parent-death signal: they end with the server thread that started them, and with
 the sandbox's `close()`.
@@ -21,6 +29,7 @@ place: the process tree is unchanged). `holder_argv`, `pasta_argv` and `enter_ar
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import shutil
 import signal
@@ -37,6 +46,7 @@ from runtime.local.groups import PidFile
 
 __all__ = [
     "NOBODY",
+    "PRIVATE_RANGES",
     "Netns",
     "Network",
     "WorkspaceNetwork",
@@ -50,26 +60,76 @@ __all__ = [
 
 #: The host user the namespace's holder and pasta run as.
 NOBODY = 65534
+#: What a sandbox may not reach (besides the host's own addresses).
+PRIVATE_RANGES = (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10", "127.0.0.0/8",
+    "0.0.0.0/8", "fc00::/7", "fe80::/10", "::ffff:0:0/96",
+)
+#: The preference of the prohibiting rules: after the local table (0), before the main one.
+RULE_PREF = 100
 
 
 @dataclass(frozen=True)
 class Network:
-    """The tools: pasta, nsenter, unshare and setpriv (util-linux)."""
+    """The tools: pasta, nsenter, unshare and setpriv (util-linux), ip (iproute2)."""
 
     pasta: str
     nsenter: str
     unshare: str
     setpriv: str
+    ip: str = "/usr/sbin/ip"
 
 
 def find_network_tools() -> Network | None:
     """The tools a network namespace needs, or `None` if one is missing."""
     found = [shutil.which(tool) or shutil.which(tool, path="/usr/bin:/bin:/usr/sbin:/sbin")
-             for tool in ("pasta", "nsenter", "unshare", "setpriv")]
+             for tool in ("pasta", "nsenter", "unshare", "setpriv", "ip")]
     if any(path is None for path in found):
         return None
-    pasta, nsenter, unshare, setpriv = (str(path) for path in found)
-    return Network(pasta, nsenter, unshare, setpriv)
+    pasta, nsenter, unshare, setpriv, ip = (str(path) for path in found)
+    return Network(pasta, nsenter, unshare, setpriv, ip)
+
+
+def prohibit_batch(destinations: Sequence[str], family: int, resolvers: Sequence[str] = ()) -> str:
+    """`ip -<family> -batch` lines refusing `destinations` of one address family (4 or 6) in a
+    namespace, except DNS (port 53) to the host's `resolvers` (often on a private address)."""
+    def of_family(address: str) -> bool:
+        return (":" in address) == (family == 6)
+
+    lines = [f"rule add to {r} ipproto {proto} dport 53 lookup main pref {RULE_PREF - 1}\n"
+             for r in resolvers if of_family(r) for proto in ("udp", "tcp")]
+    lines += [f"rule add to {d} prohibit pref {RULE_PREF}\n" for d in destinations if of_family(d)]
+    return "".join(lines)
+
+
+def resolvers(path: Path = Path("/etc/resolv.conf")) -> list[str]:
+    """The name servers of `path` (the sandbox sees the same file)."""
+    found = []
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            words = line.split()
+            if len(words) >= 2 and words[0] == "nameserver":
+                with contextlib.suppress(ValueError):
+                    found.append(str(ipaddress.ip_address(words[1].split("%")[0])))
+    return found
+
+
+def host_addresses() -> list[str]:
+    """Every address of this host's interfaces, as /32 or /128 prefixes (read from /proc)."""
+    found: list[str] = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/if_inet6").read_text().splitlines():
+            raw = line.split()[0]
+            found.append(str(ipaddress.IPv6Address(bytes.fromhex(raw))) + "/128")
+    with contextlib.suppress(OSError):
+        last = ""
+        for line in Path("/proc/net/fib_trie").read_text().splitlines():
+            words = line.split()
+            if words[:1] == ["|--"]:
+                last = words[1]
+            elif "/32 host LOCAL" in line and last:
+                found.append(last + "/32")
+    return sorted(set(found))
 
 
 def _as_nobody(net: Network) -> list[str]:
@@ -150,10 +210,13 @@ async def start_netns(net: Network, port: int, env: dict[str, str]) -> Netns:
                     raise OSError(f"the network namespace holder exited with {holder.returncode}")
                 await anyio.sleep(0.002)
             pasta = _spawn(pasta_argv(net, holder.pid, port), holder.pid, env)
-            while not _has_default_route(holder.pid):  # pasta configures it in a few ms
-                if pasta.poll() is not None:
-                    raise OSError(f"pasta exited with {pasta.returncode}")
-                await anyio.sleep(0.002)
+            async with anyio.create_task_group() as tg:  # the rules need no address: set them meanwhile
+                for family in (4, 6) if _has_ipv6(holder.pid) else (4,):
+                    tg.start_soon(_prohibit, net, holder.pid, family)
+                while not _has_default_route(holder.pid):  # pasta configures it in a few ms
+                    if pasta.poll() is not None:
+                        raise OSError(f"pasta exited with {pasta.returncode}")
+                    await anyio.sleep(0.002)
     except BaseException as exc:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(holder.pid, signal.SIGKILL)
@@ -164,6 +227,21 @@ async def start_netns(net: Network, port: int, env: dict[str, str]) -> Netns:
             raise OSError("the network namespace was not configured in time") from None
         raise
     return Netns(net, holder, pasta)
+
+
+async def _prohibit(net: Network, holder: int, family: int) -> None:
+    """Refuse private ranges and the host's addresses of one family in the namespace of `holder` (or raise OSError)."""
+    argv = enter_argv(net, holder, [net.ip, f"-{family}", "-batch", "-"])
+    batch = prohibit_batch([*PRIVATE_RANGES, *host_addresses()], family, resolvers())
+    result = await anyio.run_process(argv, input=batch.encode(), check=False)
+    if result.returncode != 0:
+        detail = result.stderr.decode(errors="replace")[:200]
+        raise OSError(f"cannot refuse private ranges in the namespace: {detail}")
+
+
+def _has_ipv6(pid: int) -> bool:
+    """Whether IPv6 is on in the network namespace of `pid`."""
+    return os.path.exists(f"/proc/{pid}/net/if_inet6")
 
 
 def _netns_inode(pid: int) -> int | None:

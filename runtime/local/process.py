@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 import anyio
@@ -76,6 +76,8 @@ class LocalProcess:
         self._returncode: int | None = None
         self._done = anyio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: Set by a sandbox with limits: says, from the exit code, whether one of them ended the process.
+        self.explain: Callable[[int], Awaitable[str | None]] | None = None
 
     @classmethod
     def start(cls, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], on_output: OutputSink,
@@ -117,6 +119,12 @@ class LocalProcess:
         await self._done.wait()
         assert self._returncode is not None
         return self._returncode
+
+    async def limit_note(self) -> str | None:
+        """After `wait()`: why a limit of the sandbox ended the process, if one did (`runtime.base.ExplainsExit`)."""
+        if self.explain is None or self.returncode is None:
+            return None
+        return await self.explain(self.returncode)
 
     async def kill(self, sig: int) -> None:
         # Once done, the group is gone and its id may be reused: signal nothing.

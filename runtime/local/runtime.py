@@ -8,13 +8,14 @@ Layout under `root`:
     .homes/<project_id>/       the home directory of the project's sandbox (npm's cache)
     .sandbox/etc/              the passwd and group files every sandbox sees
 
-With `isolation="sandbox"` (the default) every process runs in a bubblewrap sandbox in the
-workspace's own network namespace (`runtime.local.sandbox`, `runtime.local.network`); with
+With `isolation="sandbox"` (the default) every process runs confined (`runtime.local.confine`:
+a bubblewrap sandbox as the workspace's own uid, in its cgroup and network namespace); with
 `"none"` as the server's user, and path confinement guards only against bad requests.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -28,23 +29,17 @@ from pathlib import Path
 import anyio
 
 from runtime.base import PROJECT_ID_PATTERN, DirEntry, FileChange, FileRange, FileUpload, OutputSink, WrittenFile
-from runtime.errors import FileNotFound, NotADirectory, PathError, ProviderError
+from runtime.errors import FileNotFound, NotADirectory, PathError, ProviderError, RuntimeFailure
 from runtime.local.calls import FileCalls
+from runtime.local.confine import Confinement, memory_note
 from runtime.local.files import WorkspaceFiles
 from runtime.local.groups import WORKSPACE_ENV, PidFile, kill_stale_groups
-from runtime.local.network import Network, WorkspaceNetwork, find_network_tools, free_port
+from runtime.local.host import HostSandboxing
+from runtime.local.identity import uid_for
+from runtime.local.limits import Limits
+from runtime.local.network import free_port
 from runtime.local.process import LocalProcess, base_env
-from runtime.local.sandbox import (
-    HOME,
-    ISOLATIONS,
-    MISSING_TOOLS,
-    Jail,
-    Layout,
-    bwrap_argv,
-    find_bwrap,
-    find_program,
-    host_layout,
-)
+from runtime.local.sandbox import HOME, ISOLATIONS, Jail, bwrap_argv
 from runtime.local.template import TemplateCache
 from runtime.paths import resolve_in
 from runtime.reads import DEFAULT_MAX_READ_BYTES
@@ -74,18 +69,17 @@ class LocalSandbox:
                  env: Mapping[str, str] | None = None,
                  on_close: Callable[[LocalSandbox], None] = lambda _: None,
                  max_read_bytes: int = DEFAULT_MAX_READ_BYTES, calls: FileCalls | None = None,
-                 layout: Layout | None = None, home: Path | None = None,
-                 network: WorkspaceNetwork | None = None) -> None:
+                 confinement: Confinement | None = None) -> None:
         self.project_id = project_id
-        self._network = network
-        self._layout = layout
-        self._home = home
+        self._confinement = confinement
+        self._network = confinement.network if confinement is not None else None
         self.workspace = Path(os.path.realpath(workspace))
         self._env = dict(env or {})
         self._pids = pids
         self._on_close = on_close
         self._echo = EchoSuppression()
-        self._files = WorkspaceFiles(self.workspace, staging, self._echo)
+        self._files = WorkspaceFiles(self.workspace, staging, self._echo,
+                                     owner=confinement.uid if confinement is not None else None)
         self._max_read_bytes = max_read_bytes
         self._calls = calls or FileCalls(self.FILE_CALLS, _FILE_OP_TIMEOUT_S)
         self._processes: set[LocalProcess] = set()
@@ -99,7 +93,14 @@ class LocalSandbox:
 
     async def write_files(self, files: Sequence[FileUpload]) -> list[WrittenFile]:
         batch = list(files)
-        return await self._calls.run("write files", lambda: self._files.write(batch))
+        disk = self._confinement.disk if self._confinement is not None else None
+
+        def write() -> list[WrittenFile]:
+            if disk is not None:
+                disk.check(sum(len(upload.content) for upload in batch))
+            return self._files.write(batch)
+
+        return await self._calls.run("write files", write)
 
     async def read_file(self, path: str) -> bytes:
         return await self._calls.run(f"read {path!r}", lambda: self._files.read(path, self._max_read_bytes))
@@ -144,7 +145,7 @@ class LocalSandbox:
                 await anyio.to_thread.run_sync(self._network.close)
                 raise ProviderError(f"sandbox {self.project_id!r} was terminated")
         try:
-            if self._layout is None:
+            if self._confinement is None:
                 proc = LocalProcess.start(argv, cwd=workdir, env=base_env(self.workspace, self._env, env),
                                           on_output=on_output, on_exit=self._exited)
             else:
@@ -157,17 +158,27 @@ class LocalSandbox:
 
     def _start_sandboxed(self, argv: Sequence[str], workdir: Path, env: Mapping[str, str] | None,
                          on_output: OutputSink) -> LocalProcess:
-        assert self._layout is not None and self._home is not None
+        confinement = self._confinement
+        assert confinement is not None
         inner = base_env(self.workspace, {"HOME": str(HOME)}, self._env, env)
         del inner[WORKSPACE_ENV]  # the host path stays outside; the wrapper carries the marker
-        jail = Jail(self.workspace, self._home, workdir, inner)
-        find_program(self._layout, jail, argv[0])
+        wrapped = confinement.argv(self.workspace, workdir, inner, argv)
         outer = {"PATH": inner["PATH"], WORKSPACE_ENV: str(self.workspace)}
-        wrapped = bwrap_argv(self._layout, jail, argv)
-        if self._network is not None:
-            wrapped = self._network.enter(wrapped)
-        return LocalProcess.start(wrapped, cwd=self.workspace, env=outer,
+        oom_kills = confinement.oom_kills()
+        proc = LocalProcess.start(wrapped, cwd=self.workspace, env=outer,
                                   on_output=on_output, on_exit=self._exited, sandboxed=True)
+
+        async def explain(code: int) -> str | None:
+            notes = []
+            if code != 0 and confinement.oom_kills() > oom_kills:
+                notes.append(memory_note(confinement.limits.memory_mb))
+            with contextlib.suppress(RuntimeFailure):
+                if over := await self._calls.run("measure the disk", confinement.disk.over):
+                    notes.append(over)
+            return "; ".join(notes) or None
+
+        proc.explain = explain
+        return proc
 
     def _workdir(self, cwd: str) -> Path:
         path = resolve_in(self.workspace, cwd, allow_root=True)
@@ -218,9 +229,9 @@ class LocalSandbox:
         async with anyio.create_task_group() as tg:
             for proc in list(self._processes):
                 tg.start_soon(proc.terminate, grace)
-        if self._network is not None:
+        if self._confinement is not None:  # whatever escaped its group (the cgroup has it), the network
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._network.close)
+                await anyio.to_thread.run_sync(self._confinement.close)
         self._on_close(self)
 
     async def detach(self) -> None:
@@ -242,18 +253,20 @@ class LocalRuntime:
         file_op_timeout_s: how long a file call may take (`WORKSPACE_FILE_OP_TIMEOUT_S`).
         isolation: `sandbox` (every process in a bubblewrap sandbox) or `none`
             (`WORKSPACE_ISOLATION`); anything else raises ValueError.
+        limits: each sandbox's limits (with `sandbox`).
     """
 
     name = "local"
 
     def __init__(self, root: Path, template: TemplateCache | None, *,
                  env: Mapping[str, str] | None = None, max_read_bytes: int = DEFAULT_MAX_READ_BYTES,
-                 file_op_timeout_s: float = _FILE_OP_TIMEOUT_S, isolation: str = "sandbox") -> None:
+                 file_op_timeout_s: float = _FILE_OP_TIMEOUT_S, isolation: str = "sandbox",
+                 limits: Limits | None = None) -> None:
         if isolation not in ISOLATIONS:
             raise ValueError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
         self.isolation = isolation
-        self._layout: Layout | None = None
-        self._network: Network | None = None
+        self.limits = limits or Limits()
+        self._host: HostSandboxing | None = None
         self.root = Path(root)
         self.template = template
         self._env = dict(env or {})
@@ -285,51 +298,36 @@ class LocalRuntime:
         async with lock:
             if (sandbox := self._sandboxes.get(project_id)) is not None:
                 return sandbox
+            host = await self.sandboxing()
             if not await anyio.to_thread.run_sync(workspace.is_dir):
-                await self._provision(workspace)
+                await self._provision(workspace, uid_for(project_id) if host and host.switch_uid else None)
             pids = PidFile(self.root / ".pids" / project_id)
             marker = await anyio.to_thread.run_sync(os.path.realpath, workspace)
             await kill_stale_groups(pids, marker)
-            layout = await self._sandbox_layout()
-            home = network = None
-            if layout is not None:
-                home = self.root / ".homes" / project_id
-                await anyio.to_thread.run_sync(lambda: home.mkdir(parents=True, exist_ok=True))
-                network = await self._workspace_network(project_id, marker)
+            confinement = None
+            if host is not None:
+                confinement = await host.confine(project_id, workspace, uid_for(project_id))
             calls = self._calls.setdefault(project_id, FileCalls(LocalSandbox.FILE_CALLS, self._file_op_timeout_s))
             sandbox = LocalSandbox(project_id, workspace, self.root / ".staging", pids, env=self._env,
                                    on_close=self._forget, max_read_bytes=self._max_read_bytes, calls=calls,
-                                   layout=layout, home=home, network=network)
+                                   confinement=confinement)
             self._sandboxes[project_id] = sandbox
             return sandbox
 
-    async def _sandbox_layout(self) -> Layout | None:
-        """The host layout sandboxes are built on (found once), or `None` without isolation.
+    async def sandboxing(self) -> HostSandboxing | None:
+        """What the host offers sandboxes (found once), or `None` without isolation.
 
         Raises ProviderError if isolation is on and its tools are missing.
         """
         if self.isolation == "none":
             return None
-        if self._layout is None:
-            bwrap, self._network = find_bwrap(), find_network_tools()
-            if bwrap is None or self._network is None:
-                raise ProviderError(MISSING_TOOLS)
-            if os.geteuid() != 0:  # entering the namespace needs root; bwrap alone does not
-                logger.warning("workspaces share the host's network: their own needs the server to run as root")
-                self._network = None
-            self._layout = await anyio.to_thread.run_sync(host_layout, bwrap, self.root / ".sandbox" / "etc")
-        return self._layout
+        if self._host is None:
+            self._host = await HostSandboxing.find(self.root, self.limits)
+            if self.template is not None:
+                self.template.runner = self._host.install_runner()
+        return self._host
 
-    async def _workspace_network(self, project_id: str, marker: str) -> WorkspaceNetwork | None:
-        """The workspace's network (made at its first command); what a crashed server left ends."""
-        if self._network is None:
-            return None
-        pids = PidFile(self.root / ".sandbox" / "net" / project_id)
-        await kill_stale_groups(pids, marker)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), WORKSPACE_ENV: marker}
-        return WorkspaceNetwork(self._network, free_port(), env, pids)
-
-    async def _provision(self, workspace: Path) -> None:
+    async def _provision(self, workspace: Path, owner: int | None) -> None:
         staging = self.root / ".staging"
         await anyio.to_thread.run_sync(lambda: staging.mkdir(parents=True, exist_ok=True))
         await anyio.to_thread.run_sync(lambda: workspace.parent.mkdir(parents=True, exist_ok=True))
@@ -338,9 +336,11 @@ class LocalRuntime:
             laid = scratch / "workspace"
             try:
                 if self.template is not None:
-                    await self.template.lay(laid)
+                    await self.template.lay(laid, owner=owner)
                 else:
                     await anyio.to_thread.run_sync(laid.mkdir)
+                    if owner is not None:
+                        await anyio.to_thread.run_sync(os.chown, laid, owner, owner)
                 await anyio.to_thread.run_sync(_move_into_place, laid, workspace)
             except OSError as exc:
                 raise ProviderError(f"cannot create workspace {str(workspace)!r}: {exc}") from exc
@@ -367,8 +367,9 @@ class LocalRuntime:
                 raise ProviderError(f"{' and '.join(missing)} not found on PATH {path!r}")
 
         await anyio.to_thread.run_sync(probe)
-        layout = await self._sandbox_layout()
-        if layout is not None:  # start a throwaway sandbox: proves namespaces work here
+        host = await self.sandboxing()
+        if host is not None:  # start a throwaway sandbox: proves namespaces work here
+            layout = host.layout
             scratch = Path(await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="check-", dir=self.root)))
             try:
                 argv = bwrap_argv(layout, Jail(scratch, scratch, env={"PATH": "/usr/bin:/bin"}), ["true"])

@@ -1,11 +1,17 @@
 """The local sandbox: every process of a workspace runs inside bubblewrap (`bwrap`).
 
 `bwrap_argv` is a pure function from a `Layout` (what the host offers) and a `Jail` (one
-workspace's paths and environment) to the argv that runs a command in that workspace's sandbox:
+workspace's paths, host uid and environment) to the argv that runs a command in that
+workspace's sandbox:
 
-- new user, PID, mount, IPC, UTS and cgroup namespaces (`--unshare-all --share-net`; the network
-  network namespace is the workspace's own, which the caller enters: `runtime.local.network`);
-- inside, the user `workspace` (uid/gid 1000), no capabilities, `no_new_privs` (bwrap sets it);
+- new PID, mount, IPC, UTS and cgroup namespaces (the network namespace is the workspace's
+  own, which the caller enters: `runtime.local.network`);
+- with a host uid (`Jail.uid`, the server is root: `runtime.local.identity`), bwrap starts as
+  root without a user namespace, keeps only CAP_SETUID, CAP_SETGID and CAP_SETPCAP for the
+  sandbox's first process, which is `setpriv`: it becomes that uid, clears groups, empties
+  the bounding and inheritable sets and sets `no_new_privs`, then execs the command. Without
+  one (a server that is not root), a user namespace maps the user `workspace` (uid 1000
+  inside) onto the server's own uid, with no capabilities;
 - a root of its own: read-only `/usr` and the merged-usr links (or read-only binds), a few
   read-only files of `/etc` (resolv.conf, hosts, certificates, alternatives, a generated
   passwd/group: no secrets), its own `/proc` (it sees only its own processes), a minimal `/dev`,
@@ -53,8 +59,9 @@ __all__ = [
 
 #: What to say when isolation is on and its tools are missing.
 MISSING_TOOLS = (
-    "WORKSPACE_ISOLATION=sandbox needs bubblewrap and pasta: install them (`apt-get install bubblewrap "
-    "passt`, or run scripts/ensure-bwrap.sh), or set WORKSPACE_ISOLATION=none (loopback only)"
+    "WORKSPACE_ISOLATION=sandbox needs bubblewrap, pasta, ip and util-linux: install them (`apt-get install "
+    "bubblewrap passt iproute2 util-linux`, or run scripts/ensure-bwrap.sh), or set WORKSPACE_ISOLATION=none "
+    "(loopback only)"
 )
 #: `WORKSPACE_ISOLATION`: `sandbox` (bubblewrap) or `none` (processes run as the server's user).
 ISOLATIONS = ("sandbox", "none")
@@ -93,44 +100,64 @@ class Layout:
     etc: tuple[str, ...] = ()
     passwd: str | None = None
     group: str | None = None
+    setpriv: str = "/usr/bin/setpriv"
 
 
 @dataclass(frozen=True)
 class Jail:
     """One workspace's sandbox: its directory, its home, where a command starts, its environment.
 
-    `cwd` is a path inside `workspace` (the workspace itself when `None`).
+    `cwd` is a path inside `workspace` (the workspace itself when `None`). `uid`: the host uid
+    the sandbox runs as (`None`: the caller's own, in a user namespace); `passwd` and `group`
+    replace the layout's (they name `uid`).
     """
 
     workspace: Path
     home: Path
     cwd: Path | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    uid: int | None = None
+    passwd: str | None = None
+    group: str | None = None
 
 
 def bwrap_argv(layout: Layout, jail: Jail, argv: Sequence[str]) -> list[str]:
     """The argv that runs `argv` in `jail`'s sandbox (pure: no I/O)."""
-    out = [
-        layout.bwrap, "--unshare-all", "--share-net", "--die-with-parent",
-        "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID), "--hostname", "workspace",
-        "--cap-drop", "ALL",
-    ]
+    if jail.uid is None:  # the caller's uid, mapped to `workspace` in a user namespace
+        out = [layout.bwrap, "--unshare-all", "--share-net", "--die-with-parent",
+               "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID), "--cap-drop", "ALL"]
+        command = list(argv)
+    else:  # bwrap as root, no user namespace; setpriv becomes the workspace's uid, keeping nothing
+        out = [layout.bwrap, "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try",
+               "--die-with-parent", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
+               "--cap-add", "CAP_SETPCAP"]
+        command = [layout.setpriv, f"--reuid={jail.uid}", f"--regid={jail.uid}", "--clear-groups",
+                   "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--", *argv]
+    out += ["--hostname", "workspace"]
     for path in layout.ro_dirs:
         out += ["--ro-bind", path, path]
     for link, target in layout.links:
         out += ["--symlink", target, link]
     out += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/etc"]
+    # Directories bwrap makes on the way to a bind are root's and 0700: make them 0755 first,
+    # or a sandbox of another uid could not reach what is bound beneath them.
+    made = {"/", "/etc", "/tmp"}
+    for path in (*layout.etc, str(jail.workspace), str(HOME)):
+        for parent in reversed(PurePosixPath(path).parents):
+            if str(parent) not in made and not str(parent).startswith(("/usr/", "/proc/", "/dev/")):
+                made.add(str(parent))
+                out += ["--dir", str(parent)]
     for path in layout.etc:
         out += ["--ro-bind", path, path]
-    if layout.passwd:
-        out += ["--ro-bind", layout.passwd, "/etc/passwd"]
-    if layout.group:
-        out += ["--ro-bind", layout.group, "/etc/group"]
+    if passwd := jail.passwd or layout.passwd:
+        out += ["--ro-bind", passwd, "/etc/passwd"]
+    if group := jail.group or layout.group:
+        out += ["--ro-bind", group, "/etc/group"]
     out += ["--bind", str(jail.workspace), str(jail.workspace), "--bind", str(jail.home), str(HOME)]
     out += ["--chdir", str(jail.cwd or jail.workspace), "--clearenv"]
     for name, value in jail.env.items():
         out += ["--setenv", name, value]
-    return [*out, "--", *argv]
+    return [*out, "--", *command]
 
 
 def find_program(layout: Layout, jail: Jail, program: str) -> None:
@@ -188,8 +215,9 @@ def host_layout(bwrap: str, etc_dir: Path) -> Layout:
                       f"nobody:x:65534:65534::/:/usr/sbin/nologin\n")
     group.write_text(f"root:x:0:\nworkspace:x:{SANDBOX_GID}:\nnogroup:x:65534:\n")
     etc = tuple(path for path in _ETC if os.path.exists(path))
+    setpriv = shutil.which("setpriv", path="/usr/bin:/bin:/usr/sbin:/sbin") or "/usr/bin/setpriv"
     return Layout(bwrap=bwrap, links=tuple(links), ro_dirs=tuple(ro_dirs), etc=etc,
-                  passwd=str(passwd), group=str(group))
+                  passwd=str(passwd), group=str(group), setpriv=setpriv)
 
 
 def oldest_first(pids: Iterable[int]) -> list[int]:

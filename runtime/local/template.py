@@ -25,12 +25,17 @@ import shlex
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
 from runtime.base import INSTALL_MARKER, Stream
 from runtime.errors import ProviderError
+from runtime.local.identity import own_tree, seal_tree
 from runtime.local.process import LocalProcess, base_env
+
+if TYPE_CHECKING:
+    from runtime.local.host import InstallRunner
 
 __all__ = ["TemplateCache", "link_tree"]
 
@@ -63,9 +68,15 @@ class TemplateCache:
         self.install_argv = tuple(install_argv)
         self._env = dict(env or {})
         self._lock = anyio.Lock()
+        #: Runs the install confined (set by a local runtime with isolation: `runtime.local.host`);
+        #: `None` runs it as the server's user.
+        self.runner: InstallRunner | None = None
 
-    async def lay(self, dest: Path) -> None:
+    async def lay(self, dest: Path, *, owner: int | None = None) -> None:
         """Copy the template into `dest` (created; must not exist) and give it its node_modules.
+
+        `owner`: the uid that gets the copied files and every directory (the hard-linked files
+        stay the cache's, read-only to it).
 
         Raises:
             ProviderError: the template is unreadable or its dependency install failed.
@@ -73,13 +84,15 @@ class TemplateCache:
         package = await anyio.to_thread.run_sync(self._read_package)
         await anyio.to_thread.run_sync(_copy_template, self.template_dir, dest)
         try:
+            if owner is not None:
+                await anyio.to_thread.run_sync(own_tree, dest, owner)
             if package is None:
                 return
             raw, needs_install = package
             if needs_install:
                 cached = await self._ensure()
-                await anyio.to_thread.run_sync(link_tree, cached / "node_modules", dest / "node_modules")
-            await anyio.to_thread.run_sync(_write_marker, dest, hashlib.sha256(raw).hexdigest())
+                await anyio.to_thread.run_sync(link_tree, cached / "node_modules", dest / "node_modules", owner)
+            await anyio.to_thread.run_sync(_write_marker, dest, hashlib.sha256(raw).hexdigest(), owner)
         except BaseException:
             with anyio.CancelScope(shield=True):  # no half-laid workspace
                 await anyio.to_thread.run_sync(shutil.rmtree, dest, True)
@@ -129,6 +142,7 @@ class TemplateCache:
             try:
                 await anyio.to_thread.run_sync(_copy_template, self.template_dir, building)
                 await self._install(building)
+                await anyio.to_thread.run_sync(seal_tree, building)  # no workspace may write the cache's files
                 await anyio.to_thread.run_sync(_publish, building, final)
             finally:
                 with anyio.CancelScope(shield=True):
@@ -146,9 +160,12 @@ class TemplateCache:
         command = _describe(self.install_argv)
         logger.info("installing template dependencies: %s in %s", command, cwd)
         try:
-            proc = LocalProcess.start(self.install_argv, cwd=cwd, env=base_env(cwd, self._env),
-                                      on_output=collect)
-        except OSError as exc:
+            if self.runner is not None:
+                proc = await self.runner(cwd, self._env, self.install_argv, collect)
+            else:
+                proc = LocalProcess.start(self.install_argv, cwd=cwd, env=base_env(cwd, self._env),
+                                          on_output=collect)
+        except (OSError, ProviderError) as exc:
             raise ProviderError(f"cannot run {command}: {exc}") from None
         try:
             code = await proc.wait()
@@ -182,24 +199,36 @@ def _publish(building: Path, final: Path) -> None:
             raise
 
 
-def _write_marker(dest: Path, digest: str) -> None:
+def _write_marker(dest: Path, digest: str, owner: int | None = None) -> None:
     marker = dest / INSTALL_MARKER
-    marker.parent.mkdir(parents=True, exist_ok=True)
+    if not marker.parent.is_dir():
+        marker.parent.mkdir(parents=True)
+        if owner is not None:
+            os.chown(marker.parent, owner, owner)
     # Never write through an existing file: under node_modules it may be a hard link to the cache.
     tmp = marker.with_name(f"{marker.name}.tmp")
     tmp.write_text(digest)
+    if owner is not None:
+        os.chown(tmp, owner, owner)
     os.replace(tmp, marker)
 
 
-def link_tree(src: Path, dest: Path) -> int:
+def link_tree(src: Path, dest: Path, owner: int | None = None) -> int:
     """Recreate the tree `src` at `dest` with every file hard-linked (symlinks stay symlinks).
 
     Falls back to copying when hard links are impossible (another filesystem, not permitted).
+    `owner` gets every directory, symlink and copy made (not the hard-linked files: the source's).
     Returns the number of files linked or copied.
     """
     count = 0
     link = True
     dest.mkdir(parents=True, exist_ok=True)
+
+    def own(path: Path) -> None:
+        if owner is not None:
+            os.chown(path, owner, owner, follow_symlinks=False)
+
+    own(dest)
     for dirpath, dirnames, filenames in os.walk(src):
         rel = os.path.relpath(dirpath, src)
         target_dir = dest if rel == "." else dest / rel
@@ -208,10 +237,15 @@ def link_tree(src: Path, dest: Path) -> int:
             target = target_dir / name
             if os.path.islink(source):
                 os.symlink(os.readlink(source), target)
+                own(target)
             elif name in dirnames:
                 target.mkdir()
+                own(target)
             else:
-                if link:
+                if link and rel == "." and name.startswith("."):  # npm's own files (.package-lock.json):
+                    shutil.copy2(source, target)  # it writes them in place, so each workspace gets a copy
+                    own(target)
+                elif link:
                     try:
                         os.link(source, target)
                     except OSError as exc:
@@ -221,5 +255,6 @@ def link_tree(src: Path, dest: Path) -> int:
                         link = False
                 if not link:
                     shutil.copy2(source, target)
+                    own(target)
                 count += 1
     return count

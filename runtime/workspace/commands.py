@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 
 from runtime import events
-from runtime.base import Process, Sandbox, Stream
+from runtime.base import ExplainsExit, Process, Sandbox, Stream
 from runtime.errors import FileNotFound, RuntimeFailure, TooManyCommands
 from runtime.events import Emit, EventKind, LogSource
 from runtime.workspace.steps import KILL_GRACE_S, Spawn, end_process
@@ -114,6 +114,8 @@ async def finish_command(run: CommandRun, emit: Emit, *, timeout_s: float) -> in
                 await process.kill(signal.SIGKILL)
                 run.exit_code = await process.wait()
                 await _exited(run, emit)
+    if isinstance(process, ExplainsExit) and (note := await process.limit_note()):
+        await emit(EventKind.log, events.system_log(note + "\n"))
     await _exited(run, emit)
     return run.exit_code
 
