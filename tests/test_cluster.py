@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from realtime.config.settings import ConfigError, Settings
 from tests.conftest import REDIS_URL, delete_prefix
 from tests.harness import Running, fixture_files, make_settings, open_reply, running_server, sign_request
+from tests.leases import holder, plant, vanish
 
 pytestmark = pytest.mark.anyio
 
@@ -78,7 +79,7 @@ async def test_ops_on_any_instance_run_on_the_owner(tmp_path: Path) -> None:
     async with instances(tmp_path, "a", "b") as (prefix, (a, b), redis):
         created = await b.provision("demo", fixture_files())
         assert created["state"] == "ready"
-        assert await redis.get(f"{prefix}:{{demo}}:owner") == b"b"
+        assert await holder(redis, prefix, "demo") == b"b"
 
         # Both instances describe the workspace alike; only the owner holds the lease.
         from_a, from_b = await snapshot(a, "demo"), await snapshot(b, "demo")
@@ -116,7 +117,7 @@ async def test_ops_on_any_instance_run_on_the_owner(tmp_path: Path) -> None:
         # Stopping through A stops B's workspace, records it and gives the lease up.
         assert (await a.client.delete("/api/workspaces/demo")).status_code == 204
         await until(lambda: _state_is(a, "demo", "stopped"))
-        await until(lambda: _missing(redis, f"{prefix}:{{demo}}:owner"))
+        await until(lambda: _released(redis, prefix, "demo"))
         assert await metric(b, "realtime_leases_held") == 0
 
 
@@ -124,8 +125,8 @@ async def _state_is(server: Running, project_id: str, state: str) -> bool:
     return bool((await snapshot(server, project_id))["state"] == state)
 
 
-async def _missing(redis: aioredis.Redis, key: str) -> bool:
-    return not await redis.exists(key)
+async def _released(redis: aioredis.Redis, prefix: str, project_id: str) -> bool:
+    return await holder(redis, prefix, project_id) is None
 
 
 async def test_unknown_project_is_claimed_by_nobody(tmp_path: Path) -> None:
@@ -133,7 +134,7 @@ async def test_unknown_project_is_claimed_by_nobody(tmp_path: Path) -> None:
         assert (await a.client.get("/api/workspaces/ghost")).status_code == 404
         exec_ = await a.client.post("/api/workspaces/ghost/commands", json={"cmd": "true"})
         assert (exec_.status_code, exec_.json()["error"]["code"]) == (404, "not_found")
-        assert not await redis.exists(f"{prefix}:{{ghost}}:owner")
+        assert await holder(redis, prefix, "ghost") is None
         assert await metric(a, "realtime_leases_held") == 0
 
 
@@ -169,15 +170,14 @@ async def test_an_owner_that_lost_its_lease_detaches_and_another_adopts(tmp_path
     async with instances(tmp_path, "a", "b") as (prefix, (a, b), redis):
         await b.provision("demo", fixture_files())
         seq = (await snapshot(b, "demo"))["seq"]
-        owner_key = f"{prefix}:{{demo}}:owner"
         # Someone else holds the lease now (as after a partition): B must stop driving the workspace.
-        await redis.set(owner_key, "intruder", px=60_000)
+        await plant(redis, prefix, "demo", "intruder", 60_000)
         await until(lambda: _leases(b, 0))
         events = await b.events("demo", since=seq)
         assert not [e for e in events if e["kind"] == "status" and e["data"]["state"] == "stopped"], events
 
         # The intruder vanishes without a word: an instance finds the workspace orphaned and adopts it.
-        await redis.delete(owner_key)
+        await vanish(redis, prefix, "demo")
         adopted = await until(lambda: _adopted(a, "demo", seq))
         owner = await until(lambda: _owner_when_ready(a, "demo"))
         assert owner in ("a", "b")
@@ -211,7 +211,7 @@ async def test_a_graceful_shutdown_in_handover_mode_hands_the_workspace_over(tmp
             seq = (await snapshot(a, "demo"))["seq"]
             assert (await snapshot(a, "demo"))["owner"] == "b"
         # B is gone (gracefully) and let go of its lease: A adopts at its next sweep; nothing says stopped.
-        assert not await redis.exists(f"{prefix}:{{demo}}:owner")
+        assert await holder(redis, prefix, "demo") is None
         adopted = await until(lambda: _adopted(a, "demo", seq))
         assert "instance a takes the workspace over from b" in adopted[0]["data"]["text"]
         assert await until(lambda: _owner_when_ready(a, "demo")) == "a"

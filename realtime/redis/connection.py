@@ -61,13 +61,26 @@ def check_url(url: str) -> None:
     _pool(url)
 
 
-def connect(url: str, *, client_name: str | None = None) -> redis.Redis:
+def connect(url: str, *, client_name: str | None = None, cluster: bool = False) -> redis.Redis:
     """A client whose pool makes callers wait for a free connection instead of failing when busy
     (a thousand rooms joining at once must not be a thousand connections, nor errors).
+
+    `cluster=True` (`REDIS_CLUSTER=1`): `url` names any node of a Redis Cluster, and the client is
+    redis-py's cluster client (`redis.asyncio.cluster.RedisCluster`: it learns the slot map from that
+    node and sends each command to the node owning its keys; `MAX_CONNECTIONS` per node). Its
+    interface is the plain client's for every command this service sends.
 
     Raises:
         ValueError: `url` is malformed (see `check_url`).
     """
+    if cluster:
+        check_url(url)
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(  # type: ignore[return-value]
+            url, max_connections=MAX_CONNECTIONS, socket_connect_timeout=2, socket_timeout=10,
+            client_name=client_name,
+        )
     pool = _pool(
         url,
         max_connections=MAX_CONNECTIONS,
