@@ -100,6 +100,7 @@ def make_settings(root: Path, port: int, template: Path = FIXTURE_APP, **env: st
         redis_env = {
             "REDIS_URL": os.environ["QAI_TEST_REDIS_URL"],
             "WORKSPACE_REDIS_PREFIX": os.environ["QAI_TEST_REDIS_PREFIX"],
+            "REDIS_CLUSTER": os.environ.get("QAI_TEST_REDIS_CLUSTER", "0"),
         }
     environ = {
         **redis_env,
