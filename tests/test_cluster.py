@@ -21,6 +21,7 @@ from realtime.config.settings import ConfigError, Settings
 from tests.conftest import REDIS_URL, delete_prefix
 from tests.harness import Running, fixture_files, make_settings, open_reply, running_server, sign_request
 from tests.leases import holder, plant, vanish
+from tests.wsclient import open_peer
 
 pytestmark = pytest.mark.anyio
 
@@ -233,3 +234,37 @@ async def test_a_graceful_shutdown_in_handover_mode_hands_the_workspace_over(tmp
 def test_cluster_settings_are_checked(variable: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.from_env({variable: value})
+
+
+async def _connections(server: Running) -> float:
+    return await metric(server, "realtime_connections")
+
+
+async def test_viewers_that_honour_the_affinity_hint_gather_on_one_instance(tmp_path: Path) -> None:
+    """Two viewers arriving at two instances, each moving to the instance the hello names: one follows."""
+    async with instances(tmp_path, "a", "b") as (_prefix, (a, b), _redis):
+        body = await a.provision("demo", fixture_files())
+        by_name = {"a": a, "b": b}
+        hints = []
+        async with AsyncExitStack() as stack:
+            token = body["session_token"]
+            for arrived in (a, b):
+                url = arrived.ws_url("demo", token=token)
+                peer = await stack.enter_async_context(open_peer(url))
+                hint = peer.hello["snapshot"]["viewers_at"]
+                hints.append(hint)
+                if hint != arrived.settings.instance_id:  # honour it: reconnect where the viewers gather
+                    await stack.enter_async_context(open_peer(by_name[hint].ws_url("demo", token=token)))
+                    await peer.ws.close()
+            assert hints[0] == hints[1] in by_name
+            gathered, other = by_name[hints[0]], by_name[{"a": "b", "b": "a"}[hints[0]]]
+            assert await until(lambda: _both_gathered(gathered, other))
+            # Ignoring the hint changes nothing but the cost: the other instance serves the project too.
+            async with open_peer(other.ws_url("demo", token=body["session_token"], since=0)) as stray:
+                assert stray.hello["snapshot"]["viewers_at"] == hints[0]
+                ran = await stray.request("exec", cmd="echo anywhere")
+                assert ran["ok"] is True
+
+
+async def _both_gathered(gathered: Running, other: Running) -> bool:
+    return (await _connections(gathered), await _connections(other)) == (2, 0)

@@ -109,6 +109,9 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 10 * tonumber(ARGV[2]))
 return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf', 'LIMIT', 0, tonumber(ARGV[3]))
 """
 
+#: KEYS instances; ARGV max: the live instances.
+LIVE = _NOW + "return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf', 'LIMIT', 0, tonumber(ARGV[1]))\n"
+
 #: Live instances listed at most (a fleet larger than this still works: shards are swept by some).
 MAX_INSTANCES = 1024
 
@@ -150,6 +153,7 @@ class Leases:
         self._lapsed = redis.register_script(LAPSED)
         self._drop = redis.register_script(DROP)
         self._present = redis.register_script(PRESENT)
+        self._live = redis.register_script(LIVE)
 
     def shard(self, project_id: str) -> int:
         return shard_of(project_id, self.shards)
@@ -231,4 +235,9 @@ class Leases:
     async def present(self) -> list[str]:
         """Record this instance as live for another lease length; the live instances."""
         live = await self._present(keys=[self._keys.instances], args=[self.instance, self.lease_ms, MAX_INSTANCES])
+        return [bytes(instance).decode() for instance in live]
+
+    async def live(self) -> list[str]:
+        """The live instances (those whose presence has not lapsed)."""
+        live = await self._live(keys=[self._keys.instances], args=[MAX_INSTANCES])
         return [bytes(instance).decode() for instance in live]

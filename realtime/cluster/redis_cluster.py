@@ -121,6 +121,10 @@ class RedisCluster:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         await self._broker.listen(self._keys.reply(self.instance), self._on_reply)
+        try:  # live at once: the others' affinity hints and shard shares count this instance from now
+            self._live = await self._leases.present()
+        except Exception as exc:  # noqa: BLE001 - the upkeep says so again each round
+            logger.warning("could not record this instance as live: %s", exc)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._upkeep, tg)
@@ -308,9 +312,16 @@ class RedisCluster:
         await self._renew(tg)
         await self._adoption.sweep(self._owned, shards_of(self.instance, self._live, self._leases.shards), tg)
 
-    def affinity(self, project_id: str) -> str | None:
-        """The live instance this project's viewers should gather on (a hint; any instance serves any project)."""
-        return affinity_owner(project_id, self._live)
+    async def affinity(self, project_id: str) -> str | None:
+        """The live instance this project's viewers should gather on (rendezvous hashing over the live
+        instances, read afresh so that every instance names the same one); a hint: any instance serves
+        any project. None when Redis cannot say (the hint is left out, nothing fails)."""
+        try:
+            self._live = await self._leases.live()
+        except Exception as exc:  # noqa: BLE001 - only a hint
+            logger.debug("no affinity hint for %s: %s", project_id, exc)
+            return None
+        return affinity_owner(project_id, [*self._live, self.instance])
 
     async def _renew(self, tg: anyio.abc.TaskGroup) -> None:
         projects = list(self._owned)
