@@ -7,7 +7,8 @@ instances' clocks never matter.
 
 - `claim` takes a lease nobody holds, or whose deadline passed (atomic per shard: one winner);
 - `renew` extends every lease an instance holds with ONE script per shard and round (chunks of
-  `RENEW_CHUNK`): one `HMGET` of the holders, one `ZADD … GT` of the new deadlines for those still
+  `RENEW_CHUNK`; pipelined on one Redis, concurrent calls on a cluster, whose client pipelines no
+  scripts): one `HMGET` of the holders, one `ZADD … GT` of the new deadlines for those still
   its own. A lease another instance took is answered `lost` (fencing), one that vanished is taken
   again (`retaken`);
 - `release` gives a lease up by making it lapse at once (deadline 0): the next sweep of the shard
@@ -27,11 +28,13 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 
+import anyio
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from realtime.core.shards import LEASE_SHARDS, shard_of
-from realtime.redis.connection import retrying
+from realtime.redis.connection import preload, retrying
 from realtime.redis.keys import RedisKeys
 
 __all__ = ["CLAIM", "RENEW", "RENEW_CHUNK", "Leases", "Renewal"]
@@ -155,6 +158,10 @@ class Leases:
         self._present = redis.register_script(PRESENT)
         self._live = redis.register_script(LIVE)
 
+    async def load(self) -> None:
+        """Under Redis Cluster, load the scripts on every node first (see `preload`)."""
+        await preload(self._redis, CLAIM, RENEW, RELEASE, HOLDER, LAPSED, DROP, PRESENT, LIVE)
+
     def shard(self, project_id: str) -> int:
         return shard_of(project_id, self.shards)
 
@@ -197,10 +204,23 @@ class Leases:
         return [found[project_id] for project_id in project_ids]
 
     async def _renew_batches(self, batches: list[tuple[int, list[str]]]) -> list[list[int]]:
+        if isinstance(self._redis, RedisCluster):
+            # The cluster client pipelines no scripts: one call per shard, all under way at once.
+            answers: list[list[int]] = [[] for _ in batches]
+
+            async def one(index: int, shard: int, projects: list[str]) -> None:
+                answers[index] = await self._renew(
+                    keys=list(self._keys.leases(shard)), args=[self.instance, self.lease_ms, *projects]
+                )
+
+            async with anyio.create_task_group() as tg:
+                for index, (shard, projects) in enumerate(batches):
+                    tg.start_soon(one, index, shard, projects)
+            return answers
         async with self._redis.pipeline(transaction=False) as pipe:
             for shard, projects in batches:
                 pipe.evalsha(self._renew.sha, 2, *self._keys.leases(shard), self.instance, self.lease_ms, *projects)
-            answers: list[list[int]] = await pipe.execute()
+            answers = await pipe.execute()
         return answers
 
     async def release(self, project_id: str) -> None:

@@ -122,6 +122,7 @@ class RedisCluster:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         await self._broker.listen(self._keys.reply(self.instance), self._on_reply)
         try:  # live at once: the others' affinity hints and shard shares count this instance from now
+            await self._leases.load()
             self._live = await self._leases.present()
         except Exception as exc:  # noqa: BLE001 - the upkeep says so again each round
             logger.warning("could not record this instance as live: %s", exc)

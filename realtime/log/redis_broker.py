@@ -40,10 +40,10 @@ from redis.exceptions import RedisError
 
 from realtime.core.errors import BrokerUnavailable
 from realtime.core.eventlog import Event, History
-from realtime.log.append import RedisAppender
-from realtime.log.read import MalformedFrame, RedisReader, parse_published
+from realtime.log.append import APPEND, RedisAppender
+from realtime.log.read import READ, MalformedFrame, RedisReader, parse_published
 from realtime.log.window import Delivery, FollowWindow, Read, Refreshed
-from realtime.redis.connection import connect
+from realtime.redis.connection import connect, preload, retrying
 from realtime.redis.keys import RedisKeys
 from realtime.redis.pubsub import Handler, Subscription
 from realtime.redis.sharded import ShardedSubscription
@@ -120,6 +120,7 @@ class RedisBroker:
             self._subscription = Subscription(
                 self._redis, heartbeat=self.keys.heartbeat(self.instance), on_established=self._resubscribed
             )
+        self._retry_s = retry_s
         self._max_events = max_events
         self._max_bytes = max_bytes
         self._window = min(window, max_events)
@@ -212,6 +213,7 @@ class RedisBroker:
     # -- keeping windows current -----------------------------------------------------------------
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        await retrying(lambda: preload(self._redis, APPEND, READ), self._retry_s)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             await tg.start(self._subscription.run)

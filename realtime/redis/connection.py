@@ -23,7 +23,7 @@ from realtime.config.masking import mask_url
 from realtime.core.errors import BrokerUnavailable
 from runtime.backoff import Backoff
 
-__all__ = ["MAX_CONNECTIONS", "RETRY_BACKOFF", "TRANSIENT", "check_url", "connect", "retrying"]
+__all__ = ["MAX_CONNECTIONS", "RETRY_BACKOFF", "TRANSIENT", "check_url", "connect", "preload", "retrying"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,16 @@ def connect(url: str, *, client_name: str | None = None, cluster: bool = False) 
         client_name=client_name,
     )
     return redis.Redis(connection_pool=pool)
+
+
+async def preload(client: redis.Redis, *scripts: str) -> None:
+    """Under Redis Cluster, load `scripts` on every primary before first use: redis-py's async cluster
+    client (8.1) breaks connections when many calls recover from `NOSCRIPT` at once. No-op on one Redis."""
+    from redis.asyncio.cluster import RedisCluster
+
+    if isinstance(client, RedisCluster):
+        for script in scripts:
+            await client.script_load(script)
 
 
 async def retrying(fn: Callable[[], Awaitable[T]], retry_s: float) -> T:
