@@ -268,3 +268,26 @@ async def test_viewers_that_honour_the_affinity_hint_gather_on_one_instance(tmp_
 
 async def _both_gathered(gathered: Running, other: Running) -> bool:
     return (await _connections(gathered), await _connections(other)) == (2, 0)
+
+
+async def test_a_stopped_projects_history_expires_sooner(tmp_path: Path) -> None:
+    prefix = "qaitest-" + secrets.token_hex(6)
+    redis = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        async with instance(tmp_path, prefix, "a", WORKSPACE_HISTORY_TTL_STOPPED_S="120") as a:
+            await a.provision("demo", fixture_files())
+            log_keys = [f"{prefix}:{{demo}}:{name}" for name in ("seq", "epoch", "log")]
+            assert min([await redis.ttl(key) for key in log_keys]) > 120  # the 7-day TTL while it lives
+            listed = (await a.client.get("/api/workspaces")).json()["workspaces"]
+            assert [w["project_id"] for w in listed] == ["demo"]
+            assert (await a.client.delete("/api/workspaces/demo")).status_code == 204
+            await until(lambda: _state_is(a, "demo", "stopped"))
+            await until(lambda: _all_expire_within(redis, [*log_keys, f"{prefix}:{{demo}}:workspace"], 120))
+    finally:
+        await redis.aclose()
+        delete_prefix(REDIS_URL, prefix)
+
+
+async def _all_expire_within(redis: aioredis.Redis, keys: list[str], seconds: int) -> bool:
+    ttls = [await redis.ttl(key) for key in keys]
+    return all(0 < ttl <= seconds for ttl in ttls)
