@@ -59,7 +59,7 @@ async def test_renewal_spans_shards_in_one_call_each_and_fences_a_lease_taken_by
 
 
 async def test_a_released_lease_is_found_by_the_sweep_of_its_shard_and_dropped(two: tuple[Leases, Leases, Any]) -> None:
-    a, b, client = two
+    a, b, _ = two
     assert await a.claim("gone")
     await a.release("gone")
     shard = shard_of("gone")

@@ -20,7 +20,9 @@ from collections.abc import Iterable, Sequence
 __all__ = ["LEASE_SHARDS", "affinity_owner", "shard_of", "shards_of"]
 
 #: Shards of the lease index. Changing it re-homes every lease: it is a constant of a deployment.
-LEASE_SHARDS = 64
+#: A round's renewal is one script per shard holding a lease of the instance (each costs Redis a
+#: fixed overhead, docs/capacity.md), and a cluster of up to this many nodes gets shards on each.
+LEASE_SHARDS = 16
 
 
 def shard_of(project_id: str, shards: int = LEASE_SHARDS) -> int:
