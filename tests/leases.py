@@ -14,24 +14,36 @@ async def _now_ms(redis: aioredis.Redis) -> int:
 
 
 async def holder(redis: aioredis.Redis, prefix: str, project_id: str) -> bytes | None:
-    """The instance holding the project's lease (None when nobody does, or its deadline passed)."""
+    """The instance holding the project's lease (None when nobody does, or its holder's deadline passed)."""
     deadlines, owners = RedisKeys(prefix).leases(shard_of(project_id))
-    deadline = await redis.zscore(deadlines, project_id)
-    if deadline is None or deadline <= await _now_ms(redis):
-        return None
     owner: bytes | None = await redis.hget(owners, project_id)
-    return owner
+    if owner is None:
+        return None
+    deadline = await redis.zscore(deadlines, owner)
+    return owner if deadline is not None and deadline > await _now_ms(redis) else None
 
 
 async def plant(redis: aioredis.Redis, prefix: str, project_id: str, owner: str, ms: int) -> None:
-    """Make `owner` hold the project's lease for `ms` (as another instance would after a partition)."""
-    deadlines, owners = RedisKeys(prefix).leases(shard_of(project_id))
-    await redis.hset(owners, project_id, owner)
-    await redis.zadd(deadlines, {project_id: await _now_ms(redis) + ms})
+    """`owner` takes the project's lease for `ms`, as another instance would after a partition in which
+    the previous holder's lease on the shard lapsed."""
+    keys = RedisKeys(prefix)
+    shard = shard_of(project_id)
+    deadlines, owners = keys.leases(shard)
+    previous = await redis.hget(owners, project_id)
+    now = await _now_ms(redis)
+    async with redis.pipeline(transaction=True) as pipe:
+        if previous is not None:
+            pipe.zadd(deadlines, {previous: 0})
+            pipe.srem(keys.held(shard) + previous.decode(), project_id)
+        pipe.hset(owners, project_id, owner)
+        pipe.sadd(keys.held(shard) + owner, project_id)
+        pipe.zadd(deadlines, {owner: now + ms})
+        await pipe.execute()
 
 
 async def vanish(redis: aioredis.Redis, prefix: str, project_id: str) -> None:
     """The holder disappears without a word: its lease lapses at once."""
     deadlines, owners = RedisKeys(prefix).leases(shard_of(project_id))
-    await redis.hdel(owners, project_id)
-    await redis.zadd(deadlines, {project_id: 0})
+    owner = await redis.hget(owners, project_id)
+    assert owner is not None
+    await redis.zadd(deadlines, {owner: 0})

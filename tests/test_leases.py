@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from realtime.cluster.leases import RENEW_CHUNK, Leases, Renewal
+from realtime.cluster.leases import Leases, Renewal
 from realtime.core.shards import LEASE_SHARDS, affinity_owner, shard_of, shards_of
 from realtime.redis.connection import connect
 from realtime.redis.keys import RedisKeys
@@ -41,21 +41,29 @@ async def test_one_claim_wins_and_the_holder_is_known(two: tuple[Leases, Leases,
     assert await a.holder("nobody") is None
 
 
-async def test_renewal_spans_shards_in_one_call_each_and_fences_a_lease_taken_by_another(
+async def test_renewal_is_one_call_per_shard_and_fences_a_lease_taken_after_a_partition(
     two: tuple[Leases, Leases, Any],
 ) -> None:
-    a, b, _ = two
-    projects = [f"p{n}" for n in range(RENEW_CHUNK + 300)]  # more than one chunk in some shards
-    for project_id in projects[:5]:
+    a, b, client = two
+    projects = [f"p{n}" for n in range(40)]  # over many shards
+    for project_id in projects:
         assert await a.claim(project_id)
-    outcomes = await a.renew(projects)
-    # The first five were held; the rest had no lease at all: taken again (Redis lost them).
-    assert outcomes[:5] == [Renewal.renewed] * 5
-    assert set(outcomes[5:]) == {Renewal.retaken}
-    # b takes one over after a partition (its lease lapsed): a learns it lost it.
-    await a.release(projects[0])
-    assert await b.claim(projects[0])
-    assert (await a.renew(projects[:2])) == [Renewal.lost, Renewal.renewed]
+    assert await a.renew(projects) == [Renewal.renewed] * len(projects)
+    # A partition: a's lease on p0's shard lapsed, b took p0 over, and Redis lost p1's record.
+    shard = shard_of("p0")
+    same = [p for p in projects if shard_of(p) == shard]
+    deadlines, owners = RedisKeys(a._keys.prefix).leases(shard)
+    await client.zadd(deadlines, {"a": 0})
+    assert await b.claim("p0")
+    lost_record = next(p for p in same if p != "p0") if len(same) > 1 else None
+    if lost_record is not None:
+        await client.hdel(owners, lost_record)
+    outcomes = dict(zip(projects, await a.renew(projects), strict=True))
+    assert outcomes["p0"] is Renewal.lost
+    if lost_record is not None:
+        assert outcomes[lost_record] is Renewal.retaken
+    assert {outcomes[p] for p in projects if p not in ("p0", lost_record)} == {Renewal.renewed}
+    assert await a.holder("p0") == "b"
 
 
 async def test_a_released_lease_is_found_by_the_sweep_of_its_shard_and_dropped(two: tuple[Leases, Leases, Any]) -> None:

@@ -11,9 +11,10 @@ keys on one slot, which its Lua scripts need:
 - `…:revocations` the revocation generations (a hash: `preview`, `session`), kept without a TTL.
 
 Lease shards (`realtime.core.shards`: a project's shard is a hash of its id), each one slot
-`<prefix>:{shard-<n>}:…`: `leases` (sorted set: project → lease deadline, ms of Redis time),
-`owners` (hash: project → the instance holding its lease), `workspaces` (the set of projects not
-stopped, so the list is scanned shard by shard). `<prefix>:instances` (sorted set: live instance →
+`<prefix>:{shard-<n>}:…`: `leases` (sorted set: instance → the deadline of its leases on the shard,
+ms of Redis time), `owners` (hash: project → the instance holding its lease), `held:<instance>`
+(set: the projects that instance holds there), `workspaces` (the set of projects not stopped, so
+the list is scanned shard by shard). `<prefix>:instances` (sorted set: live instance →
 the deadline of its presence) tells which instance sweeps which shard.
 
 Shared names: channel `<prefix>:reply:<instance>`
@@ -69,6 +70,10 @@ class RedisKeys:
     def leases(self, shard: int) -> tuple[str, str]:
         """The shard's lease deadlines (sorted set) and lease holders (hash), in the scripts' order."""
         return self._shard(shard, "leases"), self._shard(shard, "owners")
+
+    def held(self, shard: int) -> str:
+        """The prefix of the shard's sets of projects by holder (`<prefix><instance>`; scripts add the instance)."""
+        return self._shard(shard, "held:")
 
     def active(self, shard: int) -> str:
         """The shard's set of projects whose workspace is not stopped."""
