@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
@@ -226,8 +227,10 @@ class Leases:
             redis.RedisError, OSError: the round trip failed (nothing is known of any of them).
         """
         by_shard: dict[int, list[str]] = defaultdict(list)
-        for project_id in project_ids:
+        for index, project_id in enumerate(project_ids, 1):
             by_shard[self.shard(project_id)].append(project_id)
+            if index % RENEW_CHUNK == 0:
+                await anyio.lowlevel.checkpoint()  # thousands held: let the event loop breathe
         shards = list(by_shard)
         if not shards:
             return []
