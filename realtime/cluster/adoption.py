@@ -1,9 +1,10 @@
 """Adoption: driving the workspaces whose owner is gone.
 
 Every sweep (each third of a lease), an instance looks, in each lease shard it is responsible for
-(`realtime.core.shards.shards_of` over the live instances), for leases whose deadline passed
-(`Leases.lapsed`: `ZRANGEBYSCORE … -inf now LIMIT`, so a sweep's cost follows the orphans found,
-not the projects registered): their owner died, or handed them over. If the project's registry
+(`realtime.core.shards.shards_of` over the live instances), for leases whose holder's deadline on
+the shard passed (`Leases.lapsed`: `ZRANGEBYSCORE … -inf now LIMIT`, then a bounded sample of what
+each such holder held, so a sweep's cost follows the orphans found, not the projects registered):
+their owner died, or handed them over. If the project's registry
 entry (`…:{p}:workspace`) is live, the instance that claims the lease adopts the workspace:
 
 1. it logs the takeover (a `system` log line naming the previous owner);

@@ -252,6 +252,9 @@ class RedisCluster:
     # -- running ops (on the owner) -------------------------------------------------------------
 
     async def _run_owned(self, project_id: str, op: str, args: Mapping[str, Any]) -> dict[str, Any]:
+        # An adoption under way (the sweep claimed the lease first) ends before any op runs on the workspace.
+        if await self._adoption.wait(project_id) and project_id not in self._owned:
+            raise ApiError(503, "unavailable", f"project {project_id!r} changed owner; try again")
         workspace = self._manager.get(project_id)
         if workspace is None or workspace.state is State.stopped:
             if await self._adoption.wait(project_id):
