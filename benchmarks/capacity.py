@@ -10,8 +10,9 @@ own, no persistence, removed afterwards), for each size (registered projects, 1k
   instances (presence, renewal of the leases it holds, sweep of the shards it is responsible for;
   the simulated instance sweeping the most shards): Redis CPU ms (`INFO cpu`, main threads, summed
   over the nodes, averaged over 10 rounds), Redis ms inside commands (top-level `INFO commandstats`:
-  wall time, so on a loaded host it counts time Redis was descheduled), the instance's CPU ms, and
-  the longest event-loop stall (a 1 ms ticker running beside the round);
+  wall time, so on a loaded host it counts time Redis was descheduled), the instance's CPU ms, the
+  event-loop stalls (a 1 ms ticker running beside the round; median and worst of the rounds) and the
+  longest garbage collection meanwhile;
 - follow: Redis µs of the first read of a follow (live-only, and a 100-event tail), and of one
   SUBSCRIBE among N subscribed channels;
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import subprocess
 import sys
 import tempfile
@@ -163,6 +165,27 @@ async def _append_all(appender: RedisAppender, project_ids: list[str]) -> None:
         await appender.append(project_id, "status", {"state": "ready"})
 
 
+class GcPauses:
+    """The longest garbage collection of this process since `reset` (a stall's usual suspect)."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.longest = max(self.longest, time.perf_counter() - self._started)
+
+    def reset(self) -> None:
+        self.longest = 0.0
+
+
+GC = GcPauses()
+
+
 async def stall_during(fn: Callable[[], Awaitable[Any]]) -> tuple[float, float, float]:
     """(CPU ms of this process, wall ms, longest event-loop stall ms) while `fn` runs."""
     longest = 0.0
@@ -230,6 +253,7 @@ async def measure(url: str, cluster: bool, size: int, instances: int) -> dict[st
         redis_us = cpu = 0.0
         stalls = []
         redis_cpu = nodes.cpu_ms()
+        GC.reset()
         for _ in range(rounds):
             nodes.reset()
             c, _wall, s = await stall_during(round_)
@@ -239,7 +263,7 @@ async def measure(url: str, cluster: bool, size: int, instances: int) -> dict[st
         redis_cpu = nodes.cpu_ms() - redis_cpu
         out.update(round_redis_cpu_ms=redis_cpu / rounds, round_redis_ms=redis_us / rounds / 1000,
                    round_cpu_ms=cpu / rounds, round_stall_ms=max(stalls),
-                   round_stall_median_ms=sorted(stalls)[rounds // 2],
+                   round_stall_median_ms=sorted(stalls)[rounds // 2], round_gc_max_ms=GC.longest * 1000,
                    owned=len(owned), shards_swept=len(shards_of(me, await leases.present())))
 
         reader = RedisReader(client, keys, max_events=1000, ttl_s=3600, retry_s=5)
