@@ -8,7 +8,8 @@ puts it on that node's slots: a node's subscription is proven by heartbeats that
 `check()` fails when any node's subscription is down or silent.
 
 Channels are routed with the cluster client's slot map, read once at `run()`: a resharding (slots
-moving between nodes) needs the instance restarted (see docs/capacity.md). Channels subscribed
+moving between nodes) or a primary replaced by its replica needs the instance restarted (its
+`/readyz` fails meanwhile, as that node's heartbeats stop; see docs/capacity.md). Channels subscribed
 before `run()` are kept and subscribed when it starts.
 """
 
@@ -23,12 +24,15 @@ import redis.asyncio as redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
+from realtime.redis.connection import retrying
 from realtime.redis.pubsub import Handler, Subscription
 
 __all__ = ["ShardedSubscription", "tag_for_node"]
 
 logger = logging.getLogger(__name__)
 
+#: How long the slot map may take to read at start (Redis away: retried meanwhile).
+_INITIALIZE_S = 60.0
 #: Hash tags tried to find one on a node's slots (16384 slots, a node holds a third: found at once).
 _TAG_TRIES = 1 << 16
 
@@ -89,7 +93,7 @@ class ShardedSubscription:
                 raise RuntimeError(f"node {name}: {exc}") from None
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        await self._client.initialize()
+        await retrying(self._client.initialize, _INITIALIZE_S)
         clients: list[redis.Redis] = []
         try:
             async with anyio.create_task_group() as tg:
