@@ -23,7 +23,9 @@ from realtime.config.masking import mask_url
 from realtime.core.errors import BrokerUnavailable
 from runtime.backoff import Backoff
 
-__all__ = ["MAX_CONNECTIONS", "RETRY_BACKOFF", "TRANSIENT", "check_url", "connect", "preload", "retrying"]
+__all__ = [
+    "MAX_CONNECTIONS", "RETRY_BACKOFF", "TRANSIENT", "check_url", "close_client", "connect", "preload", "retrying",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +92,15 @@ def connect(url: str, *, client_name: str | None = None, cluster: bool = False) 
         client_name=client_name,
     )
     return redis.Redis(connection_pool=pool)
+
+
+async def close_client(client: redis.Redis) -> None:
+    """Close a client of `connect`: its pool's connections (plain), or every node's (cluster)."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        await client.aclose()
+    else:
+        await pool.disconnect()
 
 
 async def preload(client: redis.Redis, *scripts: str) -> None:
