@@ -56,19 +56,41 @@ def delete_prefix(url: str, prefix: str) -> None:
         client.close()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A private three-node Redis Cluster for the session (tests/redis_cluster.py); the URL of one node."""
+    from tests.redis_cluster import private_cluster
+
+    with private_cluster() as url:
+        yield url
+
+
+def redis_url_of(kind: str, request: pytest.FixtureRequest) -> str:
+    """The Redis of a broker kind: this machine's ("redis"), or the private cluster ("redis-cluster")."""
+    return str(request.getfixturevalue("redis_cluster_url")) if kind == "redis-cluster" else REDIS_URL
+
+
 @pytest.fixture(params=["memory", "redis"])
 def broker_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Run a test once per broker: servers built by `tests.harness.make_settings` pick it up."""
+    """Run a test once per broker: servers built by `tests.harness.make_settings` pick it up.
+
+    A test module may widen it with `@pytest.mark.parametrize("broker_kind", [..., "redis-cluster"],
+    indirect=True)`: the servers then use the private three-node Redis Cluster (`REDIS_CLUSTER=1`).
+    """
     if request.param == "memory":
         yield "memory"
         return
     prefix = "qaitest-" + secrets.token_hex(6)
-    monkeypatch.setenv("QAI_TEST_REDIS_URL", REDIS_URL)
+    url = redis_url_of(request.param, request)
+    monkeypatch.setenv("QAI_TEST_REDIS_URL", url)
     monkeypatch.setenv("QAI_TEST_REDIS_PREFIX", prefix)
+    if request.param == "redis-cluster":
+        monkeypatch.setenv("QAI_TEST_REDIS_CLUSTER", "1")
     try:
-        yield "redis"
+        yield request.param
     finally:
-        delete_prefix(REDIS_URL, prefix)
+        if request.param == "redis":
+            delete_prefix(REDIS_URL, prefix)
 
 
 @pytest.fixture(params=["local", "modal"])

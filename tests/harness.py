@@ -100,6 +100,7 @@ def make_settings(root: Path, port: int, template: Path = FIXTURE_APP, **env: st
         redis_env = {
             "REDIS_URL": os.environ["QAI_TEST_REDIS_URL"],
             "WORKSPACE_REDIS_PREFIX": os.environ["QAI_TEST_REDIS_PREFIX"],
+            "REDIS_CLUSTER": os.environ.get("QAI_TEST_REDIS_CLUSTER", "0"),
         }
     environ = {
         **redis_env,
@@ -109,6 +110,8 @@ def make_settings(root: Path, port: int, template: Path = FIXTURE_APP, **env: st
         "WORKSPACE_TEMPLATE": str(template),
         "WORKSPACE_START_TIMEOUT_S": "30",
         "PATH": os.environ.get("PATH", ""),
+        # A host whose sandbox network cannot be made can still run the tests that are not about it.
+        **({"WORKSPACE_ISOLATION": os.environ["WORKSPACE_ISOLATION"]} if "WORKSPACE_ISOLATION" in os.environ else {}),
         **env,
     }
     return Settings.from_env(environ, host="127.0.0.1", port=port)

@@ -17,7 +17,7 @@ from realtime.log.broker import Broker
 from realtime.log.memory import MemoryBroker
 from realtime.log.redis_broker import RedisBroker
 from realtime.publisher import Publisher
-from tests.conftest import REDIS_URL, delete_prefix
+from tests.conftest import REDIS_URL, delete_prefix, redis_url_of
 from tests.harness import make_settings, running_server
 from tests.wsclient import assert_contiguous, open_peer
 
@@ -31,13 +31,14 @@ def prefix() -> Any:
     delete_prefix(REDIS_URL, name)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 async def broker(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Broker]:
     the_broker: Broker
     if request.param == "memory":
         the_broker = MemoryBroker(max_events=50)
     else:
-        the_broker = RedisBroker(REDIS_URL, prefix=prefix, max_events=50)
+        url = redis_url_of(request.param, request)
+        the_broker = RedisBroker(url, prefix=prefix, max_events=50, cluster=request.param == "redis-cluster")
     async with anyio.create_task_group() as tg:
         await tg.start(the_broker.run)
         yield the_broker

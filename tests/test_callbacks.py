@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from realtime.config.settings import ConfigError
+from realtime.redis.connection import connect
 from realtime.web.app import create_app
 from realtime.webhooks.delivery import (
     Action,
@@ -34,7 +35,7 @@ from realtime.webhooks.delivery import (
 from realtime.webhooks.outbound import OutboundWebhooks
 from realtime.webhooks.store import MemoryDeliveryStore, RedisDeliveryStore
 from runtime.backoff import Backoff
-from tests.conftest import REDIS_URL, delete_prefix
+from tests.conftest import REDIS_URL, delete_prefix, redis_url_of
 from tests.harness import Running, bound_socket, fixture_files, make_settings, running_server, serve_asgi
 
 pytestmark = pytest.mark.anyio
@@ -143,13 +144,15 @@ def redis_prefix() -> Iterator[str]:
         delete_prefix(REDIS_URL, prefix)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", pytest.param("redis-cluster", marks=pytest.mark.slow)])
 async def store(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncIterator[Any]:
-    made = (
-        MemoryDeliveryStore(max_dead=3)
-        if request.param == "memory"
-        else RedisDeliveryStore(aioredis.Redis.from_url(REDIS_URL), redis_prefix, retry_s=5, max_dead=3)
-    )
+    made: Any
+    if request.param == "memory":
+        made = MemoryDeliveryStore(max_dead=3)
+    else:  # the private three-node Redis Cluster through the cluster client, as REDIS_CLUSTER=1 makes it
+        cluster = request.param == "redis-cluster"
+        client = connect(redis_url_of(request.param, request), cluster=cluster)
+        made = RedisDeliveryStore(client, redis_prefix, retry_s=5, max_dead=3)
     try:
         yield made
     finally:

@@ -20,6 +20,8 @@ import redis.asyncio as aioredis
 from realtime.config.settings import ConfigError, Settings
 from tests.conftest import REDIS_URL, delete_prefix
 from tests.harness import Running, fixture_files, make_settings, open_reply, running_server, sign_request
+from tests.leases import holder, plant, vanish
+from tests.wsclient import open_peer
 
 pytestmark = pytest.mark.anyio
 
@@ -78,7 +80,7 @@ async def test_ops_on_any_instance_run_on_the_owner(tmp_path: Path) -> None:
     async with instances(tmp_path, "a", "b") as (prefix, (a, b), redis):
         created = await b.provision("demo", fixture_files())
         assert created["state"] == "ready"
-        assert await redis.get(f"{prefix}:{{demo}}:owner") == b"b"
+        assert await holder(redis, prefix, "demo") == b"b"
 
         # Both instances describe the workspace alike; only the owner holds the lease.
         from_a, from_b = await snapshot(a, "demo"), await snapshot(b, "demo")
@@ -116,7 +118,7 @@ async def test_ops_on_any_instance_run_on_the_owner(tmp_path: Path) -> None:
         # Stopping through A stops B's workspace, records it and gives the lease up.
         assert (await a.client.delete("/api/workspaces/demo")).status_code == 204
         await until(lambda: _state_is(a, "demo", "stopped"))
-        await until(lambda: _missing(redis, f"{prefix}:{{demo}}:owner"))
+        await until(lambda: _released(redis, prefix, "demo"))
         assert await metric(b, "realtime_leases_held") == 0
 
 
@@ -124,8 +126,8 @@ async def _state_is(server: Running, project_id: str, state: str) -> bool:
     return bool((await snapshot(server, project_id))["state"] == state)
 
 
-async def _missing(redis: aioredis.Redis, key: str) -> bool:
-    return not await redis.exists(key)
+async def _released(redis: aioredis.Redis, prefix: str, project_id: str) -> bool:
+    return await holder(redis, prefix, project_id) is None
 
 
 async def test_unknown_project_is_claimed_by_nobody(tmp_path: Path) -> None:
@@ -133,7 +135,7 @@ async def test_unknown_project_is_claimed_by_nobody(tmp_path: Path) -> None:
         assert (await a.client.get("/api/workspaces/ghost")).status_code == 404
         exec_ = await a.client.post("/api/workspaces/ghost/commands", json={"cmd": "true"})
         assert (exec_.status_code, exec_.json()["error"]["code"]) == (404, "not_found")
-        assert not await redis.exists(f"{prefix}:{{ghost}}:owner")
+        assert await holder(redis, prefix, "ghost") is None
         assert await metric(a, "realtime_leases_held") == 0
 
 
@@ -169,15 +171,14 @@ async def test_an_owner_that_lost_its_lease_detaches_and_another_adopts(tmp_path
     async with instances(tmp_path, "a", "b") as (prefix, (a, b), redis):
         await b.provision("demo", fixture_files())
         seq = (await snapshot(b, "demo"))["seq"]
-        owner_key = f"{prefix}:{{demo}}:owner"
         # Someone else holds the lease now (as after a partition): B must stop driving the workspace.
-        await redis.set(owner_key, "intruder", px=60_000)
+        await plant(redis, prefix, "demo", "intruder", 60_000)
         await until(lambda: _leases(b, 0))
         events = await b.events("demo", since=seq)
         assert not [e for e in events if e["kind"] == "status" and e["data"]["state"] == "stopped"], events
 
         # The intruder vanishes without a word: an instance finds the workspace orphaned and adopts it.
-        await redis.delete(owner_key)
+        await vanish(redis, prefix, "demo")
         adopted = await until(lambda: _adopted(a, "demo", seq))
         owner = await until(lambda: _owner_when_ready(a, "demo"))
         assert owner in ("a", "b")
@@ -211,7 +212,7 @@ async def test_a_graceful_shutdown_in_handover_mode_hands_the_workspace_over(tmp
             seq = (await snapshot(a, "demo"))["seq"]
             assert (await snapshot(a, "demo"))["owner"] == "b"
         # B is gone (gracefully) and let go of its lease: A adopts at its next sweep; nothing says stopped.
-        assert not await redis.exists(f"{prefix}:{{demo}}:owner")
+        assert await holder(redis, prefix, "demo") is None
         adopted = await until(lambda: _adopted(a, "demo", seq))
         assert "instance a takes the workspace over from b" in adopted[0]["data"]["text"]
         assert await until(lambda: _owner_when_ready(a, "demo")) == "a"
@@ -233,3 +234,60 @@ async def test_a_graceful_shutdown_in_handover_mode_hands_the_workspace_over(tmp
 def test_cluster_settings_are_checked(variable: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.from_env({variable: value})
+
+
+async def _connections(server: Running) -> float:
+    return await metric(server, "realtime_connections")
+
+
+async def test_viewers_that_honour_the_affinity_hint_gather_on_one_instance(tmp_path: Path) -> None:
+    """Two viewers arriving at two instances, each moving to the instance the hello names: one follows."""
+    async with instances(tmp_path, "a", "b") as (_prefix, (a, b), _redis):
+        body = await a.provision("demo", fixture_files())
+        by_name = {"a": a, "b": b}
+        hints = []
+        async with AsyncExitStack() as stack:
+            token = body["session_token"]
+            for arrived in (a, b):
+                url = arrived.ws_url("demo", token=token)
+                peer = await stack.enter_async_context(open_peer(url))
+                hint = peer.hello["snapshot"]["viewers_at"]
+                hints.append(hint)
+                if hint != arrived.settings.instance_id:  # honour it: reconnect where the viewers gather
+                    await stack.enter_async_context(open_peer(by_name[hint].ws_url("demo", token=token)))
+                    await peer.ws.close()
+            assert hints[0] == hints[1] in by_name
+            gathered, other = by_name[hints[0]], by_name[{"a": "b", "b": "a"}[hints[0]]]
+            assert await until(lambda: _both_gathered(gathered, other))
+            # Ignoring the hint changes nothing but the cost: the other instance serves the project too.
+            async with open_peer(other.ws_url("demo", token=body["session_token"], since=0)) as stray:
+                assert stray.hello["snapshot"]["viewers_at"] == hints[0]
+                ran = await stray.request("exec", cmd="echo anywhere")
+                assert ran["ok"] is True
+
+
+async def _both_gathered(gathered: Running, other: Running) -> bool:
+    return (await _connections(gathered), await _connections(other)) == (2, 0)
+
+
+async def test_a_stopped_projects_history_expires_sooner(tmp_path: Path) -> None:
+    prefix = "qaitest-" + secrets.token_hex(6)
+    redis = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        async with instance(tmp_path, prefix, "a", WORKSPACE_HISTORY_TTL_STOPPED_S="120") as a:
+            await a.provision("demo", fixture_files())
+            log_keys = [f"{prefix}:{{demo}}:{name}" for name in ("seq", "epoch", "log")]
+            assert min([await redis.ttl(key) for key in log_keys]) > 120  # the 7-day TTL while it lives
+            listed = (await a.client.get("/api/workspaces")).json()["workspaces"]
+            assert [w["project_id"] for w in listed] == ["demo"]
+            assert (await a.client.delete("/api/workspaces/demo")).status_code == 204
+            await until(lambda: _state_is(a, "demo", "stopped"))
+            await until(lambda: _all_expire_within(redis, [*log_keys, f"{prefix}:{{demo}}:workspace"], 120))
+    finally:
+        await redis.aclose()
+        delete_prefix(REDIS_URL, prefix)
+
+
+async def _all_expire_within(redis: aioredis.Redis, keys: list[str], seconds: int) -> bool:
+    ttls = [await redis.ttl(key) for key in keys]
+    return all(0 < ttl <= seconds for ttl in ttls)

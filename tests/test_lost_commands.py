@@ -19,6 +19,7 @@ from realtime.workspaces.manager import WorkspaceManager
 from runtime.workspace.lifecycle import LifecycleConfig
 from tests.conftest import REDIS_URL, delete_prefix
 from tests.harness import bound_socket, fixture_files, make_settings, running_server, serve_asgi
+from tests.leases import plant, vanish
 from tests.test_callbacks import SECRET, Receiver, callback_env
 from tests.test_cluster import instance, metric, until
 
@@ -95,9 +96,9 @@ async def test_a_command_lost_with_its_owner_is_counted_and_sent_as_command_exit
             instance(tmp_path, prefix, "b", **env) as b,
         ):
             await b.provision("demo", fixture_files())
-            owner_key, entry_key = f"{prefix}:{{demo}}:owner", f"{prefix}:{{demo}}:workspace"
+            entry_key = f"{prefix}:{{demo}}:workspace"
             # B loses its lease (as to a partition) and stops driving the workspace, quietly.
-            await redis.set(owner_key, "intruder", px=60_000)
+            await plant(redis, prefix, "demo", "intruder", 60_000)
             await until(lambda: _leases(b, 0))
             # What B's entry would say had B died while running a command.
             raw = await redis.get(entry_key)
@@ -106,7 +107,7 @@ async def test_a_command_lost_with_its_owner_is_counted_and_sent_as_command_exit
             entry["commands"] = [{"command_id": LOST["command_id"], "state": "running"}]
             await redis.set(entry_key, orjson.dumps(entry), ex=600)
             seq = (await b.events("demo"))[-1]["seq"]
-            await redis.delete(owner_key)
+            await vanish(redis, prefix, "demo")
 
             exits = await until(lambda: _exits(a, "demo", seq))
             assert [e["data"] for e in exits] == [LOST]

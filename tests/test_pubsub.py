@@ -15,7 +15,7 @@ from redis.asyncio.client import PubSub
 
 from realtime.redis.connection import connect
 from realtime.redis.keys import RedisKeys
-from realtime.redis.pubsub import Subscription
+from realtime.redis.pubsub import SUBSCRIBE_CHUNK, Subscription
 from tests.conftest import REDIS_URL
 
 pytestmark = pytest.mark.anyio
@@ -160,4 +160,30 @@ async def test_a_lost_connection_is_rebuilt_with_every_channel(keys: RedisKeys) 
         subscription.check()
         await client.publish(keys.commands("p"), b"after")
         assert await inbox.until(1) == [b"after"]
+    await client.aclose()
+
+
+async def test_a_connection_with_many_channels_is_built_in_chunks_and_hears_them_all() -> None:
+    """More channels than `SUBSCRIBE_CHUNK` (several commands on (re)build): every one is subscribed."""
+    prefix = "qaitest-" + secrets.token_hex(6)
+    client = aioredis.Redis.from_url(REDIS_URL)
+    heard: list[bytes] = []
+    subscription = Subscription(client, heartbeat=f"{prefix}:heartbeat", on_established=lambda: None)
+    channels = [f"{prefix}:c{n}" for n in range(SUBSCRIBE_CHUNK * 2 + 7)]
+    for channel in channels:
+        await subscription.subscribe(channel, heard.append)
+    async with anyio.create_task_group() as tg:
+        await tg.start(subscription.run)
+        with anyio.fail_after(10):
+            while dict(await client.pubsub_numsub(channels[0], channels[-1])) != {
+                channels[0].encode(): 1, channels[-1].encode(): 1
+            }:
+                await anyio.sleep(0.02)
+        await client.publish(channels[-1], b"last")
+        await client.publish(channels[SUBSCRIBE_CHUNK], b"middle")
+        with anyio.fail_after(10):
+            while len(heard) < 2:
+                await anyio.sleep(0.02)
+        assert heard == [b"last", b"middle"]
+        await subscription.aclose()
     await client.aclose()

@@ -15,6 +15,7 @@ from realtime.core.keys import Keyring, Sealer
 from realtime.redis.keys import RedisKeys
 from tests.conftest import REDIS_URL, delete_prefix
 from tests.harness import fixture_files, make_settings, running_server
+from tests.leases import holder
 
 pytestmark = pytest.mark.anyio
 
@@ -91,10 +92,10 @@ async def test_an_adopting_instance_gets_the_env(tmp_path: Path, redis_prefix: t
             tmp_path / "root", port, WORKSPACE_INSTANCE_ID="a", WORKSPACE_SHUTDOWN="handover", **shared
         )) as a:
             await a.provision("demo", fixture_files(), env={"API_SECRET": SECRET})
-            assert await client.get(f"{prefix}:{{demo}}:owner") == b"a"
+            assert await holder(client, prefix, "demo") == b"a"
         ran = await b.client.post("/api/workspaces/demo/commands", json={"cmd": 'echo "$API_SECRET"', "wait": True})
         assert ran.status_code == 200, ran.text
-        assert await client.get(f"{prefix}:{{demo}}:owner") == b"b"
+        assert await holder(client, prefix, "demo") == b"b"
         output = "".join(
             e["data"]["text"] for e in await b.events("demo")
             if e["kind"] == "log" and e["data"].get("command_id") == ran.json()["command_id"]

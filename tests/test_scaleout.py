@@ -26,7 +26,7 @@ import anyio.abc
 import httpx
 import pytest
 
-from tests.conftest import REDIS_URL, delete_prefix
+from tests.conftest import REDIS_URL, delete_prefix, redis_url_of
 from tests.harness import FIXTURE_APP, TOKEN, fixture_files
 from tests.procs import processes_under
 from tests.wsclient import Peer, assert_contiguous, open_peer
@@ -95,6 +95,9 @@ class Cluster:
     instances: list[Instance] = field(default_factory=list)
     #: WORKSPACE_ISOLATION of the instances started from now on.
     isolation: str = "sandbox"
+    #: The Redis they share: this machine's, or a node of the private Redis Cluster (`REDIS_CLUSTER=1`).
+    redis_url: str = REDIS_URL
+    redis_cluster: bool = False
     _files: list[IO[bytes]] = field(default_factory=list)
 
     @property
@@ -114,7 +117,8 @@ class Cluster:
             **inherited,
             "PYTHONPATH": str(REPO),
             "PYTHONUNBUFFERED": "1",
-            "REDIS_URL": REDIS_URL,
+            "REDIS_URL": self.redis_url,
+            "REDIS_CLUSTER": "1" if self.redis_cluster else "0",
             "WORKSPACE_REDIS_PREFIX": self.prefix,
             "WORKSPACE_ROOT": str(self.root),
             "WORKSPACE_TOKEN": TOKEN,
@@ -123,7 +127,7 @@ class Cluster:
             "WORKSPACE_START_TIMEOUT_S": "30",
             "WORKSPACE_INSTANCE_ID": name,
             "WORKSPACE_LEASE_MS": str(LEASE_MS),
-            "WORKSPACE_ISOLATION": self.isolation,
+            "WORKSPACE_ISOLATION": os.environ.get("WORKSPACE_ISOLATION", self.isolation),
         }
 
     async def start(self, name: str) -> Instance:
@@ -167,16 +171,19 @@ class Cluster:
                 print(await anyio.Path(path).read_text(errors="replace"))
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+@pytest.fixture(params=["redis", pytest.param("redis-cluster", marks=pytest.mark.slow)])
+async def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
+    """Instances on this machine's Redis, or on a private three-node Redis Cluster."""
     prefix = "qaitest-" + secrets.token_hex(6)
-    running = Cluster(tmp_path, prefix)
+    sharded = request.param == "redis-cluster"
+    running = Cluster(tmp_path, prefix, redis_url=redis_url_of(request.param, request), redis_cluster=sharded)
     try:
         yield running
     finally:
         with anyio.CancelScope(shield=True):
             await running.aclose()
-        delete_prefix(REDIS_URL, prefix)
+        if not sharded:  # the private cluster goes with the session
+            delete_prefix(REDIS_URL, prefix)
 
 
 def command_events(events: list[dict[str, Any]], command_id: str) -> list[dict[str, Any]]:

@@ -20,6 +20,11 @@ from tests.wsclient import assert_contiguous, open_peer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("broker_kind", "runtime_kind")]
 
+#: Representative tests also run against the private three-node Redis Cluster (`REDIS_CLUSTER=1`).
+ALSO_ON_CLUSTER = pytest.mark.parametrize(
+    "broker_kind", ["memory", "redis", pytest.param("redis-cluster", marks=pytest.mark.slow)], indirect=True
+)
+
 #: For tests that never reach a sandbox (the broker and the channel only): once is enough.
 NO_SANDBOX = pytest.mark.runtime("local", reason="no sandbox involved: runs on one runtime")
 
@@ -72,6 +77,7 @@ async def flood(server: Running, project_id: str, count: int, size: int = 1000) 
 # -- hello, replay, ops, fan-out ---------------------------------------------------------------
 
 
+@ALSO_ON_CLUSTER
 async def test_hello_then_replay_from_zero_matches_the_log(server: Running) -> None:
     body = await server.provision("demo", fixture_files())
     logged = await server.events("demo")
@@ -162,6 +168,7 @@ async def test_ops_before_the_workspace_exists_are_refused_without_side_effects(
     assert (await server.client.get("/api/workspaces/nobody")).status_code == 404
 
 
+@ALSO_ON_CLUSTER
 async def test_several_clients_receive_identical_sequences(server: Running) -> None:
     body = await server.provision("demo", fixture_files())
     url = server.ws_url("demo", token=body["session_token"], since=0)
@@ -180,6 +187,7 @@ async def test_several_clients_receive_identical_sequences(server: Running) -> N
 # -- resume ------------------------------------------------------------------------------------
 
 
+@ALSO_ON_CLUSTER
 async def test_resume_in_the_middle_of_a_20000_line_command_loses_and_repeats_nothing(server: Running) -> None:
     body = await server.provision("demo", fixture_files())
     token = body["session_token"]

@@ -1,8 +1,11 @@
 """Adoption: driving the workspaces whose owner is gone.
 
-Every sweep (each third of a lease), an instance looks for projects in the active set
-(`…:workspaces`) that have a live registry entry (`…:{p}:workspace`) but no lease (`…:{p}:owner`):
-their owner died, or handed them over. The instance that claims the lease adopts the workspace:
+Every sweep (each third of a lease), an instance looks, in each lease shard it is responsible for
+(`realtime.core.shards.shards_of` over the live instances), for leases whose holder's deadline on
+the shard passed (`Leases.lapsed`: `ZRANGEBYSCORE … -inf now LIMIT`, then a bounded sample of what
+each such holder held, so a sweep's cost follows the orphans found, not the projects registered):
+their owner died, or handed them over. If the project's registry
+entry (`…:{p}:workspace`) is live, the instance that claims the lease adopts the workspace:
 
 1. it logs the takeover (a `system` log line naming the previous owner);
 2. it ends each command the previous owner was running, once, with a `command` event
@@ -15,13 +18,14 @@ their owner died, or handed them over. The instance that claims the lease adopts
 
 Invariant: from the claim of its lease until its adoption ended, a project is `underway`, so an
 op that arrives meanwhile waits for the adoption (`wait`) instead of starting a workspace itself.
-A project in the active set with neither lease nor entry (the entry expired) is dropped from the set.
+A lapsed lease whose entry expired or is stopped is dropped (`Leases.drop`), with the project's
+place in the workspace list.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Container
+from collections.abc import Awaitable, Callable, Container, Iterable
 from typing import Any
 
 import anyio
@@ -34,9 +38,12 @@ from realtime.workspaces.manager import WorkspaceManager
 from runtime import events
 from runtime.events import EventKind
 
-__all__ = ["Adoption"]
+__all__ = ["SWEEP_LIMIT", "Adoption"]
 
 logger = logging.getLogger(__name__)
+
+#: Lapsed leases one sweep takes from a shard at most (the rest wait for the next round).
+SWEEP_LIMIT = 64
 
 
 class Adoption:
@@ -76,31 +83,25 @@ class Adoption:
         await adopting.wait()
         return True
 
-    async def sweep(self, owned: Container[str], tg: anyio.abc.TaskGroup) -> None:
-        """Claim every live project nobody owns, and start adopting it in `tg`.
+    async def sweep(self, owned: Container[str], shards: Iterable[int], tg: anyio.abc.TaskGroup) -> None:
+        """Claim every lapsed lease of `shards` whose workspace is live, and start adopting it in `tg`.
 
         Raises:
             BrokerUnavailable, redis.RedisError: Redis failed; the next sweep goes on.
         """
-        projects = await self._registry.active()
-        candidates = [p for p in projects if p not in owned and p not in self._adopting]
-        if not candidates:
-            return
-        counts = await self._registry.presence(candidates)
-        for project_id, count in zip(candidates, counts, strict=True):
-            if count == 0:  # neither owner nor entry: the entry expired
-                await self._registry.drop(project_id)
-                continue
-            if count == 2:  # owned
-                continue
-            entry = await self._registry.entry(project_id)
-            if entry is None or not is_live(entry):
-                continue
-            if await self._leases.claim(project_id):
-                # Marked before anything can wait, so an op arriving meanwhile waits for this adoption.
-                self._adopting[project_id] = anyio.Event()
-                await self._hold(project_id)
-                tg.start_soon(self._adopt_quietly, project_id, entry)
+        for shard in shards:
+            for project_id in await self._leases.lapsed(shard, SWEEP_LIMIT):
+                if project_id in owned or project_id in self._adopting:
+                    continue
+                entry = await self._registry.entry(project_id)
+                if entry is None or not is_live(entry):
+                    await self._leases.drop(project_id)
+                    continue
+                if await self._leases.claim(project_id):
+                    # Marked before anything can wait, so an op arriving meanwhile waits for this adoption.
+                    self._adopting[project_id] = anyio.Event()
+                    await self._hold(project_id)
+                    tg.start_soon(self._adopt_quietly, project_id, entry)
 
     async def _adopt_quietly(self, project_id: str, entry: dict[str, Any]) -> None:
         logs.bind(project_id=project_id)

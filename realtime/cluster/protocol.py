@@ -45,6 +45,10 @@ class Cluster(Protocol):
         """Where the gateway reaches the preview a hostname's project key names."""
         ...
 
+    async def affinity(self, project_id: str) -> str | None:
+        """The instance the project's viewers should gather on (a hint: any instance serves any project)."""
+        ...
+
     def counters(self) -> Iterable[tuple[str, str, dict[str, str], float]]:
         """For the metrics collector: (name, help, labels, value) of the cluster's own counters."""
         ...
@@ -61,10 +65,12 @@ class Cluster(Protocol):
 async def project_snapshot(cluster: Cluster, broker: Broker, project_id: str) -> dict[str, Any]:
     """The project's state as `GET /api/workspaces/{id}` and `hello` show it, with the log's position.
 
-    `state` is None when the project never had a workspace (or its record expired).
+    `state` is None when the project never had a workspace (or its record expired). `viewers_at`
+    names the instance the project's viewers should gather on (`Cluster.affinity`), so that one
+    instance follows it; None when there is nothing to gather (one process).
     """
     history = await broker.read(project_id, 0, limit=0)
     state = await cluster.snapshot(project_id) or {
         "project_id": project_id, "state": None, "detail": None, "preview": None, "commands": [], "owner": None,
     }
-    return {**state, "epoch": history.epoch, "seq": history.latest}
+    return {**state, "epoch": history.epoch, "seq": history.latest, "viewers_at": await cluster.affinity(project_id)}

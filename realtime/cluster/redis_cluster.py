@@ -47,6 +47,7 @@ from realtime.cluster.serving import RequestServer
 from realtime.config import logs
 from realtime.core.errors import ApiError
 from realtime.core.keys import Keyring, Sealer
+from realtime.core.shards import affinity_owner, shards_of
 from realtime.core.signing import PreviewTarget
 from realtime.log.redis_broker import RedisBroker
 from realtime.redis.connection import retrying
@@ -70,18 +71,20 @@ class RedisCluster:
     """Ownership, op routing, adoption and the workspace registry over Redis (see the module doc)."""
 
     def __init__(self, broker: RedisBroker, manager: WorkspaceManager, *, lease_ms: int, ttl_s: int,
-                 retry_s: float, keyring: Keyring) -> None:
+                 retry_s: float, keyring: Keyring, stopped_ttl_s: int | None = None) -> None:
         self.instance = broker.instance
         self._broker = broker
-        self._redis = broker.redis
         self._manager = manager
         self._keys = broker.keys
         self._lease_s = lease_ms / 1000
         self._retry_s = retry_s
         self._leases = Leases(broker.redis, broker.keys, self.instance, lease_ms, retry_s)
         self._registry = Registry(
-            broker.redis, broker.keys, ttl_s=ttl_s, retry_s=retry_s, sealer=Sealer(keyring, "registry-env")
+            broker.redis, broker.keys, ttl_s=ttl_s, retry_s=retry_s, sealer=Sealer(keyring, "registry-env"),
+            stopped_ttl_s=stopped_ttl_s,
         )
+        #: The live instances as of the last upkeep round (this one among them).
+        self._live: list[str] = [self.instance]
         self._writer = RegistryWriter(
             self._registry, manager, instance=self.instance, owns=self.owns, released=self._give_up
         )
@@ -93,7 +96,7 @@ class RedisCluster:
         #: Replies refused (not signed by an instance for our reply channel), by reason.
         self._refused_replies: Counter[Refusal] = Counter()
         self._server = RequestServer(
-            broker.redis, instance=self.instance, retry_s=retry_s, owns=self.owns, run=self._run_owned,
+            broker.publish, instance=self.instance, retry_s=retry_s, owns=self.owns, run=self._run_owned,
             auth=self._rpc_auth,
         )
         self._tg: anyio.abc.TaskGroup | None = None
@@ -118,6 +121,11 @@ class RedisCluster:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         await self._broker.listen(self._keys.reply(self.instance), self._on_reply)
+        try:  # live at once: the others' affinity hints and shard shares count this instance from now
+            await self._leases.load()
+            self._live = await self._leases.present()
+        except Exception as exc:  # noqa: BLE001 - the upkeep says so again each round
+            logger.warning("could not record this instance as live: %s", exc)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._upkeep, tg)
@@ -176,7 +184,7 @@ class RedisCluster:
                 # Signed anew at each publication: its `ts` says when, so the owner can tell a replay.
                 published = dataclasses.replace(request, ts=int(time.time() * 1000))
                 payload = self._rpc_auth.sign_request(project_id, published.encode())
-                receivers = await retrying(functools.partial(self._redis.publish, channel, payload), self._retry_s)
+                receivers = await retrying(functools.partial(self._broker.publish, channel, payload), self._retry_s)
                 if receivers == 0:
                     if await self._claim(project_id, op):
                         return await self._run_owned(project_id, op, args)
@@ -244,6 +252,9 @@ class RedisCluster:
     # -- running ops (on the owner) -------------------------------------------------------------
 
     async def _run_owned(self, project_id: str, op: str, args: Mapping[str, Any]) -> dict[str, Any]:
+        # An adoption under way (the sweep claimed the lease first) ends before any op runs on the workspace.
+        if await self._adoption.wait(project_id) and project_id not in self._owned:
+            raise ApiError(503, "unavailable", f"project {project_id!r} changed owner; try again")
         workspace = self._manager.get(project_id)
         if workspace is None or workspace.state is State.stopped:
             if await self._adoption.wait(project_id):
@@ -289,14 +300,32 @@ class RedisCluster:
         await self._leases.release(project_id)
 
     async def _upkeep(self, tg: anyio.abc.TaskGroup) -> None:
-        """Renew the leases held, fence the lost ones, and adopt live projects nobody owns."""
+        """Each third of a lease: say this instance is live, renew the leases held (fencing the lost
+        ones), and adopt the orphans of the shards this instance sweeps. Its cost grows with the
+        leases held here and the orphans found, never with the projects other instances own."""
         while True:
             await anyio.sleep(self._lease_s / 3)
             try:
-                await self._renew(tg)
-                await self._adoption.sweep(self._owned, tg)
+                await self.maintain(tg)
             except Exception as exc:  # noqa: BLE001 - Redis away: the owner keeps going
                 logger.warning("lease upkeep failed: %s", exc)
+
+    async def maintain(self, tg: anyio.abc.TaskGroup) -> None:
+        """One maintenance round (see `_upkeep`); public for benchmarks/capacity.py."""
+        self._live = await self._leases.present()
+        await self._renew(tg)
+        await self._adoption.sweep(self._owned, shards_of(self.instance, self._live, self._leases.shards), tg)
+
+    async def affinity(self, project_id: str) -> str | None:
+        """The live instance this project's viewers should gather on (rendezvous hashing over the live
+        instances, read afresh so that every instance names the same one); a hint: any instance serves
+        any project. None when Redis cannot say (the hint is left out, nothing fails)."""
+        try:
+            self._live = await self._leases.live()
+        except Exception as exc:  # noqa: BLE001 - only a hint
+            logger.debug("no affinity hint for %s: %s", project_id, exc)
+            return None
+        return affinity_owner(project_id, [*self._live, self.instance])
 
     async def _renew(self, tg: anyio.abc.TaskGroup) -> None:
         projects = list(self._owned)
@@ -333,7 +362,8 @@ class RedisCluster:
         return shown
 
     async def projects(self) -> set[str]:
-        return await self._registry.active() | {workspace.project_id for workspace in self._manager.all()}
+        listed = {project_id async for project_id in self._registry.active()}
+        return listed | {workspace.project_id for workspace in self._manager.all()}
 
     async def resolve(self, project_key: str) -> PreviewTarget | None:
         local = await self._manager.resolve(project_key)

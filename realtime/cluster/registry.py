@@ -10,7 +10,8 @@ Keys (`RedisKeys`):
   reads Redis does not see it, every instance with the key (or an older listed one) opens it, and an
   `env` that does not open (plain text planted in Redis, sealed for another project or under a key
   not listed) is dropped with a warning, never used;
-- `…:workspaces` (`active`) the set of projects whose workspace is not stopped;
+- `…:{shard-<n>}:workspaces` (`active(shard)`) the projects whose workspace is not stopped, one set
+  per lease shard: the list is read with `SSCAN` in pages, never one `SMEMBERS` of everything;
 - `…:preview:<key>` (`preview`) which project a preview hostname's key names, for every gateway.
 
 Only a project's owner writes its entry (`RegistryWriter` skips projects it does not own, and
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -31,13 +32,14 @@ import orjson
 import redis.asyncio as aioredis
 
 from realtime.core.keys import Sealer
+from realtime.core.shards import LEASE_SHARDS, shard_of
 from realtime.redis.connection import retrying
 from realtime.redis.keys import RedisKeys
 from realtime.workspaces.manager import WorkspaceManager
 from runtime.events import SNAPSHOT_KINDS
 from runtime.workspace.lifecycle import State, Workspace
 
-__all__ = ["PRIVATE", "Registry", "RegistryWriter", "is_live", "public"]
+__all__ = ["PAGE", "PRIVATE", "Registry", "RegistryWriter", "is_live", "public"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ logger = logging.getLogger(__name__)
 #: Fields of a registry entry that only instances need (never shown to clients).
 #: What a sealed `env` is bound to (with the project id): it opens for no other project or use.
 _ENV_CONTEXT = b"registry-env\0"
+#: Projects asked for per `SSCAN` of the workspace list.
+PAGE = 500
 PRIVATE = ("env", "generation", "origin", "preview_key", "preview_keys")
 
 
@@ -62,8 +66,13 @@ def is_live(entry: Mapping[str, Any]) -> bool:
 class Registry:
     """Reads and writes the registry's keys (see the module doc)."""
 
-    def __init__(self, redis: aioredis.Redis, keys: RedisKeys, *, ttl_s: int, retry_s: float, sealer: Sealer) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, keys: RedisKeys, *, ttl_s: int, retry_s: float, sealer: Sealer,
+        shards: int = LEASE_SHARDS, stopped_ttl_s: int | None = None,
+    ) -> None:
         self._redis = redis
+        self._shards = shards
+        self._stopped_ttl_s = stopped_ttl_s
         self._keys = keys
         self._ttl_s = ttl_s
         self._retry_s = retry_s
@@ -102,13 +111,19 @@ class Registry:
         return entry
 
     async def write(self, project_id: str, entry: Mapping[str, Any]) -> None:
-        """Record the entry, the project in the active set or out of it, and its preview key."""
+        """Record the entry, the project in the active set or out of it, and its preview key; a stopped
+        project's entry and history expire after `stopped_ttl_s` (`WORKSPACE_HISTORY_TTL_STOPPED_S`)."""
+        live = is_live(entry)
+        ttl_s = self._ttl_s if live or self._stopped_ttl_s is None else min(self._ttl_s, self._stopped_ttl_s)
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(self._keys.workspace(project_id), self._encode(project_id, entry), ex=self._ttl_s)
-            if is_live(entry):
-                pipe.sadd(self._keys.active, project_id)
+            pipe.set(self._keys.workspace(project_id), self._encode(project_id, entry), ex=ttl_s)
+            active = self._keys.active(shard_of(project_id, self._shards))
+            if live:
+                pipe.sadd(active, project_id)
             else:
-                pipe.srem(self._keys.active, project_id)
+                pipe.srem(active, project_id)
+                for key in self._keys.log(project_id):  # a stopped project's history goes sooner
+                    pipe.expire(key, ttl_s, lt=True)
             for preview_key in {entry.get("preview_key"), *entry.get("preview_keys", ())} - {None}:
                 pipe.set(self._keys.preview(preview_key), project_id, ex=self._ttl_s)
             await pipe.execute()
@@ -120,22 +135,23 @@ class Registry:
             entry["commands"] = []
             await self._redis.set(self._keys.workspace(project_id), self._encode(project_id, entry), ex=self._ttl_s)
 
-    async def active(self) -> set[str]:
-        """The projects whose workspace is not stopped."""
-        members = await retrying(lambda: self._redis.smembers(self._keys.active), self._retry_s)
-        return {bytes(member).decode() for member in members}
+    async def page(self, shard: int, cursor: int) -> tuple[int, list[str]]:
+        """One page (`SSCAN … COUNT PAGE`) of a shard's projects not stopped, and the cursor after it (0: done)."""
+        after, members = await retrying(
+            lambda: self._redis.sscan(self._keys.active(shard), cursor, count=PAGE), self._retry_s
+        )
+        return int(after), [bytes(member).decode() for member in members]
 
-    async def presence(self, project_ids: Sequence[str]) -> list[int]:
-        """For each project, in one round trip, how many of its lease and its entry exist."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for project_id in project_ids:
-                pipe.exists(self._keys.owner(project_id), self._keys.workspace(project_id))
-            counts: list[int] = await pipe.execute()
-        return counts
-
-    async def drop(self, project_id: str) -> None:
-        """Take the project out of the active set (its entry expired)."""
-        await self._redis.srem(self._keys.active, project_id)
+    async def active(self) -> AsyncIterator[str]:
+        """The projects whose workspace is not stopped, page by page (each page bounded; none blocks Redis)."""
+        for shard in range(self._shards):
+            cursor = 0
+            while True:
+                cursor, projects = await self.page(shard, cursor)
+                for project_id in projects:
+                    yield project_id
+                if cursor == 0:
+                    break
 
     async def project_of(self, preview_key: str) -> str | None:
         """The project a preview hostname's key names; None if no gateway should know it."""

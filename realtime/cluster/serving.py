@@ -20,7 +20,6 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import redis.asyncio as aioredis
 
 from realtime.cluster import ops, rpc
 from realtime.cluster.rpc_auth import Refusal, ReplayGuard, RpcAuth
@@ -40,7 +39,8 @@ class RequestServer:
     """Serves the requests of the projects owned here. `run()` holds the tasks that serve them.
 
     Args:
-        redis: publishes the replies; instance: this instance's id (in acknowledgements);
+        publish: publishes the replies (`RedisBroker.publish`: classic or sharded pub/sub);
+        instance: this instance's id (in acknowledgements);
         retry_s: how long a reply rides out a Redis outage;
         owns: whether this instance owns a project; run: runs an op on a project owned here;
         auth: opens requests and signs replies; clock: unix seconds, for the requests' freshness.
@@ -48,7 +48,7 @@ class RequestServer:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        publish: Callable[[str, bytes], Awaitable[int]],
         *,
         instance: str,
         retry_s: float,
@@ -57,7 +57,7 @@ class RequestServer:
         auth: RpcAuth,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._redis = redis
+        self._publish = publish
         self._auth = auth
         self._guard = ReplayGuard()
         self._clock = clock
@@ -114,7 +114,7 @@ class RequestServer:
             body = reply if isinstance(reply, bytes) else rpc.encode_reply(reply)
             payload = self._auth.sign_reply(request.reply, body)
             try:
-                await retrying(lambda: self._redis.publish(request.reply, payload), self._retry_s)
+                await retrying(lambda: self._publish(request.reply, payload), self._retry_s)
             except Exception as exc:  # noqa: BLE001 - the asker times out and asks again
                 logger.warning("reply to %s for %s lost: %s", request.reply, project_id, exc)
 

@@ -24,6 +24,9 @@ class SoloCluster:
         self.instance = instance or "solo"
         self._manager = manager
 
+    async def affinity(self, project_id: str) -> str | None:
+        return None  # one process: every viewer is here already
+
     async def call(self, project_id: str, op: str, args: Mapping[str, Any]) -> dict[str, Any]:
         return await ops.run(self._manager, project_id, op, args)
 

@@ -14,7 +14,9 @@ one hash slot), so every instance sees one gap-free order:
   bytes `frame_for` builds;
 - only then is `…:seq` set: an append Redis refuses half-way (full under `noeviction`, a key of the
   wrong type) assigns no seq, and is `BrokerUnavailable` to the caller, like an outage;
-- the three keys get the TTL again, and `<epoch> <frame>` is published on channel `RedisKeys.events`.
+- the three keys get the TTL again, and `<epoch> <frame>` is published on channel `RedisKeys.events`
+  (KEYS[4], so that under Redis Cluster the channel is known to be on the script's slot): with
+  `PUBLISH`, or with `SPUBLISH` when `sharded` (`REDIS_CLUSTER=1`: only the slot's node pays for it).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ if type(added) == 'table' and added.err then
 end
 redis.call('SET', KEYS[1], seq)
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
-redis.call('PUBLISH', ARGV[6], epoch .. ' ' .. frame)
+redis.call(ARGV[6], KEYS[4], epoch .. ' ' .. frame)
 return {seq, epoch}
 """
 
@@ -70,6 +72,7 @@ class RedisAppender:
         max_bytes: the most bytes of frames it retains (`WORKSPACE_HISTORY_BYTES`; the newest event is
             kept whatever its size).
         ttl_s: how long an idle project's keys live (`WORKSPACE_REDIS_TTL_S`).
+        sharded: publish with `SPUBLISH` (sharded pub/sub, under Redis Cluster) instead of `PUBLISH`.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class RedisAppender:
         max_bytes: int = 10 * 1024 * 1024,
         ttl_s: int,
         retry_s: float,
+        sharded: bool = False,
     ) -> None:
         if max_events < 1 or max_bytes < 1:
             raise ValueError(f"retention must be positive, got {max_events} events, {max_bytes} bytes")
@@ -90,6 +94,7 @@ class RedisAppender:
         self._max_bytes = max_bytes
         self._ttl_s = ttl_s
         self._retry_s = retry_s
+        self._publish = "SPUBLISH" if sharded else "PUBLISH"
 
     async def append(self, project_id: str, kind: str, data: Mapping[str, Any]) -> Event:
         """Append one event; return it with its seq.
@@ -99,10 +104,8 @@ class RedisAppender:
         """
         body = event_body(kind, data)
         ts = int(time.time() * 1000)
-        keys = list(self._keys.log(project_id))
-        args = [
-            new_epoch(), ts, body, self._max_events, self._ttl_s, self._keys.events(project_id), self._max_bytes
-        ]
+        keys = [*self._keys.log(project_id), self._keys.events(project_id)]
+        args = [new_epoch(), ts, body, self._max_events, self._ttl_s, self._publish, self._max_bytes]
         try:
             seq, _epoch = await retrying(lambda: self._script(keys=keys, args=args), self._retry_s)
         except ResponseError as exc:

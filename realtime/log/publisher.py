@@ -17,8 +17,8 @@ import orjson
 
 from realtime.core.errors import ApiError
 from realtime.core.validation import parse_project_id
-from realtime.log.append import RedisAppender
-from realtime.redis.connection import connect
+from realtime.log.append import APPEND, RedisAppender
+from realtime.redis.connection import connect, preload
 from realtime.redis.keys import RedisKeys
 from runtime import events
 from runtime.events import EventKind
@@ -32,7 +32,8 @@ class Publisher:
     """Appends `custom` events `{type, data}`; use as an async context manager, or call `aclose()`.
 
     `prefix`, `max_events`, `max_bytes` and `ttl_s` must match the servers' `WORKSPACE_REDIS_PREFIX`,
-    `WORKSPACE_HISTORY_EVENTS`, `WORKSPACE_HISTORY_BYTES` and `WORKSPACE_REDIS_TTL_S`.
+    `WORKSPACE_HISTORY_EVENTS`, `WORKSPACE_HISTORY_BYTES` and `WORKSPACE_REDIS_TTL_S`; `cluster` the
+    servers' `REDIS_CLUSTER` (a Redis Cluster: the cluster client, and `SPUBLISH`).
     """
 
     def __init__(
@@ -45,12 +46,15 @@ class Publisher:
         ttl_s: int = 7 * 24 * 3600,
         max_event_bytes: int = 256 * 1024,
         retry_s: float = 30.0,
+        cluster: bool = False,
     ) -> None:
-        self._redis = connect(url)
+        self._redis = connect(url, cluster=cluster)
         self._appender = RedisAppender(
-            self._redis, RedisKeys(prefix), max_events=max_events, max_bytes=max_bytes, ttl_s=ttl_s, retry_s=retry_s
+            self._redis, RedisKeys(prefix), max_events=max_events, max_bytes=max_bytes, ttl_s=ttl_s, retry_s=retry_s,
+            sharded=cluster,
         )
         self._max_event_bytes = max_event_bytes
+        self._loaded = not cluster
 
     async def publish(self, project_id: str, type: str, data: Any = None) -> int:
         """Append `{type, data}` to the project's log; return its `seq`.
@@ -70,6 +74,9 @@ class Publisher:
             raise ValueError(f"data is not JSON: {exc}") from None
         if size > self._max_event_bytes:
             raise ValueError(f"data is {size} bytes encoded, over the limit of {self._max_event_bytes}")
+        if not self._loaded:  # under Redis Cluster, the script on every node first (see `preload`)
+            await preload(self._redis, APPEND)
+            self._loaded = True
         event = await self._appender.append(project_id, EventKind.custom, events.custom(type, data))
         return event.seq
 

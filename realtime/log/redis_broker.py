@@ -40,12 +40,13 @@ from redis.exceptions import RedisError
 
 from realtime.core.errors import BrokerUnavailable
 from realtime.core.eventlog import Event, History
-from realtime.log.append import RedisAppender
-from realtime.log.read import MalformedFrame, RedisReader, parse_published
+from realtime.log.append import APPEND, RedisAppender
+from realtime.log.read import READ, MalformedFrame, RedisReader, parse_published
 from realtime.log.window import Delivery, FollowWindow, Read, Refreshed
-from realtime.redis.connection import connect
+from realtime.redis.connection import connect, preload, retrying
 from realtime.redis.keys import RedisKeys
 from realtime.redis.pubsub import Handler, Subscription
+from realtime.redis.sharded import ShardedSubscription
 
 __all__ = ["RedisBroker"]
 
@@ -83,6 +84,10 @@ class RedisBroker:
         window: the most recent events each followed project keeps in memory (at most `max_events`).
         retry_s: how long a command rides out a Redis outage before `BrokerUnavailable`.
         instance: this process's id (names its heartbeat channel and its Redis connections).
+        cluster: `url` names a node of a Redis Cluster (`REDIS_CLUSTER=1`): the cluster client, appends
+            and ops published with `SPUBLISH`, one sharded subscription per node (redis/sharded.py).
+            Single-node Redis keeps classic `PUBLISH`/`SUBSCRIBE`, so instances of an older release
+            sharing that Redis still hear every message.
     """
 
     def __init__(
@@ -96,16 +101,26 @@ class RedisBroker:
         window: int = 4096,
         retry_s: float = 30.0,
         instance: str | None = None,
+        cluster: bool = False,
     ) -> None:
         self.keys = RedisKeys(prefix)
         self.instance = instance or secrets.token_hex(6)
-        self._redis = connect(url, client_name=f"{prefix}:{self.instance}")
+        self.cluster = cluster
+        self._redis = connect(url, client_name=f"{prefix}:{self.instance}", cluster=cluster)
         retention = {"max_events": max_events, "max_bytes": max_bytes, "ttl_s": ttl_s, "retry_s": retry_s}
-        self._appender = RedisAppender(self._redis, self.keys, **retention)
+        self._appender = RedisAppender(self._redis, self.keys, sharded=cluster, **retention)
         self._reader = RedisReader(self._redis, self.keys, **retention)
-        self._subscription = Subscription(
-            self._redis, heartbeat=self.keys.heartbeat(self.instance), on_established=self._resubscribed
-        )
+        self._subscription: Subscription | ShardedSubscription
+        if cluster:
+            self._subscription = ShardedSubscription(
+                self._redis,  # type: ignore[arg-type]  # connect(cluster=True) made a RedisCluster
+                heartbeat=lambda tag: self.keys.heartbeat(self.instance, tag), on_established=self._resubscribed,
+            )
+        else:
+            self._subscription = Subscription(
+                self._redis, heartbeat=self.keys.heartbeat(self.instance), on_established=self._resubscribed
+            )
+        self._retry_s = retry_s
         self._max_events = max_events
         self._max_bytes = max_bytes
         self._window = min(window, max_events)
@@ -189,9 +204,16 @@ class RedisBroker:
     async def unlisten(self, channel: str) -> None:
         await self._subscription.unsubscribe(channel)
 
+    async def publish(self, channel: str, payload: bytes) -> int:
+        """Publish on a channel `listen` hears (sharded under Redis Cluster); how many subscribers got it."""
+        if self.cluster:
+            return int(await self._redis.spublish(channel, payload))
+        return int(await self._redis.publish(channel, payload))
+
     # -- keeping windows current -----------------------------------------------------------------
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        await retrying(lambda: preload(self._redis, APPEND, READ), self._retry_s)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             await tg.start(self._subscription.run)

@@ -23,7 +23,9 @@ from realtime.config.masking import mask_url
 from realtime.core.errors import BrokerUnavailable
 from runtime.backoff import Backoff
 
-__all__ = ["MAX_CONNECTIONS", "RETRY_BACKOFF", "TRANSIENT", "check_url", "connect", "retrying"]
+__all__ = [
+    "MAX_CONNECTIONS", "RETRY_BACKOFF", "TRANSIENT", "check_url", "close_client", "connect", "preload", "retrying",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +63,26 @@ def check_url(url: str) -> None:
     _pool(url)
 
 
-def connect(url: str, *, client_name: str | None = None) -> redis.Redis:
+def connect(url: str, *, client_name: str | None = None, cluster: bool = False) -> redis.Redis:
     """A client whose pool makes callers wait for a free connection instead of failing when busy
     (a thousand rooms joining at once must not be a thousand connections, nor errors).
+
+    `cluster=True` (`REDIS_CLUSTER=1`): `url` names any node of a Redis Cluster, and the client is
+    redis-py's cluster client (`redis.asyncio.cluster.RedisCluster`: it learns the slot map from that
+    node and sends each command to the node owning its keys; `MAX_CONNECTIONS` per node). Its
+    interface is the plain client's for every command this service sends.
 
     Raises:
         ValueError: `url` is malformed (see `check_url`).
     """
+    if cluster:
+        check_url(url)
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(  # type: ignore[return-value]
+            url, max_connections=MAX_CONNECTIONS, socket_connect_timeout=2, socket_timeout=10,
+            client_name=client_name,
+        )
     pool = _pool(
         url,
         max_connections=MAX_CONNECTIONS,
@@ -77,6 +92,25 @@ def connect(url: str, *, client_name: str | None = None) -> redis.Redis:
         client_name=client_name,
     )
     return redis.Redis(connection_pool=pool)
+
+
+async def close_client(client: redis.Redis) -> None:
+    """Close a client of `connect`: its pool's connections (plain), or every node's (cluster)."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        await client.aclose()
+    else:
+        await pool.disconnect()
+
+
+async def preload(client: redis.Redis, *scripts: str) -> None:
+    """Under Redis Cluster, load `scripts` on every primary before first use: redis-py's async cluster
+    client (8.1) breaks connections when many calls recover from `NOSCRIPT` at once. No-op on one Redis."""
+    from redis.asyncio.cluster import RedisCluster
+
+    if isinstance(client, RedisCluster):
+        for script in scripts:
+            await client.script_load(script)
 
 
 async def retrying(fn: Callable[[], Awaitable[T]], retry_s: float) -> T:

@@ -6,11 +6,18 @@ keys on one slot, which its Lua scripts need:
 - `…:seq` the latest seq, `…:epoch` the log's incarnation, `…:log` the stream of encoded frames
   (entries `<seq>-0`, their fields in realtime/log/stream.py);
 - channel `…:events`: every append, published as `<epoch> <frame>`;
-- `…:owner` the ownership lease (the owning instance's id); channel `…:commands` the ops sent to the owner;
+- channel `…:commands` the ops sent to the owner;
 - `…:workspace` the registry entry (the owner's snapshot of the workspace);
 - `…:revocations` the revocation generations (a hash: `preview`, `session`), kept without a TTL.
 
-Shared names: `<prefix>:workspaces` (the set of projects not stopped), channel `<prefix>:reply:<instance>`
+Lease shards (`realtime.core.shards`: a project's shard is a hash of its id), each one slot
+`<prefix>:{shard-<n>}:…`: `leases` (sorted set: instance → the deadline of its leases on the shard,
+ms of Redis time), `owners` (hash: project → the instance holding its lease), `held:<instance>`
+(set: the projects that instance holds there), `workspaces` (the set of projects not stopped, so
+the list is scanned shard by shard). `<prefix>:instances` (sorted set: live instance →
+the deadline of its presence) tells which instance sweeps which shard.
+
+Shared names: channel `<prefix>:reply:<instance>`
 (answers to the ops an instance forwarded), channel `<prefix>:heartbeat:<instance>` (proves an
 instance's subscription still delivers), `<prefix>:preview:<key>` (the project a preview hostname's
 key names), the outbound webhook queue under `<prefix>:{webhooks}:` (`due`, `deliveries`, `dead`,
@@ -43,10 +50,6 @@ class RedisKeys:
         """The channel each append is published on."""
         return self._project(project_id, "events")
 
-    def owner(self, project_id: str) -> str:
-        """The ownership lease."""
-        return self._project(project_id, "owner")
-
     def commands(self, project_id: str) -> str:
         """The channel the owner takes ops on."""
         return self._project(project_id, "commands")
@@ -61,17 +64,34 @@ class RedisKeys:
 
     # -- shared -----------------------------------------------------------------------------------
 
+    def _shard(self, shard: int, name: str) -> str:
+        return f"{self.prefix}:{{shard-{shard}}}:{name}"
+
+    def leases(self, shard: int) -> tuple[str, str]:
+        """The shard's lease deadlines (sorted set) and lease holders (hash), in the scripts' order."""
+        return self._shard(shard, "leases"), self._shard(shard, "owners")
+
+    def held(self, shard: int) -> str:
+        """The prefix of the shard's sets of projects by holder (`<prefix><instance>`; scripts add the instance)."""
+        return self._shard(shard, "held:")
+
+    def active(self, shard: int) -> str:
+        """The shard's set of projects whose workspace is not stopped."""
+        return self._shard(shard, "workspaces")
+
     @property
-    def active(self) -> str:
-        """The set of projects whose workspace is not stopped."""
-        return f"{self.prefix}:workspaces"
+    def instances(self) -> str:
+        """Live instances by the deadline of their presence (a sorted set)."""
+        return f"{self.prefix}:instances"
 
     def reply(self, instance: str) -> str:
         """The channel an instance hears the answers to its forwarded ops on."""
         return f"{self.prefix}:reply:{instance}"
 
-    def heartbeat(self, instance: str) -> str:
-        return f"{self.prefix}:heartbeat:{instance}"
+    def heartbeat(self, instance: str, tag: str | None = None) -> str:
+        """An instance's heartbeat channel; under Redis Cluster one per node, `tag` picking its slot."""
+        base = f"{self.prefix}:heartbeat:{instance}"
+        return base if tag is None else f"{base}:{{{tag}}}"
 
     def preview(self, project_key: str) -> str:
         """Which project a preview hostname's project key names."""

@@ -8,13 +8,18 @@ Invariants:
 - the handlers are the truth and the connection follows them: a channel subscribed or dropped
   while the connection is being (re)built is subscribed or dropped on it as soon as it is up;
 - when the connection is lost, or the heartbeat stops arriving through it, it is rebuilt with
-  `RETRY_BACKOFF` and every channel subscribed again. Pub/sub is at-most-once: `on_established`
+  `RETRY_BACKOFF` and every channel subscribed again, `SUBSCRIBE_CHUNK` channels per command.
+  Pub/sub is at-most-once: `on_established`
   runs after each (re)build so that owners re-read what was published while nothing listened;
 - the heartbeat: `b"1"` published on `RedisKeys.heartbeat(<instance>)` every `HEARTBEAT_S` through
   the client's pool, and watched on this connection. `check()` raises (so /readyz says 503) while
   the connection is not established or no heartbeat came for `HEARTBEAT_S * HEARTBEAT_MISSES`.
 
 Handlers run in the reader task: they must not block, and an exception from one ends `run()`.
+
+`sharded=True` speaks sharded pub/sub (`SSUBSCRIBE`, `SPUBLISH`, Redis 7) instead: under Redis
+Cluster each node's subscription is one of these (`sharded.py`), every channel on it hashing to
+that node's slots, its heartbeat channel too (so each heartbeat proves that node's subscription).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from realtime.redis.connection import RETRY_BACKOFF, TRANSIENT
 
-__all__ = ["HEARTBEAT_MISSES", "HEARTBEAT_S", "Handler", "Subscription"]
+__all__ = ["HEARTBEAT_MISSES", "HEARTBEAT_S", "SUBSCRIBE_CHUNK", "Handler", "Subscription"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +45,11 @@ HEARTBEAT_S = 1.0
 HEARTBEAT_MISSES = 3
 #: How long closing the connection or dropping a channel may take (best effort: a broken one is rebuilt).
 _CLOSE_S = 2.0
+
+#: Channels per (S)SUBSCRIBE command when the connection is (re)built.
+SUBSCRIBE_CHUNK = 256
+#: What a message (not a (un)subscription) is called, classic and sharded.
+_MESSAGE_TYPES = ("message", "smessage", b"message", b"smessage")
 
 #: Takes the data of one message; runs in the reader task, so it must not block.
 Handler = Callable[[bytes], None]
@@ -54,8 +64,11 @@ class Subscription:
         on_established: called each time the connection is (re)established with every channel.
     """
 
-    def __init__(self, client: redis.Redis, *, heartbeat: str, on_established: Callable[[], None]) -> None:
+    def __init__(
+        self, client: redis.Redis, *, heartbeat: str, on_established: Callable[[], None], sharded: bool = False
+    ) -> None:
         self._client = client
+        self._sharded = sharded
         self._heartbeat = heartbeat.encode()
         self._on_established = on_established
         self._handlers: dict[bytes, Handler] = {}
@@ -75,7 +88,7 @@ class Subscription:
         connection = self._connection
         if connection is not None:
             try:
-                await connection.subscribe(key)
+                await self._sub(connection, key)
             except TRANSIENT as exc:
                 logger.warning("subscribe to %s failed (%s); the connection will be rebuilt", channel, exc)
 
@@ -89,7 +102,7 @@ class Subscription:
             return
         with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_S):
             try:
-                await connection.unsubscribe(key)
+                await self._unsub(connection, key)
             except Exception as exc:  # noqa: BLE001 - best effort: a closing or broken connection is rebuilt anyway
                 logger.debug("unsubscribe from %s failed: %s", channel, exc)
 
@@ -115,6 +128,16 @@ class Subscription:
 
     # -- the connection -----------------------------------------------------------------------------
 
+    async def _sub(self, connection: PubSub, *channels: bytes) -> None:
+        """Subscribe in commands of `SUBSCRIBE_CHUNK` channels: a rebuild never blocks Redis for long."""
+        ordered = sorted(channels)
+        for start in range(0, len(ordered), SUBSCRIBE_CHUNK):
+            chunk = ordered[start:start + SUBSCRIBE_CHUNK]
+            await (connection.ssubscribe(*chunk) if self._sharded else connection.subscribe(*chunk))
+
+    async def _unsub(self, connection: PubSub, *channels: bytes) -> None:
+        await (connection.sunsubscribe(*channels) if self._sharded else connection.unsubscribe(*channels))
+
     def _channels(self) -> set[bytes]:
         return {self._heartbeat, *self._handlers}
 
@@ -124,14 +147,14 @@ class Subscription:
             connection = self._client.pubsub(ignore_subscribe_messages=True)
             try:
                 channels = self._channels()
-                await connection.subscribe(*channels)
+                await self._sub(connection, *channels)
                 self._connection = connection
                 # Channels subscribed or dropped while that SUBSCRIBE was on its way.
                 wanted = self._channels()
                 if late := wanted - channels:
-                    await connection.subscribe(*late)
+                    await self._sub(connection, *late)
                 if gone := channels - wanted:
-                    await connection.unsubscribe(*gone)
+                    await self._unsub(connection, *gone)
                 self._last_beat = time.monotonic()
                 self._established = True
                 attempt = 0
@@ -157,7 +180,7 @@ class Subscription:
             now = time.monotonic()
             if now - self._last_beat > deadline:
                 raise RedisConnectionError("heartbeats stopped arriving through pub/sub")
-            if message is None or message.get("type") != "message":
+            if message is None or message.get("type") not in _MESSAGE_TYPES:
                 continue
             channel: bytes = message["channel"]
             if channel == self._heartbeat:
@@ -172,7 +195,8 @@ class Subscription:
         while True:
             try:
                 self._beat_sent = time.monotonic()
-                await self._client.publish(self._heartbeat, b"1")
+                publish = self._client.spublish if self._sharded else self._client.publish
+                await publish(self._heartbeat, b"1")
             except TRANSIENT as exc:
                 logger.debug("heartbeat not sent: %s", exc)
             await anyio.sleep(HEARTBEAT_S)

@@ -79,6 +79,7 @@ def make_broker(settings: Settings) -> Broker:
             ttl_s=settings.redis_ttl_s,
             retry_s=settings.redis_retry_s,
             instance=settings.instance_id,
+            cluster=settings.redis_cluster,
         )
     return MemoryBroker(max_events=settings.history_events, max_bytes=settings.history_bytes)
 
@@ -91,6 +92,7 @@ def make_cluster(settings: Settings, broker: Broker, manager: WorkspaceManager) 
         return RedisCluster(
             broker, manager, lease_ms=settings.lease_ms, ttl_s=settings.redis_ttl_s, retry_s=settings.redis_retry_s,
             keyring=Keyring.of(settings.signing_key, settings.signing_keys_old),
+            stopped_ttl_s=settings.history_ttl_stopped_s,
         )
     return SoloCluster(manager, settings.instance_id)
 

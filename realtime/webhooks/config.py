@@ -170,7 +170,9 @@ def make_outbound(settings: Settings) -> OutboundWebhooks:
     validate_webhook_settings(settings)
     store: DeliveryStore
     if settings.redis_url:
-        client = connect(settings.redis_url, client_name=f"{settings.redis_prefix}:webhooks")
+        client = connect(
+            settings.redis_url, client_name=f"{settings.redis_prefix}:webhooks", cluster=settings.redis_cluster
+        )
         store = RedisDeliveryStore(client, settings.redis_prefix, retry_s=settings.redis_retry_s)
     else:
         store = MemoryDeliveryStore()
@@ -193,7 +195,9 @@ def make_inbound(settings: Settings) -> InboundHandler:
     webhook = make_webhook(settings.webhook_secret, "WORKSPACE_WEBHOOK_SECRET")
     seen: SeenIds
     if settings.redis_url:
-        client = connect(settings.redis_url, client_name=f"{settings.redis_prefix}:inbound")
+        client = connect(
+            settings.redis_url, client_name=f"{settings.redis_prefix}:inbound", cluster=settings.redis_cluster
+        )
         seen = RedisSeenIds(client, settings.redis_prefix, retry_s=settings.redis_retry_s)
     else:
         seen = MemorySeenIds()

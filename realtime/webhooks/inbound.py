@@ -27,7 +27,7 @@ from realtime.cluster.protocol import Cluster
 from realtime.core.errors import ApiError
 from realtime.core.ops import NoArgs
 from realtime.core.validation import parse_project_id
-from realtime.redis.connection import retrying
+from realtime.redis.connection import close_client, retrying
 from realtime.redis.keys import RedisKeys
 from realtime.workspaces.manager import WorkspaceManager
 from runtime import events
@@ -178,7 +178,7 @@ class RedisSeenIds:
 
     async def aclose(self) -> None:
         await self._redis.aclose()
-        await self._redis.connection_pool.disconnect()
+        await close_client(self._redis)
 
 
 class InboundHandler:

@@ -20,7 +20,7 @@ from typing import Protocol, TypeVar
 
 import redis.asyncio as redis
 
-from realtime.redis.connection import retrying
+from realtime.redis.connection import close_client, retrying
 from realtime.redis.keys import RedisKeys
 from realtime.webhooks.delivery import Delivery
 
@@ -260,4 +260,4 @@ class RedisDeliveryStore:
 
     async def aclose(self) -> None:
         await self._redis.aclose()
-        await self._redis.connection_pool.disconnect()
+        await close_client(self._redis)
