@@ -32,7 +32,7 @@ from runtime.base import INSTALL_MARKER, Stream
 from runtime.errors import ProviderError
 from runtime.local.process import LocalProcess, base_env
 
-__all__ = ["TemplateCache", "link_tree"]
+__all__ = ["TemplateCache", "link_tree", "move_into_place"]
 
 logger = logging.getLogger(__name__)
 
@@ -223,3 +223,14 @@ def link_tree(src: Path, dest: Path) -> int:
                     shutil.copy2(source, target)
                 count += 1
     return count
+
+
+def move_into_place(laid: Path, workspace: Path) -> None:
+    """Rename a freshly laid workspace into place; one laid concurrently by another server is kept."""
+    try:
+        os.rename(laid, workspace)
+    except OSError as exc:
+        # Another server laid it first: theirs is as good as ours.
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not workspace.is_dir():
+            raise
+        logger.info("workspace %s was created concurrently; using the existing one", workspace)
