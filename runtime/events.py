@@ -39,6 +39,8 @@ __all__ = [
     "status",
     "status_state",
     "system_log",
+    "terminal_exited",
+    "terminal_output",
 ]
 
 
@@ -51,6 +53,7 @@ class EventKind(enum.StrEnum):
     custom = "custom"
     provider = "provider"
     revoked = "revoked"
+    terminal = "terminal"
 
 
 class LogSource(enum.StrEnum):
@@ -163,6 +166,16 @@ def provider(type: str, data: Any) -> dict[str, Any]:
 def revoked(generation: int) -> dict[str, Any]:
     """`revoked`: the project's session tokens of a generation below `generation` are no longer accepted."""
     return {"generation": generation}
+
+
+def terminal_output(terminal_id: str, data: str) -> dict[str, Any]:
+    """`terminal`: screen output of a terminal (UTF-8 text, escape sequences kept)."""
+    return {"terminal_id": terminal_id, "data": data}
+
+
+def terminal_exited(terminal_id: str, exit_code: int) -> dict[str, Any]:
+    """`terminal`: a terminal's process ended (closed, exited, or ended with its workspace)."""
+    return {"terminal_id": terminal_id, "state": "exited", "exit_code": exit_code}
 
 
 # -- readers -------------------------------------------------------------------------------------
