@@ -25,9 +25,11 @@ from realtime.client._events import (
     Provider,
     Reset,
     Status,
+    TerminalEvent,
     parse_event,
 )
 from realtime.client._protocol import ClientProtocol, Hello, ProtocolError, Reply
+from realtime.client._terminal import Terminal
 
 __all__ = [
     "Backoff",
@@ -55,6 +57,8 @@ __all__ = [
     "Reset",
     "ServerClosed",
     "Status",
+    "Terminal",
+    "TerminalEvent",
     "TokenSource",
     "channel_url",
     "connect",

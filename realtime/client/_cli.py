@@ -1,4 +1,4 @@
-"""The client subcommands of `realtime`: `tail`, `exec`, `token` and `status`.
+"""The client subcommands of `realtime`: `tail`, `exec`, `shell`, `token` and `status`.
 
 `--url` defaults to `WORKSPACE_URL` (else http://127.0.0.1:8000), `--token` to `WORKSPACE_TOKEN`.
 Exit codes: `exec` exits with the command's own code; every subcommand exits 125 when it could not
@@ -21,6 +21,7 @@ import httpx
 from realtime.client._connection import connect
 from realtime.client._errors import ClientError, CommandLost
 from realtime.client._events import Event, Gap, Log, Reset
+from realtime.client._shell import attach_terminal, pump_stdin
 from realtime.client._urls import channel_url
 
 __all__ = ["add_client_commands"]
@@ -117,6 +118,7 @@ async def _tail(args: argparse.Namespace) -> int:
 
 def _exec_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cwd", default=None)
+    parser.add_argument("-i", "--interactive", action="store_true", help="send this stdin to the command")
     parser.add_argument("--timeout", type=float, default=None, help="seconds (server default 600)")
     _common(parser)
 
@@ -138,16 +140,36 @@ async def _exec(args: argparse.Namespace) -> int:
     def output(log: Log) -> None:
         _write(sys.stderr if log.stream == "stderr" else sys.stdout, log.text)
 
-    async with connect(_url(args), _token(args), args.project, events=False) as ws:
+    async with connect(_url(args), _token(args), args.project, events=False) as ws, \
+            anyio.create_task_group() as tg:
+
+        def started(command_id: str) -> None:
+            if args.interactive:
+                tg.start_soon(pump_stdin, ws, command_id)
+
         try:
-            result = await ws.run(cmd, cwd=args.cwd, timeout_s=args.timeout, output=output)
+            result = await ws.run(cmd, cwd=args.cwd, timeout_s=args.timeout, output=output,
+                                  stdin=args.interactive, started=started)
         except CommandLost as exc:
             raise _Failed(str(exc)) from None
+        finally:
+            tg.cancel_scope.cancel()
     if result.exit_code is None:
         raise _Failed(f"command {result.command_id} was lost with the instance running it; its exit code is unknown")
     if result.timed_out:
         _note(f"command {result.command_id} timed out")
     return result.exit_code
+
+
+# -- shell ---------------------------------------------------------------------------------------
+
+
+async def _shell(args: argparse.Namespace) -> int:
+    async with connect(_url(args), _token(args), args.project) as ws:
+        try:
+            return await attach_terminal(ws, list(args.cmd) or None)
+        except ValueError as exc:
+            raise _Failed(str(exc)) from None
 
 
 # -- token and status ----------------------------------------------------------------------------
@@ -199,7 +221,7 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 def add_client_commands(commands: Any) -> None:
-    """Add `tail`, `exec`, `token` and `status` to `realtime`'s subcommands (an argparse subparsers object)."""
+    """Add `tail`, `exec`, `shell`, `token` and `status` to `realtime`'s subcommands (an argparse subparsers object)."""
     tail = commands.add_parser("tail", help="follow a project's logs live, resuming across restarts")
     tail.add_argument("project")
     tail.add_argument("--since", type=int, default=None, help="replay the events after this seq first (0: all)")
@@ -218,6 +240,12 @@ def add_client_commands(commands: Any) -> None:
     _exec_options(run)
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG…] (one word runs under sh -c)")
     run.set_defaults(handler=_main(_exec))
+
+    shell = commands.add_parser("shell", help="a terminal in a workspace, attached to this one (raw mode)")
+    shell.add_argument("project")
+    _common(shell)
+    shell.add_argument("cmd", nargs="*", help="the command (default: the workspace's login shell)")
+    shell.set_defaults(handler=_main(_shell))
 
     token = commands.add_parser("token", help="mint a session token for a project and print it")
     token.add_argument("project")
