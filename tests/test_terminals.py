@@ -120,3 +120,15 @@ async def test_exec_with_stdin_echoes_and_eof_ends_it(server: Running) -> None:
         output = "".join(e["data"]["text"] for e in peer.events
                          if e["kind"] == "log" and e["data"].get("command_id") == command_id)
         assert output == "got:hello\ngot:second\nEND\n"
+
+
+async def test_terminals_end_with_the_workspace(server: Running) -> None:
+    """Stopping the workspace ends its open terminals, each reporting its exit before the `stopped` status."""
+    base = f"/api/workspaces/{PROJECT}/terminals"
+    opened = [(await server.client.post(base, json={"cmd": ["sh"]})).json()["terminal_id"] for _ in range(2)]
+    assert (await server.client.delete(f"/api/workspaces/{PROJECT}")).status_code == 204
+    events = await server.events(PROJECT)
+    exits = {e["data"]["terminal_id"]: e["seq"] for e in events
+             if e["kind"] == "terminal" and e["data"].get("state") == "exited"}
+    stopped = next(e["seq"] for e in events if e["kind"] == "status" and e["data"]["state"] == "stopped")
+    assert set(exits) == set(opened) and max(exits.values()) < stopped
