@@ -23,6 +23,7 @@ __all__ = [
     "EventKind",
     "FileOrigin",
     "LogSource",
+    "changes_snapshot",
     "command_exited",
     "command_lost",
     "command_outcome",
@@ -41,6 +42,7 @@ __all__ = [
     "system_log",
     "terminal_exited",
     "terminal_output",
+    "terminal_started",
 ]
 
 
@@ -173,12 +175,23 @@ def terminal_output(terminal_id: str, data: str) -> dict[str, Any]:
     return {"terminal_id": terminal_id, "data": data}
 
 
+def terminal_started(terminal_id: str, cmd: list[str], cols: int, rows: int) -> dict[str, Any]:
+    """`terminal`: a terminal is starting `cmd` on a `cols`x`rows` pty (before any of its output)."""
+    return {"terminal_id": terminal_id, "state": "started", "cmd": cmd, "cols": cols, "rows": rows}
+
+
 def terminal_exited(terminal_id: str, exit_code: int) -> dict[str, Any]:
     """`terminal`: a terminal's process ended (closed, exited, or ended with its workspace)."""
     return {"terminal_id": terminal_id, "state": "exited", "exit_code": exit_code}
 
 
 # -- readers -------------------------------------------------------------------------------------
+
+
+def changes_snapshot(kind: str, data: Mapping[str, Any]) -> bool:
+    """Whether the workspace's snapshot changed with this event: a `SNAPSHOT_KINDS` event, or a
+    terminal starting or ending (its output does not)."""
+    return kind in SNAPSHOT_KINDS or (kind == EventKind.terminal and "state" in data)
 
 
 def is_command_exit(kind: str, data: Mapping[str, Any]) -> bool:

@@ -34,7 +34,7 @@ from realtime.core.keys import Sealer
 from realtime.redis.connection import retrying
 from realtime.redis.keys import RedisKeys
 from realtime.workspaces.manager import WorkspaceManager
-from runtime.events import SNAPSHOT_KINDS
+from runtime.events import changes_snapshot
 from runtime.workspace.lifecycle import State, Workspace
 
 __all__ = ["PRIVATE", "Registry", "RegistryWriter", "is_live", "public"]
@@ -175,7 +175,7 @@ class RegistryWriter:
     # -- what changed (synchronous: the manager's listeners) ---------------------------------------
 
     def appended(self, project_id: str, kind: str, data: Mapping[str, Any]) -> None:
-        if kind in SNAPSHOT_KINDS:
+        if changes_snapshot(kind, data):
             self.changed(project_id)
 
     def changed(self, project_id: str) -> None:

@@ -110,6 +110,8 @@ class TerminalTable:
             raise TooManyTerminals(f"the workspace has {len(self.open)} terminals open, its limit; close one")
         run = TerminalRun(new_terminal_id(), list(argv or LOGIN_SHELL), cwd, cols, rows)
         self.open[run.terminal_id] = run
+        # `started` before any output; a terminal that cannot start exits with 127, as in a shell.
+        await self._emit(EventKind.terminal, events.terminal_started(run.terminal_id, run.argv, cols, rows))
         try:
             run.terminal = await sandbox.open_terminal(
                 run.argv, cols=cols, rows=rows, on_output=self._sink(run.terminal_id), cwd=cwd,
@@ -117,10 +119,12 @@ class TerminalTable:
             )
             self._spawn(self._follow, run)
         except BaseException:
-            self.open.pop(run.terminal_id, None)
-            if run.terminal is not None:  # started, but the workspace is stopping: end it
-                with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
+                if run.terminal is not None:  # started, but the workspace is stopping: end it
                     await run.terminal.kill(signal.SIGKILL)
+                    await self._exited(run, await run.terminal.wait())
+                else:
+                    await self._exited(run, 127)
             raise
         return run
 
