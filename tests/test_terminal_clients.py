@@ -43,17 +43,15 @@ async def test_python_client_terminal_and_stdin(server: Running) -> None:
             screen = "".join([text async for text in terminal.output()])
         assert "10 50" in screen or "12 60" in screen
         assert terminal.exit_code == 3
-        result_box: list[int | None] = []
 
         async def started(command_id: str) -> None:
             await ws.input(command_id, "abc\n", eof=True)
 
+        out: list[str] = []
         async with anyio.create_task_group() as tg:
-            out: list[str] = []
             result = await ws.run(["cat"], stdin=True, output=lambda log: out.append(log.text),
                                   started=lambda command_id: tg.start_soon(started, command_id))
-            result_box.append(result.exit_code)
-        assert result_box == [0] and "".join(out) == "abc\n"
+        assert result.exit_code == 0 and "".join(out) == "abc\n"
 
 
 async def test_cli_exec_interactive_pipes_stdin(server: Running) -> None:
