@@ -30,6 +30,10 @@ __all__ = [
     "SnapshotStore",
     "Stream",
     "Suspendable",
+    "Terminal",
+    "TerminalSink",
+    "Terminals",
+    "WritableProcess",
     "WrittenFile",
 ]
 
@@ -161,10 +165,13 @@ class Sandbox(Protocol):
         on_output: OutputSink,
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
+        stdin: bool = False,
     ) -> Process:
         """Start `argv` in the workspace (cwd relative to its root); output goes to `on_output`.
 
-        The returned process's `wait()` returns only after all its output was delivered.
+        The returned process's `wait()` returns only after all its output was delivered. With
+        `stdin`, its standard input is a pipe and the process is a `WritableProcess`; without,
+        it reads /dev/null.
         """
         ...
 
@@ -258,12 +265,82 @@ class SnapshotStore(Protocol):
         ...
 
 
+# -- terminals and standard input (issue 17) -----------------------------------------------------
+
+#: Receives a terminal's output as it comes (UTF-8 decoded, escape sequences kept); never empty.
+TerminalSink = Callable[[str], Awaitable[None]]
+
+
+@runtime_checkable
+class WritableProcess(Process, Protocol):
+    """A process started with `stdin=True`: its standard input is a pipe the caller writes."""
+
+    async def write_stdin(self, data: bytes) -> None:
+        """Write `data` to the process's stdin (waits while the pipe is full).
+
+        Raises:
+            runtime.errors.WorkspaceBusy: stdin was closed, or the process exited.
+        """
+        ...
+
+    async def close_stdin(self) -> None:
+        """Close stdin: the process reads end of file. No error if it was closed already."""
+        ...
+
+
 @runtime_checkable
 class ForgetsProjects(Protocol):
     """Optional runtime capability: drop what a deleted workspace left (its snapshots)."""
 
     async def forget(self, project_id: str) -> None:
         """Forget every snapshot of the project; its next `open` starts from the template."""
+        ...
+
+
+@runtime_checkable
+class Terminal(Protocol):
+    """A process on a pseudo-terminal: what is written is typed, its screen output goes to a sink."""
+
+    async def write(self, data: bytes) -> None:
+        """Type `data` (control characters included) into the terminal."""
+        ...
+
+    async def resize(self, cols: int, rows: int) -> None:
+        """Set the window size (the process group gets SIGWINCH)."""
+        ...
+
+    async def wait(self) -> int:
+        """Wait for exit (after all output was delivered); the exit code, `128 + signal` when killed."""
+        ...
+
+    async def kill(self, sig: int) -> None:
+        """Signal the terminal's process group; no error if it already exited."""
+        ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+
+@runtime_checkable
+class Terminals(Protocol):
+    """Optional sandbox capability: open interactive terminals (a pty) in the sandbox."""
+
+    async def open_terminal(
+        self,
+        argv: Sequence[str],
+        *,
+        cols: int,
+        rows: int,
+        on_output: TerminalSink,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Terminal:
+        """Start `argv` on a new `cols`x`rows` terminal in the workspace (`cwd` relative to its root).
+
+        Raises:
+            PathError, FileNotFound, NotADirectory: `cwd` is refused, missing or not a directory.
+            ProviderError: the sandbox was terminated, or the program cannot be executed.
+        """
         ...
 
 

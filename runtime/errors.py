@@ -88,3 +88,9 @@ class TooManyCommands(RuntimeFailure):
     started. Each running command holds processes and file descriptors of the server."""
 
     code = "too_many_commands"
+
+
+class TooManyTerminals(TooManyCommands):
+    """The workspace has as many terminals open as it may (`runtime.workspace.terminals.MAX_TERMINALS`)."""
+
+    code = "too_many_terminals"

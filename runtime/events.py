@@ -23,6 +23,7 @@ __all__ = [
     "EventKind",
     "FileOrigin",
     "LogSource",
+    "changes_snapshot",
     "command_exited",
     "command_lost",
     "command_outcome",
@@ -39,6 +40,9 @@ __all__ = [
     "status",
     "status_state",
     "system_log",
+    "terminal_exited",
+    "terminal_output",
+    "terminal_started",
 ]
 
 
@@ -51,6 +55,7 @@ class EventKind(enum.StrEnum):
     custom = "custom"
     provider = "provider"
     revoked = "revoked"
+    terminal = "terminal"
 
 
 class LogSource(enum.StrEnum):
@@ -165,7 +170,28 @@ def revoked(generation: int) -> dict[str, Any]:
     return {"generation": generation}
 
 
+def terminal_output(terminal_id: str, data: str) -> dict[str, Any]:
+    """`terminal`: screen output of a terminal (UTF-8 text, escape sequences kept)."""
+    return {"terminal_id": terminal_id, "data": data}
+
+
+def terminal_started(terminal_id: str, cmd: list[str], cols: int, rows: int) -> dict[str, Any]:
+    """`terminal`: a terminal is starting `cmd` on a `cols`x`rows` pty (before any of its output)."""
+    return {"terminal_id": terminal_id, "state": "started", "cmd": cmd, "cols": cols, "rows": rows}
+
+
+def terminal_exited(terminal_id: str, exit_code: int) -> dict[str, Any]:
+    """`terminal`: a terminal's process ended (closed, exited, or ended with its workspace)."""
+    return {"terminal_id": terminal_id, "state": "exited", "exit_code": exit_code}
+
+
 # -- readers -------------------------------------------------------------------------------------
+
+
+def changes_snapshot(kind: str, data: Mapping[str, Any]) -> bool:
+    """Whether the workspace's snapshot changed with this event: a `SNAPSHOT_KINDS` event, or a
+    terminal starting or ending (its output does not)."""
+    return kind in SNAPSHOT_KINDS or (kind == EventKind.terminal and "state" in data)
 
 
 def is_command_exit(kind: str, data: Mapping[str, Any]) -> bool:

@@ -37,6 +37,7 @@ CLASSES = [
     ("container_process.ContainerProcess", fake_modal.container_process.ContainerProcess,
      modal.container_process.ContainerProcess),
     ("io_streams.StreamReader", fake_modal.io_streams.StreamReader, modal.io_streams.StreamReader),
+    ("io_streams.StreamWriter", fake_modal.io_streams.StreamWriter, modal.io_streams.StreamWriter),
     ("sandbox.sandbox.SandboxFilesystem", fake_modal.sandbox.sandbox.SandboxFilesystem,
      modal.sandbox.sandbox.SandboxFilesystem),
 ]

@@ -20,6 +20,14 @@ from realtime.core.ops import (
     from_wire,
     to_wire,
 )
+from realtime.core.terminal_ops import (
+    MAX_INPUT_BYTES,
+    InputArgs,
+    TerminalArgs,
+    TermInputArgs,
+    TermOpenArgs,
+    TermResizeArgs,
+)
 from realtime.workspaces import dispatch
 from runtime.base import FileUpload
 
@@ -37,15 +45,19 @@ def test_what_may_be_sent_again_after_an_owner_was_lost() -> None:
     forwarded = {name for name, spec in OPS.items() if spec.forwarded}
     assert forwarded == OPS.keys() - {"ping"}
     idempotent = {name for name in forwarded if OPS[name].idempotent}
-    assert idempotent == {"ensure", "stop", "read", "list", "list_or_read", "refresh"}
+    assert idempotent == {"ensure", "stop", "read", "list", "list_or_read", "refresh", "term_resize", "term_close"}
     assert {name for name, spec in OPS.items() if spec.shielded} == {
         "exec", "kill", "write", "read", "list", "list_or_read", "delete",
+        "term_open", "term_input", "term_close", "input",
     }
 
 
 def test_the_websocket_offers_the_ops_of_the_contract() -> None:
     """The websocket's ops are those of docs/protocol.md; a read token may only ping."""
-    assert set(SOCKET_ACCESS) == {"ping", "exec", "kill", "write", "read", "list", "delete", "refresh"}
+    assert set(SOCKET_ACCESS) == {
+        "ping", "exec", "kill", "write", "read", "list", "delete", "refresh",
+        "term_open", "term_input", "term_resize", "term_close", "input",
+    }
     assert {name for name, access in SOCKET_ACCESS.items() if access.value == "read"} == {"ping"}
 
 
@@ -60,6 +72,11 @@ def test_http_bindings_are_unique_and_cover_the_routes_of_the_contract() -> None
         ("GET", "/files"): "list_or_read",
         ("DELETE", "/files"): "delete",
         ("POST", "/preview"): "refresh",
+        ("POST", "/terminals"): "term_open",
+        ("POST", "/terminals/{terminal_id}/input"): "term_input",
+        ("POST", "/terminals/{terminal_id}/resize"): "term_resize",
+        ("DELETE", "/terminals/{terminal_id}"): "term_close",
+        ("POST", "/commands/{command_id}/input"): "input",
     }
 
 
@@ -77,6 +94,13 @@ def test_http_bindings_are_unique_and_cover_the_routes_of_the_contract() -> None
         ("list", PathArgs("")),
         ("delete", PathArgs("a", "req_9")),
         ("refresh", RefreshArgs(True)),
+        ("exec", CommandRequest(["cat"], None, None, 5.0, False, True)),
+        ("term_open", TermOpenArgs(80, 24)),
+        ("term_open", TermOpenArgs(120, 40, ["bash", "-l"], "src", {"A": "b"})),
+        ("term_input", TermInputArgs("term_1", "ls\r\x03é")),
+        ("term_resize", TermResizeArgs("term_1", 100, 30)),
+        ("term_close", TerminalArgs("term_1")),
+        ("input", InputArgs("cmd_1", "", True)),
     ],
 )
 def test_wire_form_round_trips(op: str, args: OpArgs) -> None:
@@ -84,6 +108,29 @@ def test_wire_form_round_trips(op: str, args: OpArgs) -> None:
     import orjson
 
     assert from_wire(op, orjson.loads(orjson.dumps(to_wire(op, args)))) == args
+
+
+def test_terminal_and_stdin_ops_parse_and_bound_their_arguments() -> None:
+    """Defaults, the login shell when `cmd` is absent, exec's rules for cmd/cwd/env, bounds on sizes and input."""
+    assert OPS["term_open"].parse({}, SOCKET) == TermOpenArgs(80, 24)
+    shell = TermOpenArgs(80, 24, ["sh", "-c", "ls"], "src")
+    assert OPS["term_open"].parse({"cmd": "ls", "cwd": "src/"}, SOCKET) == shell
+    assert OPS["exec"].parse({"cmd": "cat", "stdin": True}, SOCKET).stdin is True
+    assert OPS["exec"].parse({"cmd": "cat"}, SOCKET).stdin is None  # left off the wire
+    for op, args in [
+        ("term_open", {"cols": 0}), ("term_open", {"rows": 501}), ("term_open", {"cols": True}),
+        ("term_open", {"cwd": "../x"}), ("term_open", {"env": {"A B": "x"}}), ("term_open", {"cmd": ["a\x00"]}),
+        ("term_input", {"terminal_id": "t"}), ("term_input", {"terminal_id": "t", "data": 5}),
+        ("term_input", {"terminal_id": "t", "data": "\ud800"}), ("term_input", {"data": "x"}),
+        ("term_resize", {"terminal_id": "t", "cols": 10}), ("input", {"command_id": "c"}),
+        ("input", {"command_id": "c", "eof": "yes"}), ("exec", {"cmd": "cat", "stdin": 1}),
+    ]:
+        with pytest.raises(ApiError) as raised:
+            OPS[op].parse(args, SOCKET)
+        assert raised.value.status == 400, (op, args)
+    with pytest.raises(ApiError) as raised:
+        OPS["term_input"].parse({"terminal_id": "t", "data": "x" * (MAX_INPUT_BYTES + 1)}, SOCKET)
+    assert raised.value.status == 413
 
 
 def test_wire_form_is_the_one_instances_already_speak() -> None:

@@ -26,10 +26,12 @@ from realtime.client._events import (
     Provider,
     Reset,
     Status,
+    TerminalEvent,
     parse_event,
 )
 from realtime.client._http import DEFAULT_TOKEN_SCOPE, HttpError, WorkspaceApi
 from realtime.client._protocol import ClientProtocol, Hello, ProtocolError, Reply
+from realtime.client._terminal import Terminal
 
 __all__ = [
     "DEFAULT_TOKEN_SCOPE",
@@ -59,6 +61,8 @@ __all__ = [
     "Reset",
     "ServerClosed",
     "Status",
+    "Terminal",
+    "TerminalEvent",
     "TokenSource",
     "WorkspaceApi",
     "channel_url",

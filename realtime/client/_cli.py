@@ -1,4 +1,4 @@
-"""The client commands of `realtime` (click): the channel ones here (`tail`, `exec`), the HTTP ones in
+"""The client commands of `realtime` (click): the channel ones here (`tail`, `exec`, `shell`), the HTTP ones in
 `_cli_api.py` (`create`, `stop`, `ls`, `open`, `logs`, `token`, `status`); what they share in
 `_cli_common.py`. Exit codes: `exec` exits with the command's own code; every command exits 125 when
 it could not do its job, 130 on Ctrl-C, 2 on a usage error.
@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 
+import anyio
 import click
 
 from realtime.client._cli_common import (
@@ -26,6 +27,7 @@ from realtime.client._connection import connect
 from realtime.client._errors import CommandLost
 from realtime.client._events import Event, Gap, Log, Reset
 from realtime.client._http import HttpError, WorkspaceApi
+from realtime.client._shell import attach_terminal, pump_stdin
 
 __all__ = ["client_commands"]
 
@@ -81,13 +83,15 @@ async def tail(
 @click.command(context_settings={"ignore_unknown_options": True})
 @project_argument()
 @click.option("--cwd", default=None, help="the directory to run in, relative to the workspace root")
+@click.option("-i", "--interactive", is_flag=True, help="send this terminal's stdin to the command (EOF ends it)")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=None,
               help="seconds  [server default: 600]")
 @command_options
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED, required=True)
 @runs
 async def exec_command(
-    project: str, cwd: str | None, timeout_s: float | None, url: str, token: str | None, cmd: tuple[str, ...]
+    project: str, cwd: str | None, interactive: bool, timeout_s: float | None, url: str, token: str | None,
+    cmd: tuple[str, ...],
 ) -> int:
     """Run a command in a workspace and exit with its exit code.
 
@@ -105,11 +109,19 @@ async def exec_command(
     def output(log: Log) -> None:
         write(sys.stderr if log.stream == "stderr" else sys.stdout, log.text)
 
-    async with connect(url, token_of(token), project, events=False) as ws:
+    async with connect(url, token_of(token), project, events=False) as ws, anyio.create_task_group() as tg:
+
+        def started(command_id: str) -> None:
+            if interactive:
+                tg.start_soon(pump_stdin, ws, command_id)
+
         try:
-            result = await ws.run(command, cwd=cwd, timeout_s=timeout_s, output=output)
+            result = await ws.run(command, cwd=cwd, timeout_s=timeout_s, output=output,
+                                  stdin=interactive, started=started)
         except CommandLost as exc:
             raise Failed(str(exc)) from None
+        finally:
+            tg.cancel_scope.cancel()
     if result.exit_code is None:
         raise Failed(f"command {result.command_id} was lost with the instance running it; its exit code is unknown")
     if result.timed_out:
@@ -120,8 +132,28 @@ async def exec_command(
 exec_command.name = "exec"
 
 
+# -- shell ---------------------------------------------------------------------------------------
+
+
+@click.command()
+@project_argument()
+@command_options
+@click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
+@runs
+async def shell(project: str, url: str, token: str | None, cmd: tuple[str, ...]) -> int:
+    """A terminal in a workspace, attached to this one in raw mode (restored on exit); exits with its code.
+
+    CMD defaults to the workspace's login shell.
+    """
+    async with connect(url, token_of(token), project) as ws:
+        try:
+            return await attach_terminal(ws, list(cmd) or None)
+        except ValueError as exc:
+            raise Failed(str(exc)) from None
+
+
 def client_commands() -> list[click.Command]:
     """Every client command, for `realtime`'s group."""
     from realtime.client._cli_api import api_commands
 
-    return [tail, exec_command, *api_commands()]
+    return [tail, exec_command, shell, *api_commands()]

@@ -89,13 +89,24 @@ def token_of(token: str | None) -> str:
     return token
 
 
+async def _unwrapped(fn: Callable[..., Awaitable[int]], kwargs: dict[str, Any]) -> int:
+    """`fn(**kwargs)`, with a failure inside a task group raised as itself (not as a group of one)."""
+    try:
+        return await fn(**kwargs)
+    except BaseExceptionGroup as group:
+        failure: BaseException = group
+        while isinstance(failure, BaseExceptionGroup) and len(failure.exceptions) == 1:
+            failure = failure.exceptions[0]
+        raise failure from None
+
+
 def runs(fn: Callable[..., Awaitable[int]]) -> Callable[..., None]:
     """Run an async command body; turn what can go wrong into one line and an exit code."""
 
     @functools.wraps(fn)
     def command(**kwargs: Any) -> None:
         try:
-            code = anyio.run(functools.partial(fn, **kwargs))
+            code = anyio.run(functools.partial(_unwrapped, fn, kwargs))
         except KeyboardInterrupt:
             code = EXIT_INTERRUPTED
         except BrokenPipeError:

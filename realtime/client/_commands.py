@@ -89,7 +89,7 @@ class Runner(Protocol):
 
     async def exec(
         self, cmd: str | Sequence[str], *, cwd: str | None = ..., env: Mapping[str, str] | None = ...,
-        timeout_s: float | None = ...,
+        timeout_s: float | None = ..., stdin: bool = ...,
     ) -> str: ...
 
     def watching(self, send: MemoryObjectSendStream[Item]) -> AbstractContextManager[None]: ...
@@ -109,8 +109,12 @@ async def run(
     env: Mapping[str, str] | None = None,
     timeout_s: float | None = None,
     output: Callable[[Log], object] | None = None,
+    stdin: bool = False,
+    started: Callable[[str], object] | None = None,
 ) -> CommandResult:
     """Run a command, call `output` with each of its `Log` events in order, and return how it ended.
+
+    With `stdin`, the command's stdin is a pipe; `started` is told its `command_id` (to `input` to it).
 
     Raises:
         OpError: the exec was refused (no workspace, a bad argument, a read-scope token…).
@@ -126,11 +130,13 @@ async def run(
         # In its own task, so that events keep being read (and the watcher drained) while the
         # exec's reply is awaited; it reports through the same stream, so nothing is cancelled mid-item.
         try:
-            started = _Started(await client.exec(cmd, cwd=cwd, env=env, timeout_s=timeout_s), None)
+            begun = _Started(await client.exec(cmd, cwd=cwd, env=env, timeout_s=timeout_s, stdin=stdin), None)
         except ClientError as exc:
-            started = _Started(None, exc)
+            begun = _Started(None, exc)
+        if started is not None and begun.command_id is not None:
+            started(begun.command_id)
         with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-            await send.send(started)
+            await send.send(begun)
 
     with client.watching(send), receive:
         async with anyio.create_task_group() as tg:

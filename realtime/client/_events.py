@@ -94,6 +94,16 @@ class Provider(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class TerminalEvent(Event):
+    """A terminal's screen output (`text`), or its end (`state == "exited"`, with `exit_code`)."""
+
+    terminal_id: str
+    text: str
+    state: str | None
+    exit_code: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Reset:
     """The server could not resume from the client's position (`resumed: false`): history moved
     past it, or the log was reset (a new `epoch`). Rebuild local state from `snapshot`; the events
@@ -181,6 +191,9 @@ def parse_event(frame: Mapping[str, Any]) -> Event:
                 return Custom(*base, _str(data, "type"), data.get("data"))
             case "provider":
                 return Provider(*base, _str(data, "type"), data.get("data"))
+            case "terminal":
+                return TerminalEvent(*base, _str(data, "terminal_id"), _opt_str(data, "data") or "",
+                                     _opt_str(data, "state"), _opt_int(data, "exit_code"))
     except TypeError:
         pass  # a known kind in an unexpected shape: keep it, untyped, rather than lose it
     return Event(*base)

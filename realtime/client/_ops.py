@@ -9,12 +9,14 @@ from typing import Any, cast
 
 from realtime.client._commands import CommandResult, Runner, run
 from realtime.client._events import Log
+from realtime.client._terminal import Terminal, TerminalClient, open_terminal
 
 __all__ = ["Ops"]
 
 
 class Ops:
-    """`ping`, `exec`, `kill`, `write`, `read`, `list`, `delete`, `refresh` and `run`; `Client` sends them."""
+    """`ping`, `exec`, `kill`, `write`, `read`, `list`, `delete`, `refresh`, `run`, `input` and
+    `open_terminal`; `Client` sends them."""
 
     async def request(self, op: str, **args: Any) -> Any:
         raise NotImplementedError
@@ -27,10 +29,13 @@ class Ops:
         env: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
         output: Callable[[Log], object] | None = None,
+        stdin: bool = False,
+        started: Callable[[str], object] | None = None,
     ) -> CommandResult:
         """Run a command to its end, calling `output` with each of its `Log` events; see `realtime.client.run`."""
         # `Client` (the one subclass) watches its events as `run` needs.
-        return await run(cast(Runner, self), cmd, cwd=cwd, env=env, timeout_s=timeout_s, output=output)
+        return await run(cast(Runner, self), cmd, cwd=cwd, env=env, timeout_s=timeout_s, output=output,
+                         stdin=stdin, started=started)
 
     async def ping(self) -> int:
         """The server's time (unix ms)."""
@@ -43,9 +48,11 @@ class Ops:
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
+        stdin: bool = False,
     ) -> str:
         """Start a command (a string runs under `sh -c`); returns its `command_id` at once. Its output
-        comes as `Log` events with that id, its end as a `Command` event (`state == "exited"`)."""
+        comes as `Log` events with that id, its end as a `Command` event (`state == "exited"`). With
+        `stdin`, its standard input is a pipe that `input` writes."""
         args: dict[str, Any] = {"cmd": cmd if isinstance(cmd, str) else builtins.list(cmd)}
         if cwd is not None:
             args["cwd"] = cwd
@@ -53,7 +60,28 @@ class Ops:
             args["env"] = dict(env)
         if timeout_s is not None:
             args["timeout_s"] = timeout_s
+        if stdin:
+            args["stdin"] = True
         return str((await self.request("exec", **args))["command_id"])
+
+    async def input(self, command_id: str, data: str = "", *, eof: bool = False) -> None:
+        """Write `data` to the stdin of a command started with `stdin=True`; `eof` closes it after."""
+        args: dict[str, Any] = {"command_id": command_id, "eof": eof}
+        if data:
+            args["data"] = data
+        await self.request("input", **args)
+
+    async def open_terminal(
+        self,
+        *,
+        cols: int | None = None,
+        rows: int | None = None,
+        cmd: str | Sequence[str] | None = None,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Terminal:
+        """Open a terminal (default: the image's login shell); see `realtime.client.Terminal`."""
+        return await open_terminal(cast(TerminalClient, self), cols=cols, rows=rows, cmd=cmd, cwd=cwd, env=env)
 
     async def kill(self, command_id: str) -> int:
         """Kill a running command; returns its exit code once it has exited."""

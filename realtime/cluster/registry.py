@@ -36,7 +36,7 @@ from realtime.core.shards import LEASE_SHARDS, shard_of
 from realtime.redis.connection import retrying
 from realtime.redis.keys import RedisKeys
 from realtime.workspaces.manager import WorkspaceManager
-from runtime.events import SNAPSHOT_KINDS
+from runtime.events import changes_snapshot
 from runtime.workspace.lifecycle import State, Workspace
 
 __all__ = ["PAGE", "PRIVATE", "Registry", "RegistryWriter", "is_live", "public"]
@@ -191,7 +191,7 @@ class RegistryWriter:
     # -- what changed (synchronous: the manager's listeners) ---------------------------------------
 
     def appended(self, project_id: str, kind: str, data: Mapping[str, Any]) -> None:
-        if kind in SNAPSHOT_KINDS:
+        if changes_snapshot(kind, data):
             self.changed(project_id)
 
     def changed(self, project_id: str) -> None:

@@ -21,16 +21,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from realtime.core import terminal_ops as term
 from realtime.core.errors import ApiError
 from realtime.core.schemas import (
     CommandBody,
     CreateWorkspaceBody,
+    InputBody,
     KillBody,
     NoBody,
     PathBody,
     RangedPathBody,
     RefreshBody,
     Shape,
+    TerminalBody,
+    TermInputBody,
+    TermOpenBody,
+    TermResizeBody,
     WriteBody,
     problem,
 )
@@ -114,7 +120,10 @@ class RefreshArgs:
     revoke: bool
 
 
-OpArgs = NoArgs | EnsureArgs | CommandRequest | KillArgs | WriteArgs | PathArgs | RefreshArgs
+OpArgs = (
+    NoArgs | EnsureArgs | CommandRequest | KillArgs | WriteArgs | PathArgs | RefreshArgs
+    | term.TermOpenArgs | term.TerminalArgs | term.TermInputArgs | term.TermResizeArgs | term.InputArgs
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +302,17 @@ OPS: Mapping[str, OpSpec] = {
                http=HttpBinding("DELETE", "/files", 204, "query"), model=PathBody),
         OpSpec("refresh", Access.write, True, False, _refresh, RefreshArgs,
                http=HttpBinding("POST", "/preview", source="optional_body"), model=RefreshBody),
+        # -- terminals and stdin (issue 17; arguments in realtime.core.terminal_ops) --
+        OpSpec("term_open", Access.write, False, True, term.parse_term_open, term.TermOpenArgs,
+               http=HttpBinding("POST", "/terminals", source="optional_body"), model=TermOpenBody),
+        OpSpec("term_input", Access.write, False, True, term.parse_term_input, term.TermInputArgs,
+               http=HttpBinding("POST", "/terminals/{terminal_id}/input"), model=TermInputBody),
+        OpSpec("term_resize", Access.write, True, False, term.parse_term_resize, term.TermResizeArgs,
+               http=HttpBinding("POST", "/terminals/{terminal_id}/resize"), model=TermResizeBody),
+        OpSpec("term_close", Access.write, True, True, term.parse_term_close, term.TerminalArgs,
+               http=HttpBinding("DELETE", "/terminals/{terminal_id}", source="none"), model=TerminalBody),
+        OpSpec("input", Access.write, False, True, term.parse_input, term.InputArgs,
+               http=HttpBinding("POST", "/commands/{command_id}/input", source="optional_body"), model=InputBody),
     )
 }
 

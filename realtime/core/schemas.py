@@ -27,12 +27,17 @@ __all__ = [
     "CreateWorkspaceBody",
     "EventBody",
     "FileItem",
+    "InputBody",
     "KillBody",
     "NoBody",
     "PathBody",
     "RangedPathBody",
     "RefreshBody",
     "Shape",
+    "TermInputBody",
+    "TermOpenBody",
+    "TermResizeBody",
+    "TerminalBody",
     "TokenBody",
     "WriteBody",
     "check",
@@ -77,6 +82,7 @@ class CommandBody(Shape):
     env: dict[str, str] | None = None
     timeout_s: float | None = Field(None, gt=0)
     wait: bool = Field(False, description="HTTP only: answer when the command has exited.")
+    stdin: bool = Field(False, description="Standard input is a pipe that the `input` op writes.")
     request_id: str | None = RequestId
 
 
@@ -103,6 +109,42 @@ class RangedPathBody(Shape):
 class RefreshBody(Shape):
     revoke: bool = Field(False, description="Also end every preview URL signed so far.")
     request_id: str | None = RequestId
+
+
+# -- terminals and stdin (issue 17; their bounds and messages are realtime.core.terminal_ops's) --
+
+
+class TermOpenBody(Shape):
+    """`term_open`: a terminal (a pty) running `cmd`, the image's login shell by default."""
+
+    cols: int | None = Field(None, ge=1, description="Columns (default 80).")
+    rows: int | None = Field(None, ge=1, description="Rows (default 24).")
+    cmd: str | list[str] | None = Field(None, description="The program; a string runs under `sh -c`.")
+    cwd: str | None = None
+    env: dict[str, str] | None = None
+
+
+class TerminalBody(Shape):
+    terminal_id: str = Field(min_length=1, max_length=128)
+
+
+class TermInputBody(Shape):
+    terminal_id: str = Field(min_length=1, max_length=128)
+    data: str = Field(description="Keystrokes as typed (UTF-8, control characters included).")
+
+
+class TermResizeBody(Shape):
+    terminal_id: str = Field(min_length=1, max_length=128)
+    cols: int = Field(ge=1)
+    rows: int = Field(ge=1)
+
+
+class InputBody(Shape):
+    """`input`: write to the stdin of a command started with `exec {stdin: true}`."""
+
+    command_id: str = Field(min_length=1, max_length=128)
+    data: str | None = None
+    eof: bool = Field(False, description="Close stdin after `data`: the command reads end of file.")
 
 
 class EventBody(Shape):

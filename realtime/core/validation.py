@@ -6,7 +6,7 @@ import base64
 import binascii
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from realtime.core.errors import ApiError
@@ -95,10 +95,12 @@ class CommandRequest:
     env: dict[str, str] | None
     timeout_s: float
     wait: bool
+    #: `exec {stdin: true}`: stdin is a pipe that `input` writes (None, left off the wire, when false).
+    stdin: bool | None = field(default=None, metadata={"omit_none": True})
 
 
 def parse_command(body: Mapping[str, Any], *, default_timeout_s: float, max_timeout_s: float) -> CommandRequest:
-    """`{cmd: str | [str], cwd?, env?, timeout_s?, wait?}`; a string runs under `sh -c`."""
+    """`{cmd: str | [str], cwd?, env?, timeout_s?, wait?, stdin?}`; a string runs under `sh -c`."""
     cmd = body.get("cmd")
     if isinstance(cmd, str):
         if not cmd.strip() or "\x00" in cmd:
@@ -118,4 +120,7 @@ def parse_command(body: Mapping[str, Any], *, default_timeout_s: float, max_time
     wait = body.get("wait", False)
     if not isinstance(wait, bool):
         raise _bad("wait must be true or false")
-    return CommandRequest(argv, cwd_path, parse_env(body.get("env")), float(timeout), wait)
+    stdin = body.get("stdin", False)
+    if not isinstance(stdin, bool):
+        raise _bad("stdin must be true or false")
+    return CommandRequest(argv, cwd_path, parse_env(body.get("env")), float(timeout), wait, stdin or None)

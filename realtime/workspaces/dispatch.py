@@ -13,10 +13,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from realtime.core import terminal_ops as term
 from realtime.core.errors import ApiError
 from realtime.core.ops import CommandRequest, EnsureArgs, KillArgs, OpArgs, PathArgs, RefreshArgs, WriteArgs
 from realtime.workspaces.manager import WorkspaceManager
 from runtime.workspace.lifecycle import Workspace
+from runtime.workspace.terminals import TerminalRun
 
 __all__ = ["HANDLERS", "execute", "no_workspace"]
 
@@ -55,7 +57,8 @@ async def _stop(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dic
 async def _exec(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
     assert isinstance(args, CommandRequest)
     workspace = _require_workspace(manager, project_id)
-    run = await workspace.start_command(args.argv, cwd=args.cwd, env=args.env, timeout_s=args.timeout_s)
+    run = await workspace.start_command(args.argv, cwd=args.cwd, env=args.env, timeout_s=args.timeout_s,
+                                        stdin=bool(args.stdin))
     result: dict[str, Any] = {"command_id": run.command_id}
     if args.wait:
         await run.done.wait()
@@ -156,6 +159,53 @@ async def _refresh(manager: WorkspaceManager, project_id: str, args: OpArgs) -> 
     return {"state": workspace.state, "preview_url": preview["url"], **preview}
 
 
+# -- terminals and stdin (issue 17) ---------------------------------------------------------------
+# A terminal or command id is looked up in the project's own workspace only: another project's
+# id is unknown here (404), whoever asks.
+
+
+def _terminal(manager: WorkspaceManager, project_id: str, terminal_id: str) -> TerminalRun:
+    run = _require_workspace(manager, project_id).terminals.open.get(terminal_id)
+    if run is None:
+        raise ApiError(404, "not_found", f"no open terminal {terminal_id!r}")
+    return run
+
+
+async def _term_open(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    assert isinstance(args, term.TermOpenArgs)
+    workspace = _require_workspace(manager, project_id)
+    run = await workspace.open_terminal(args.argv, cols=args.cols, rows=args.rows, cwd=args.cwd, env=args.env)
+    return {"terminal_id": run.terminal_id}
+
+
+async def _term_input(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    assert isinstance(args, term.TermInputArgs)
+    await _terminal(manager, project_id, args.terminal_id).write(args.data.encode("utf-8"))
+    return {}
+
+
+async def _term_resize(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    assert isinstance(args, term.TermResizeArgs)
+    await _terminal(manager, project_id, args.terminal_id).resize(args.cols, args.rows)
+    return {}
+
+
+async def _term_close(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    """Hang the terminal up; return once it has exited (its `exited` event appended), with its exit code."""
+    assert isinstance(args, term.TerminalArgs)
+    run = _terminal(manager, project_id, args.terminal_id)
+    return {"terminal_id": run.terminal_id, "exit_code": await run.close()}
+
+
+async def _input(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    assert isinstance(args, term.InputArgs)
+    run = _require_workspace(manager, project_id).commands.get(args.command_id)
+    if run is None:
+        raise ApiError(404, "not_found", f"no running command {args.command_id!r}")
+    await run.input(args.data.encode("utf-8"), eof=args.eof)
+    return {}
+
+
 Handler = Callable[[WorkspaceManager, str, OpArgs], Awaitable[dict[str, Any]]]
 
 HANDLERS: Mapping[str, Handler] = {
@@ -170,6 +220,11 @@ HANDLERS: Mapping[str, Handler] = {
     "list_or_read": _list_or_read,
     "delete": _delete,
     "refresh": _refresh,
+    "term_open": _term_open,
+    "term_input": _term_input,
+    "term_resize": _term_resize,
+    "term_close": _term_close,
+    "input": _input,
 }
 
 

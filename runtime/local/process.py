@@ -20,11 +20,12 @@ from pathlib import Path
 import anyio
 
 from runtime.base import OutputSink, Stream
+from runtime.errors import WorkspaceBusy
 from runtime.lines import LineBuffer
 from runtime.local.groups import WORKSPACE_ENV, group_alive, live_members, signal_group, stop_group
 from runtime.local.sandbox import oldest_first, wrapper_pids
 
-__all__ = ["CHUNK", "STRAGGLER_GRACE", "LocalProcess", "base_env", "exit_code"]
+__all__ = ["CHUNK", "STRAGGLER_GRACE", "LocalProcess", "base_env", "exit_code", "write_all"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ CHUNK = 64 * 1024
 STRAGGLER_GRACE = 1.0
 _DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 _POLL = 0.05  # leader-exit polling where pidfds are unavailable (not Linux)
+#: How long a write may wait for a process that does not read its input.
+_WRITE_TIMEOUT_S = 30.0
 
 
 def base_env(workspace: Path, *layers: Mapping[str, str] | None) -> dict[str, str]:
@@ -52,6 +55,25 @@ def base_env(workspace: Path, *layers: Mapping[str, str] | None) -> dict[str, st
         env.update(layer or {})
     env[WORKSPACE_ENV] = str(workspace)
     return env
+
+
+async def write_all(fd: int, data: bytes, what: str) -> None:
+    """Write all of `data` to the non-blocking `fd`, waiting while it is full (at most `_WRITE_TIMEOUT_S`).
+
+    Raises:
+        WorkspaceBusy: the reader is gone, or did not read for `_WRITE_TIMEOUT_S`.
+    """
+    view = memoryview(data)
+    with anyio.move_on_after(_WRITE_TIMEOUT_S) as scope:
+        while view:
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                await anyio.wait_writable(fd)
+            except OSError as exc:  # EPIPE, EIO: nobody reads any more
+                raise WorkspaceBusy(f"{what} does not take input any more ({os.strerror(exc.errno or 0)})") from None
+    if scope.cancelled_caught:
+        raise WorkspaceBusy(f"{what} has not read its input for {_WRITE_TIMEOUT_S:g}s")
 
 
 def exit_code(returncode: int) -> int:
@@ -82,8 +104,8 @@ class LocalProcess:
     @classmethod
     def start(cls, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], on_output: OutputSink,
               on_exit: Callable[[LocalProcess], None] = lambda _: None,
-              sandboxed: bool = False) -> LocalProcess:
-        """Spawn `argv` in a new session (stdin from /dev/null) and start pumping its output.
+              sandboxed: bool = False, stdin: bool = False) -> LocalProcess:
+        """Spawn `argv` in a new session (stdin from /dev/null, or a pipe with `stdin`) and pump its output.
 
         Synchronous on purpose: no cancellation can fall between the spawn and the supervision.
         `sandboxed`: `argv` runs a bubblewrap sandbox (`runtime.local.sandbox`), whose wrapper
@@ -93,7 +115,8 @@ class LocalProcess:
             OSError: the program cannot be executed (`FileNotFoundError`, `PermissionError`, …).
         """
         popen = subprocess.Popen(  # fork+exec is quick; see the docstring
-            list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            list(argv), cwd=cwd, env=dict(env), stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
         )
         proc = cls(popen, on_output, on_exit, sandboxed=sandboxed)
@@ -142,6 +165,18 @@ class LocalProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
 
+    async def write_stdin(self, data: bytes) -> None:
+        """Write to the process's stdin pipe (started with `stdin=True`); see `runtime.base.WritableProcess`."""
+        pipe = self._popen.stdin
+        if pipe is None or pipe.closed or self._done.is_set():
+            raise WorkspaceBusy("the command's stdin is closed")
+        os.set_blocking(pipe.fileno(), False)
+        await write_all(pipe.fileno(), data, "the command")
+
+    async def close_stdin(self) -> None:
+        if self._popen.stdin is not None:
+            self._popen.stdin.close()
+
     async def terminate(self, grace: float = 3.0) -> int:
         """SIGTERM the group, SIGKILL it after `grace` seconds; return the exit code."""
         await self.kill(signal.SIGTERM)
@@ -172,7 +207,7 @@ class LocalProcess:
             if self._returncode is None:
                 rc = self._popen.returncode
                 self._returncode = exit_code(rc) if rc is not None else 128 + signal.SIGKILL
-            for pipe in (self._popen.stdout, self._popen.stderr):
+            for pipe in (self._popen.stdin, self._popen.stdout, self._popen.stderr):
                 if pipe is not None:
                     pipe.close()
             self._done.set()

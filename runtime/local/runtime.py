@@ -16,7 +16,7 @@ a bubblewrap sandbox as the workspace's own uid, in its cgroup and network names
 from __future__ import annotations
 
 import contextlib
-import errno
+import functools
 import logging
 import os
 import re
@@ -25,9 +25,11 @@ import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 
+from runtime import base
 from runtime.base import PROJECT_ID_PATTERN, DirEntry, FileChange, FileRange, FileUpload, OutputSink, WrittenFile
 from runtime.errors import FileNotFound, NotADirectory, PathError, ProviderError, RuntimeFailure
 from runtime.local.calls import FileCalls
@@ -40,7 +42,8 @@ from runtime.local.limits import Limits
 from runtime.local.network import free_port
 from runtime.local.process import LocalProcess, base_env
 from runtime.local.sandbox import HOME, ISOLATIONS, Jail, bwrap_argv
-from runtime.local.template import TemplateCache
+from runtime.local.template import TemplateCache, move_into_place
+from runtime.local.terminal import LocalTerminal, in_script
 from runtime.paths import resolve_in
 from runtime.reads import DEFAULT_MAX_READ_BYTES
 from runtime.watch import EchoSuppression, watch_workspace
@@ -50,6 +53,8 @@ __all__ = ["LocalRuntime", "LocalSandbox"]
 logger = logging.getLogger(__name__)
 
 _PROJECT_ID = re.compile(PROJECT_ID_PATTERN)
+
+_P = TypeVar("_P", LocalProcess, LocalTerminal)
 
 #: How long a file call may take unless configured (`WORKSPACE_FILE_OP_TIMEOUT_S`).
 _FILE_OP_TIMEOUT_S = 30.0
@@ -82,12 +87,12 @@ class LocalSandbox:
                                      owner=confinement.uid if confinement is not None else None)
         self._max_read_bytes = max_read_bytes
         self._calls = calls or FileCalls(self.FILE_CALLS, _FILE_OP_TIMEOUT_S)
-        self._processes: set[LocalProcess] = set()
+        self._processes: set[LocalProcess | LocalTerminal] = set()
         self._watch_stops: set[threading.Event] = set()
         self._closed = False
 
     @property
-    def processes(self) -> frozenset[LocalProcess]:
+    def processes(self) -> frozenset[LocalProcess | LocalTerminal]:
         """The processes that have not finished yet."""
         return frozenset(self._processes)
 
@@ -119,14 +124,8 @@ class LocalSandbox:
     async def delete(self, path: str) -> bool:
         return await self._calls.run(f"delete {path!r}", lambda: self._files.delete(path))
 
-    async def exec(
-        self,
-        argv: Sequence[str],
-        *,
-        on_output: OutputSink,
-        cwd: str | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> LocalProcess:
+    async def exec(self, argv: Sequence[str], *, on_output: OutputSink, cwd: str | None = None,
+                   env: Mapping[str, str] | None = None, stdin: bool = False) -> LocalProcess:
         """Start `argv` in its own process group, in the workspace (or `cwd` inside it).
 
         Raises:
@@ -134,6 +133,17 @@ class LocalSandbox:
             PathError, FileNotFound, NotADirectory: `cwd` is refused, missing or not a directory.
             ProviderError: the sandbox was terminated, or the program cannot be executed.
         """
+        return await self._spawn(argv, cwd, env, functools.partial(
+            LocalProcess.start, on_output=on_output, on_exit=self._exited, stdin=stdin))
+
+    async def open_terminal(self, argv: Sequence[str], *, cols: int, rows: int, on_output: base.TerminalSink,
+                            cwd: str | None = None, env: Mapping[str, str] | None = None) -> LocalTerminal:
+        """Start `argv` on a pty (`runtime.local.terminal`); raises as `exec`."""
+        return await self._spawn(argv, cwd, env, functools.partial(
+            LocalTerminal.start, cols=cols, rows=rows, on_output=on_output, on_exit=self._exited), terminal=True)
+
+    async def _spawn(self, argv: Sequence[str], cwd: str | None, env: Mapping[str, str] | None,
+                     start: Callable[..., _P], *, terminal: bool = False) -> _P:
         if self._closed:
             raise ProviderError(f"sandbox {self.project_id!r} was terminated")
         if not argv:
@@ -146,10 +156,9 @@ class LocalSandbox:
                 raise ProviderError(f"sandbox {self.project_id!r} was terminated")
         try:
             if self._confinement is None:
-                proc = LocalProcess.start(argv, cwd=workdir, env=base_env(self.workspace, self._env, env),
-                                          on_output=on_output, on_exit=self._exited)
+                proc = start(argv, cwd=workdir, env=base_env(self.workspace, self._env, env))
             else:
-                proc = self._start_sandboxed(argv, workdir, env, on_output)
+                proc = self._start_sandboxed(argv, workdir, env, start, terminal)
         except OSError as exc:
             raise ProviderError(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from None
         self._processes.add(proc)
@@ -157,16 +166,15 @@ class LocalSandbox:
         return proc
 
     def _start_sandboxed(self, argv: Sequence[str], workdir: Path, env: Mapping[str, str] | None,
-                         on_output: OutputSink) -> LocalProcess:
+                         start: Callable[..., _P], terminal: bool) -> _P:
         confinement = self._confinement
         assert confinement is not None
         inner = base_env(self.workspace, {"HOME": str(HOME)}, self._env, env)
         del inner[WORKSPACE_ENV]  # the host path stays outside; the wrapper carries the marker
-        wrapped = confinement.argv(self.workspace, workdir, inner, argv)
+        wrapped = confinement.argv(self.workspace, workdir, inner, in_script(argv) if terminal else argv)
         outer = {"PATH": inner["PATH"], WORKSPACE_ENV: str(self.workspace)}
         oom_kills = confinement.oom_kills()
-        proc = LocalProcess.start(wrapped, cwd=self.workspace, env=outer,
-                                  on_output=on_output, on_exit=self._exited, sandboxed=True)
+        proc = start(wrapped, cwd=self.workspace, env=outer, sandboxed=True)
 
         async def explain(code: int) -> str | None:
             notes = []
@@ -177,7 +185,8 @@ class LocalSandbox:
                     notes.append(over)
             return "; ".join(notes) or None
 
-        proc.explain = explain
+        if isinstance(proc, LocalProcess):
+            proc.explain = explain
         return proc
 
     def _workdir(self, cwd: str) -> Path:
@@ -188,7 +197,7 @@ class LocalSandbox:
             raise NotADirectory(f"cwd {cwd!r} is not a directory")
         return path
 
-    def _exited(self, proc: LocalProcess) -> None:
+    def _exited(self, proc: LocalProcess | LocalTerminal) -> None:
         self._processes.discard(proc)
         self._pids.discard(proc.pgid)
 
@@ -341,7 +350,7 @@ class LocalRuntime:
                     await anyio.to_thread.run_sync(laid.mkdir)
                     if owner is not None:
                         await anyio.to_thread.run_sync(os.chown, laid, owner, owner)
-                await anyio.to_thread.run_sync(_move_into_place, laid, workspace)
+                await anyio.to_thread.run_sync(move_into_place, laid, workspace)
             except OSError as exc:
                 raise ProviderError(f"cannot create workspace {str(workspace)!r}: {exc}") from exc
         finally:
@@ -386,12 +395,3 @@ class LocalRuntime:
             for sandbox in list(self._sandboxes.values()):
                 tg.start_soon(sandbox.terminate)
 
-
-def _move_into_place(laid: Path, workspace: Path) -> None:
-    try:
-        os.rename(laid, workspace)
-    except OSError as exc:
-        # Another server laid it first: theirs is as good as ours.
-        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not workspace.is_dir():
-            raise
-        logger.info("workspace %s was created concurrently; using the existing one", workspace)

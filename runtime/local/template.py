@@ -37,7 +37,7 @@ from runtime.local.process import LocalProcess, base_env
 if TYPE_CHECKING:
     from runtime.local.host import InstallRunner
 
-__all__ = ["TemplateCache", "link_tree"]
+__all__ = ["TemplateCache", "link_tree", "move_into_place"]
 
 logger = logging.getLogger(__name__)
 
@@ -258,3 +258,14 @@ def link_tree(src: Path, dest: Path, owner: int | None = None) -> int:
                     own(target)
                 count += 1
     return count
+
+
+def move_into_place(laid: Path, workspace: Path) -> None:
+    """Rename a freshly laid workspace into place; one laid concurrently by another server is kept."""
+    try:
+        os.rename(laid, workspace)
+    except OSError as exc:
+        # Another server laid it first: theirs is as good as ours.
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not workspace.is_dir():
+            raise
+        logger.info("workspace %s was created concurrently; using the existing one", workspace)

@@ -20,7 +20,16 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
-from runtime.base import DirEntry, FileChange, FileRange, FileUpload, OutputSink, SnapshotStore, WrittenFile
+from runtime.base import (
+    DirEntry,
+    FileChange,
+    FileRange,
+    FileUpload,
+    OutputSink,
+    SnapshotStore,
+    TerminalSink,
+    WrittenFile,
+)
 from runtime.errors import ProviderError
 from runtime.modal.calls import SandboxCalls
 from runtime.modal.changes import OwnWrites
@@ -32,7 +41,9 @@ from runtime.modal.keeper import SnapshotKeeper
 from runtime.modal.process import ModalProcess, new_process_id
 from runtime.modal.processes import Processes
 from runtime.modal.provider import Provider
+from runtime.modal.terminal import DirectExec
 from runtime.modal.watch import Watcher
+from runtime.paths import normalize
 
 __all__ = ["ModalSandbox"]
 
@@ -76,6 +87,8 @@ class ModalSandbox:
         self._keeper = SnapshotKeeper(self._calls, config, store, expires_at=expires_at,
                                       on_expiry=self._planned_end)
         self._keeper.start()
+        #: Terminals and commands with stdin: exec'd for this adapter, ended with it.
+        self._direct_execs: set[DirectExec] = set()
 
     async def alive(self) -> bool:
         """Whether the sandbox still runs (False too when Modal cannot say)."""
@@ -120,13 +133,34 @@ class ModalSandbox:
         on_output: OutputSink,
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
-    ) -> ModalProcess:
+        stdin: bool = False,
+    ) -> ModalProcess | DirectExec:
         """Start `argv` detached in the sandbox (cwd relative to the workspace) and follow its output.
 
-        A loopback `HOSTNAME` becomes `0.0.0.0`: the tunnel reaches the sandbox from outside.
+        A loopback `HOSTNAME` becomes `0.0.0.0`: the tunnel reaches the sandbox from outside. With
+        `stdin`, the command is exec'd directly instead (`runtime.modal.terminal`): its stdin is the
+        exec's, and it is not followed across owners.
         """
         self._keeper.clock.changed()
+        if stdin:
+            return await self._direct(argv, cwd, env, DirectExec(self._calls, self.config.state_dir,
+                                                                 output_sink=on_output))
         return await self._processes.start(argv, on_output, cwd, env, new_process_id())
+
+    async def open_terminal(self, argv: Sequence[str], *, cols: int, rows: int, on_output: TerminalSink,
+                            cwd: str | None = None, env: Mapping[str, str] | None = None) -> DirectExec:
+        """Start `argv` on a pty (the SDK's `exec(..., pty=True)`), sized `cols`x`rows`."""
+        direct = DirectExec(self._calls, self.config.state_dir, terminal_sink=on_output)
+        return await self._direct(argv, cwd, env, direct, cols, rows)
+
+    async def _direct(self, argv: Sequence[str], cwd: str | None, env: Mapping[str, str] | None,
+                      direct: DirectExec, cols: int = 0, rows: int = 0) -> DirectExec:
+        if not argv:
+            raise ValueError("argv is empty")
+        workdir = self.config.workspace_path(normalize(cwd or "", allow_root=True))
+        await direct.start(argv, workdir, dict(env or {}), cols, rows)
+        self._direct_execs.add(direct)
+        return direct
 
     async def attach(self, process_id: str, *, on_output: OutputSink,
                      offsets: tuple[int, int] = (0, 0), checkpoint: bool = False) -> ModalProcess:
@@ -237,6 +271,12 @@ class ModalSandbox:
             self._on_close(self)
         # The sandbox's end ends every output stream; cancelling is the fallback.
         await self._processes.settle(_STREAMS_END_S)
+        self._end_direct()
+
+    def _end_direct(self) -> None:
+        for direct in self._direct_execs:
+            direct.cancel()
+        self._direct_execs.clear()
 
     async def detach(self) -> None:
         """Stop following this sandbox here without terminating it (another instance takes over).
@@ -247,4 +287,5 @@ class ModalSandbox:
         self._calls.close()
         await self._keeper.stop()
         await self._processes.unfollow_all()
+        self._end_direct()
         self._on_close(self)

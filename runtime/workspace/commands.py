@@ -18,8 +18,8 @@ from typing import Any
 import anyio
 
 from runtime import events
-from runtime.base import ExplainsExit, Process, Sandbox, Stream
-from runtime.errors import FileNotFound, RuntimeFailure, TooManyCommands
+from runtime.base import ExplainsExit, Process, Sandbox, Stream, WritableProcess
+from runtime.errors import FileNotFound, RuntimeFailure, TooManyCommands, WorkspaceBusy
 from runtime.events import Emit, EventKind, LogSource
 from runtime.workspace.steps import KILL_GRACE_S, Spawn, end_process
 
@@ -54,9 +54,27 @@ class CommandRun:
     timed_out: bool = False
     killed: bool = False
     done: anyio.Event = field(default_factory=anyio.Event)
+    #: Started with its stdin a pipe (`exec {stdin: true}`), which `input` writes.
+    stdin: bool = False
 
     def snapshot(self) -> dict[str, Any]:
         return {"command_id": self.command_id, "cmd": self.argv, "cwd": self.cwd, "started_at": self.started_at}
+
+    async def input(self, data: bytes, *, eof: bool) -> None:
+        """Write `data` to the command's stdin, then close it with `eof`.
+
+        Raises:
+            WorkspaceBusy: the command was not started with stdin, its stdin is closed, or it ended.
+        """
+        process = self.process
+        if not self.stdin or not isinstance(process, WritableProcess):
+            raise WorkspaceBusy(f"command {self.command_id} was not started with stdin: true")
+        if process.returncode is not None:
+            raise WorkspaceBusy(f"command {self.command_id} has exited")
+        if data:
+            await process.write_stdin(data)
+        if eof:
+            await process.close_stdin()
 
     async def kill(self) -> None:
         """End the command: SIGTERM to its group, SIGKILL after a grace period."""
@@ -85,7 +103,8 @@ async def start_command(sandbox: Sandbox, run: CommandRun, emit: Emit, *, env: M
     await emit(EventKind.command, events.command_started(run.command_id, run.argv))
     try:
         run.process = await sandbox.exec(
-            run.argv, on_output=log_sink(emit, LogSource.command, run.command_id), cwd=run.cwd, env=env
+            run.argv, on_output=log_sink(emit, LogSource.command, run.command_id), cwd=run.cwd, env=env,
+            **({"stdin": True} if run.stdin else {}),
         )
     except (OSError, RuntimeFailure) as exc:
         run.exit_code = 127
@@ -140,7 +159,8 @@ class Commands:
         self._max_running = max_running
 
     async def start(
-        self, sandbox: Sandbox, argv: list[str], *, cwd: str | None, env: Mapping[str, str], timeout_s: float
+        self, sandbox: Sandbox, argv: list[str], *, cwd: str | None, env: Mapping[str, str], timeout_s: float,
+        stdin: bool = False,
     ) -> CommandRun:
         """Start `argv` in `sandbox`; it is ended at `timeout_s`.
 
@@ -156,7 +176,7 @@ class Commands:
             raise TooManyCommands(
                 f"the workspace already runs {running} commands, its limit; wait for one to exit or kill one"
             )
-        run = CommandRun(command_id=new_command_id(), argv=argv, cwd=cwd)
+        run = CommandRun(command_id=new_command_id(), argv=argv, cwd=cwd, stdin=stdin)
         self.running[run.command_id] = run
         await start_command(sandbox, run, self._emit_output, env=env)
         self._spawn(self._finish, run, timeout_s)

@@ -36,6 +36,7 @@ from runtime.workspace.files import announce_deleted, announce_written, follow_s
 from runtime.workspace.install import InstallStep
 from runtime.workspace.output import OutputGate
 from runtime.workspace.steps import StepFailed
+from runtime.workspace.terminals import TerminalRun, TerminalTable
 
 __all__ = ["LifecycleConfig", "PreviewSigner", "State", "Workspace"]
 
@@ -93,6 +94,8 @@ class Workspace:
         self._http = http
         self._output = OutputGate(emit, OutputBudget(config.output_rate_bytes, config.output_burst_bytes), self._spawn)
         self._commands = Commands(self._output.emit, emit, self._spawn, max_running=config.max_commands)
+        #: Open terminals (issue 17): not commands, so an idle shell keeps nothing running.
+        self.terminals = TerminalTable(self._output.emit, emit, self._spawn)
         self._dev: DevServer | None = None
         self._pending: list[FileUpload] = []
         self._converging = False
@@ -147,6 +150,7 @@ class Workspace:
     async def _shutdown(self) -> None:
         try:
             await self._commands.kill_all()
+            await self.terminals.kill_all()
             if self.detached:
                 # The new owner goes on with the sandbox (and, where it can, with the dev server):
                 # only let go of it here.
@@ -328,10 +332,18 @@ class Workspace:
         return existed
 
     async def start_command(
-        self, argv: list[str], *, cwd: str | None, env: Mapping[str, str] | None, timeout_s: float
+        self, argv: list[str], *, cwd: str | None, env: Mapping[str, str] | None, timeout_s: float,
+        stdin: bool = False,
     ) -> CommandRun:
         merged = {**self.env, **(env or {})}
-        return await self._commands.start(self.require_sandbox(), argv, cwd=cwd, env=merged, timeout_s=timeout_s)
+        return await self._commands.start(
+            self.require_sandbox(), argv, cwd=cwd, env=merged, timeout_s=timeout_s, stdin=stdin
+        )
+
+    async def open_terminal(self, argv: list[str] | None, *, cols: int, rows: int, cwd: str | None,
+                            env: Mapping[str, str] | None) -> TerminalRun:
+        merged = {**self.env, **(env or {})}
+        return await self.terminals.start(self.require_sandbox(), argv, cols=cols, rows=rows, cwd=cwd, env=merged)
 
     # -- events --------------------------------------------------------------------------------
 
@@ -346,4 +358,5 @@ class Workspace:
             "detail": self.detail,
             "preview": self.preview,
             "commands": [run.snapshot() for run in self.commands.values()],
+            "terminals": [run.snapshot() for run in self.terminals.open.values()],
         }

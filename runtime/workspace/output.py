@@ -1,10 +1,10 @@
 """A workspace's events held to its output budget: the I/O side of `runtime.workspace.budget`.
 
-Every event of a workspace's processes passes through `OutputGate.emit`. `log` events are admitted
-or dropped by the budget; every other kind always passes. A dropping period is announced (a
-`system` log line) when it starts, and reported with what it dropped exactly once: at the next
-admitted chunk, when the watcher sees the budget refilled, or at `flush()` when the workspace
-stops. At most one watcher task runs at a time.
+Every event of a workspace's processes passes through `OutputGate.emit`. `log` events and
+`terminal` output are admitted or dropped by the budget; every other kind always passes. A
+dropping period is announced (a `system` log line) when it starts, and reported with what it
+dropped exactly once: at the next admitted chunk, when the watcher sees the budget refilled, or
+at `flush()` when the workspace stops. At most one watcher task runs at a time.
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ class OutputGate:
 
     async def emit(self, kind: str, data: Mapping[str, Any]) -> None:
         """Emit an event, holding `log` events to the output budget (others always pass)."""
-        if kind != EventKind.log:
+        text = data.get("text") if kind == EventKind.log else data.get("data") if kind == EventKind.terminal else None
+        if not isinstance(text, str):
             await self._emit(kind, data)
             return
-        text = data["text"]
         admission = self._budget.admit(len(text.encode()), count_lines(text))
         await self._report(admission.ended)
         if admission.started:

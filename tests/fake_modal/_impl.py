@@ -362,9 +362,71 @@ class _StreamReader:
             yield chunk
 
 
+class _StreamWriter:
+    """A process's stdin: a pipe, or (`pty=True`) the terminal's master side."""
+
+    def __init__(self, pipe: asyncio.StreamWriter | None, master: int | None) -> None:
+        self._pipe = pipe
+        self._master = master
+
+    def write(self, data: bytes | bytearray | memoryview | str) -> None:
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        if self._master is not None:
+            os.write(self._master, raw)  # small writes: what a test types
+        elif self._pipe is not None:
+            self._pipe.write(raw)
+
+    def write_eof(self) -> None:
+        if self._master is not None:
+            os.write(self._master, b"\x04")
+        elif self._pipe is not None:
+            self._pipe.close()
+
+    async def drain(self) -> None:
+        if self._pipe is not None and not self._pipe.is_closing():
+            await self._pipe.drain()
+
+
+def _pty_reader(master: int) -> asyncio.StreamReader:
+    """The master side of a pty as a stream that ends once every holder of the slave is gone (EIO)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    os.set_blocking(master, False)
+
+    def readable() -> None:
+        try:
+            data = os.read(master, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            reader.feed_data(data)
+            return
+        loop.remove_reader(master)
+        reader.feed_eof()
+
+    loop.add_reader(master, readable)
+    return reader
+
+
+def _empty_stream() -> asyncio.StreamReader:
+    reader = asyncio.StreamReader()
+    reader.feed_eof()
+    return reader
+
+
+def _take_terminal() -> None:  # runs in the child: the pty becomes its controlling terminal
+    import fcntl
+    import termios
+
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 class _ContainerProcess:
     def __init__(self, proc: asyncio.subprocess.Process, state: _SandboxState, stdout: _StreamReader,
-                 stderr: _StreamReader, timeout: int | None) -> None:
+                 stderr: _StreamReader, timeout: int | None, stdin: _StreamWriter | None = None) -> None:
+        self._stdin = stdin or _StreamWriter(proc.stdin, None)
         self._proc = proc
         self._state = state
         self._stdout = stdout
@@ -386,6 +448,10 @@ class _ContainerProcess:
     @property
     def stderr(self) -> _StreamReader:
         return self._stderr
+
+    @property
+    def stdin(self) -> _StreamWriter:
+        return self._stdin
 
     @property
     def returncode(self) -> int:
@@ -622,6 +688,7 @@ class _Sandbox:
         env: dict[str, str | None] | None = None,
         text: bool = True,
         bufsize: Literal[-1, 1] = -1,
+        pty: bool = False,
     ) -> _ContainerProcess:
         state = self._state
         if workdir is not None and not workdir.startswith("/"):
@@ -643,8 +710,22 @@ class _Sandbox:
             full_env["HOSTNAME"] = "127.0.0.1"
         cwd = state.map(workdir or state.workdir or "/")
         pipe = {StreamType.PIPE: asyncio.subprocess.PIPE, StreamType.DEVNULL: asyncio.subprocess.DEVNULL}
+        if pty:  # as modal: one terminal, stderr merged into stdout
+            master, slave = os.openpty()
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *[state.map(arg) for arg in args], cwd=cwd, env=full_env, stdin=slave, stdout=slave,
+                    stderr=slave, start_new_session=True, preexec_fn=_take_terminal,
+                )
+            finally:
+                os.close(slave)
+            state.procs.add(proc)
+            return _ContainerProcess(
+                proc, state, _StreamReader(_pty_reader(master), 1, text, bufsize),
+                _StreamReader(_empty_stream(), 2, text, bufsize), timeout, _StreamWriter(None, master),
+            )
         proc = await asyncio.create_subprocess_exec(
-            *[state.map(arg) for arg in args], cwd=cwd, env=full_env, stdin=asyncio.subprocess.DEVNULL,
+            *[state.map(arg) for arg in args], cwd=cwd, env=full_env, stdin=asyncio.subprocess.PIPE,
             stdout=pipe[stdout], stderr=pipe[stderr], start_new_session=True,
         )
         state.procs.add(proc)
@@ -750,6 +831,7 @@ Dict = synchronizer.create_blocking(_Dict, "Dict", "tests.fake_modal")
 Secret = synchronizer.create_blocking(_Secret, "Secret", "tests.fake_modal")
 Image = synchronizer.create_blocking(_Image, "Image", "tests.fake_modal")
 StreamReader = synchronizer.create_blocking(_StreamReader, "StreamReader", "tests.fake_modal.io_streams")
+StreamWriter = synchronizer.create_blocking(_StreamWriter, "StreamWriter", "tests.fake_modal.io_streams")
 ContainerProcess = synchronizer.create_blocking(
     _ContainerProcess, "ContainerProcess", "tests.fake_modal.container_process"
 )

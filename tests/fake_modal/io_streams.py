@@ -1,7 +1,7 @@
-"""`modal.io_streams` (the reader only)."""
+"""`modal.io_streams` (the reader and the stdin writer)."""
 
 from __future__ import annotations
 
-from ._impl import StreamReader
+from ._impl import StreamReader, StreamWriter
 
-__all__ = ["StreamReader"]
+__all__ = ["StreamReader", "StreamWriter"]

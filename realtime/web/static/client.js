@@ -27,7 +27,7 @@ export class OpError extends Error {
 }
 
 /** Event kinds of the log (protocol § Events); each is also a name `on()` accepts. */
-export const EVENT_KINDS = ["status", "log", "file", "preview", "command", "custom", "provider"];
+export const EVENT_KINDS = ["status", "log", "file", "preview", "command", "custom", "provider", "terminal"];
 
 const CLOSE_POLICY = 1008;
 const CLOSE_TOO_BIG = 1009;
@@ -207,9 +207,39 @@ export class WorkspaceClient {
     return this.request("ping");
   }
 
-  /** Run a command (`cmd`: a shell string, or argv); resolves with `{command_id}` at once. */
-  exec(cmd, { cwd, env, timeout_s } = {}) {
-    return this.request("exec", clean({ cmd, cwd, env, timeout_s }));
+  /**
+   * Run a command (`cmd`: a shell string, or argv); resolves with `{command_id}` at once. With
+   * `stdin: true` its standard input is a pipe that `input()` writes.
+   */
+  exec(cmd, { cwd, env, timeout_s, stdin } = {}) {
+    return this.request("exec", clean({ cmd, cwd, env, timeout_s, stdin: stdin || undefined }));
+  }
+
+  /** Write `data` (text) to the stdin of a command started with `stdin: true`; `eof` closes it after. */
+  input(commandId, data = "", { eof = false } = {}) {
+    return this.request("input", clean({ command_id: commandId, data: data || undefined, eof }));
+  }
+
+  /**
+   * Open a terminal (default: the image's login shell); resolves with a `RemoteTerminal` once it
+   * runs. Its output is the `terminal` events of the log, so it survives reconnections (and a new
+   * client with `since: 0` redraws it from the start).
+   */
+  async openTerminal({ cols, rows, cmd, cwd, env } = {}) {
+    const terminal = new RemoteTerminal(this, null);
+    try {
+      const { terminal_id: id } = await this.request("term_open", clean({ cols, rows, cmd, cwd, env }));
+      terminal._attach(id);
+    } catch (error) {
+      terminal.dispose();
+      throw error;
+    }
+    return terminal;
+  }
+
+  /** A handle on a terminal that is already open (one of `hello.snapshot.terminals`). */
+  terminal(terminalId) {
+    return new RemoteTerminal(this, terminalId);
   }
 
   /** Kill a running command; resolves with `{command_id, exit_code}` once it exited. */
@@ -522,6 +552,135 @@ export class WorkspaceApi {
 
   refreshPreview(projectId, { revoke = false } = {}) {
     return this.call("POST", `/api/workspaces/${encodeURIComponent(projectId)}/preview`, { revoke });
+  }
+}
+
+/** Characters of input per op: at most 3 bytes each in UTF-8, so an op stays under the server's 64 KiB. */
+const INPUT_CHUNK = 16 * 1024;
+/** Output chunks an unread `output()` iterator holds before dropping the oldest. */
+const OUTPUT_QUEUE = 10_000;
+
+/**
+ * A terminal in the workspace: `write` what is typed, `resize`, `close`; its screen output arrives
+ * through `onData(handler)` (or `for await (const text of terminal.output())`) and its end through
+ * `onExit(handler)` (`exitCode` is set then). Writes keep their order: while one op is in flight,
+ * the keystrokes that follow are sent together in the next.
+ */
+export class RemoteTerminal {
+  constructor(client, terminalId) {
+    this.client = client;
+    this.id = terminalId;
+    this.exitCode = null;
+    this._early = terminalId ? null : []; // events before the id is known, while `term_open` is in flight
+    this._data = new Set();
+    this._exit = new Set();
+    this._pending = "";
+    this._writing = null;
+    this._size = null;
+    this._off = client.on("terminal", (event) => this._onEvent(event));
+  }
+
+  _attach(id) {
+    this.id = id;
+    const early = this._early;
+    this._early = null;
+    for (const event of early) this._onEvent(event);
+  }
+
+  _onEvent(event) {
+    if (this._early) {
+      if (this._early.length < OUTPUT_QUEUE) this._early.push(event);
+      return;
+    }
+    const data = event.data || {};
+    if (data.terminal_id !== this.id) return;
+    if (data.state === "exited") {
+      this.exitCode = data.exit_code ?? null;
+      for (const handler of this._exit) handler(this.exitCode);
+    } else if (typeof data.data === "string") {
+      for (const handler of this._data) handler(data.data);
+    }
+  }
+
+  /** Call `handler(text)` with each chunk of screen output; returns a function that unsubscribes. */
+  onData(handler) {
+    this._data.add(handler);
+    return () => this._data.delete(handler);
+  }
+
+  /** Call `handler(exitCode)` when the terminal ends; returns a function that unsubscribes. */
+  onExit(handler) {
+    this._exit.add(handler);
+    return () => this._exit.delete(handler);
+  }
+
+  /** The screen output as an async iterator that ends with the terminal. */
+  async *output() {
+    const queue = [];
+    let wake = null;
+    let done = false;
+    const offData = this.onData((text) => {
+      queue.push(text);
+      if (queue.length > OUTPUT_QUEUE) queue.shift();
+      wake?.();
+    });
+    const offExit = this.onExit(() => {
+      done = true;
+      wake?.();
+    });
+    try {
+      while (true) {
+        if (queue.length) yield queue.shift();
+        else if (done) return;
+        else await new Promise((resolve) => (wake = resolve));
+      }
+    } finally {
+      offData();
+      offExit();
+    }
+  }
+
+  /** Type `data` (keystrokes as typed: "\r" is Enter, "\x03" Ctrl-C); resolves once sent. */
+  write(data) {
+    this._pending += data;
+    if (!this._writing) this._writing = this._flush();
+    return this._writing;
+  }
+
+  async _flush() {
+    try {
+      while (this._pending) {
+        let cut = Math.min(this._pending.length, INPUT_CHUNK);
+        const last = this._pending.charCodeAt(cut - 1);
+        if (cut < this._pending.length && last >= 0xd800 && last <= 0xdbff) cut -= 1; // keep a pair whole
+        const chunk = this._pending.slice(0, cut);
+        this._pending = this._pending.slice(cut);
+        await this.client.request("term_input", { terminal_id: this.id, data: chunk });
+      }
+    } finally {
+      this._writing = null;
+    }
+  }
+
+  /** Set the window size (the programs in it get SIGWINCH); repeats of the same size are not sent. */
+  resize(cols, rows) {
+    if (this._size && this._size[0] === cols && this._size[1] === rows) return Promise.resolve({});
+    this._size = [cols, rows];
+    return this.client.request("term_resize", { terminal_id: this.id, cols, rows });
+  }
+
+  /** Hang the terminal up; resolves with `{terminal_id, exit_code}` once it has exited. */
+  async close() {
+    const result = await this.client.request("term_close", { terminal_id: this.id });
+    this.exitCode = result.exit_code;
+    return result;
+  }
+
+  /** Stop listening for its events (the terminal itself goes on). */
+  dispose() {
+    this._off();
+    this._data.clear();
+    this._exit.clear();
   }
 }
 

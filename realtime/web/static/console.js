@@ -5,6 +5,7 @@
 // last MAX_DOM_LINES lines in the DOM (all of them, up to MAX_PANE_LINES, stay searchable).
 
 import { OpError, WorkspaceApi, WorkspaceClient, logLines, tokenProject } from "./client.js";
+import { TerminalPane } from "./terminal.js";
 
 const MAX_DOM_LINES = 5000;
 const MAX_PANE_LINES = 50_000;
@@ -209,10 +210,17 @@ class WorkspaceView {
       c.on("preview", (event) => this.setPreview(event.data.url)),
       c.on("command", (event) => this.onCommand(event)),
     ];
+    this.terminal = new TerminalPane(c, {
+      box: $("term-box"),
+      open: $("term-open"),
+      close: $("term-close"),
+      status: $("term-status"),
+    });
     c.connect().catch((error) => this.showConnectionError(error));
   }
 
   close() {
+    this.terminal.dispose();
     for (const off of this.unsubscribe) off();
     this.client.close();
     cancelAnimationFrame(this.frame);
@@ -733,6 +741,12 @@ window.__console = {
   /** How many line elements pane `key` holds in the DOM. */
   domLines: (key) => page.view?.panes.get(key)?.el.querySelectorAll(".line").length ?? 0,
   panes: () => (page.view ? [...page.view.panes.keys()] : []),
+  /** The terminal pane: its screen and scrollback as text, its size, the terminal it shows. */
+  terminalText: () => page.view?.terminal.text() ?? "",
+  terminalSize: () => (page.view ? [page.view.terminal.xterm.cols, page.view.terminal.xterm.rows] : null),
+  terminalId: () => page.view?.terminal.remote?.id ?? null,
+  /** Drop the channel's socket as a network failure would (the client resumes with `since`). */
+  dropSocket: () => page.view?.client._socket?.close(4000, "dropped by a test"),
 };
 
 wire();
