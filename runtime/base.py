@@ -21,6 +21,7 @@ __all__ = [
     "FileChange",
     "FileRange",
     "FileUpload",
+    "Forgets",
     "OutputSink",
     "Process",
     "Runtime",
@@ -239,6 +240,23 @@ class Runtime(Protocol):
 
     async def aclose(self) -> None:
         """Terminate every sandbox this runtime started in this process."""
+        ...
+
+
+# -- suspend: forgetting what a suspended workspace kept (issue 15; Modal implements it) ---------
+
+
+@runtime_checkable
+class Forgets(Protocol):
+    """Optional runtime capability: drop what the runtime keeps of a project between sandboxes.
+
+    Called when a workspace is deleted (`DELETE /api/workspaces/{id}`), never when the server
+    stops: Modal deletes the project's snapshots (which otherwise expire after
+    `WORKSPACE_SNAPSHOT_TTL_S`). The local runtime keeps nothing beyond the files and has no `forget`.
+    """
+
+    async def forget(self, project_id: str) -> None:
+        """Delete every snapshot (and record of one) kept for the project; no error if there is none."""
         ...
 
 

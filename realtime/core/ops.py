@@ -258,6 +258,8 @@ OPS: Mapping[str, OpSpec] = {
                http=HttpBinding("DELETE", "/files", 204, "query")),
         OpSpec("refresh", Access.write, True, False, _refresh, RefreshArgs,
                http=HttpBinding("POST", "/preview", source="optional_body")),
+        # suspend (issue 15): wake a suspended workspace without waiting (the preview gateway's)
+        OpSpec("resume", Access.write, True, False, _no_args, NoArgs, socket=False),
     )
 }
 

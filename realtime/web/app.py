@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -16,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 
-from realtime.cluster.protocol import Cluster
+from realtime.cluster.protocol import Cluster, wake
 from realtime.cluster.redis_cluster import RedisCluster
 from realtime.cluster.solo import SoloCluster
 from realtime.config.secret_policy import validate_secrets
@@ -39,6 +40,7 @@ from realtime.web.ratelimit import HttpRateLimit, RateLimitCounters
 from realtime.web.webhook_routes import webhook_routes
 from realtime.web.websocket import websocket_endpoint
 from realtime.webhooks.config import make_inbound, make_outbound, validate_webhook_settings
+from realtime.workspaces.activity import Activity, open_seen
 from realtime.workspaces.manager import WorkspaceManager
 from realtime.workspaces.revocation import open_revocations
 from runtime.base import Runtime
@@ -188,6 +190,9 @@ def create_app(
                 http=probe_http,
                 preview_ttl_s=settings.preview_ttl_s,
                 revocations=open_revocations(the_broker, settings.root, retry_s=settings.redis_retry_s),
+                activity=Activity(idle_s=settings.idle_s, warn_s=settings.idle_warn_s, seen=open_seen(
+                    the_broker, idle_s=settings.idle_s, retry_s=settings.redis_retry_s,
+                )),
             )
             cluster = make_cluster(settings, the_broker, manager)
             outbound, inbound = make_outbound(settings), make_inbound(settings)
@@ -206,7 +211,8 @@ def create_app(
                     "hub": hub,
                     "op_limiter": op_limiter,
                     "gateway": PreviewGateway(
-                        signer, cluster.resolve, proxy_http, max_message_bytes=settings.ws_max_frame_bytes
+                        signer, cluster.resolve, proxy_http, max_message_bytes=settings.ws_max_frame_bytes,
+                        touch=manager.activity.touch, wake=functools.partial(wake, cluster),
                     ),
                     "outbound": outbound,
                     "inbound": inbound,

@@ -4,6 +4,10 @@ The instance that owns a workspace runs them (`execute`); any other instance for
 through the cluster, in their wire form (`realtime.core.ops.to_wire`). Results are JSON-ready
 dicts and failures are exceptions that `realtime.core.errors.error_for` maps, so an op answers the
 same whether it ran here or on another instance, over HTTP or the websocket.
+
+Every op on a workspace counts as activity (`WorkspaceManager.activity`), and every op but `ping`,
+`stop` and `kill` first wakes a suspended workspace (`Workspace.resume`: it waits until it settled);
+`ensure` wakes it by itself, and `resume` wakes it without waiting (the preview gateway's).
 """
 
 from __future__ import annotations
@@ -156,6 +160,14 @@ async def _refresh(manager: WorkspaceManager, project_id: str, args: OpArgs) -> 
     return {"state": workspace.state, "preview_url": preview["url"], **preview}
 
 
+async def _resume(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    """Wake a suspended workspace (as `ensure` without files) without waiting for it; nothing if it is awake."""
+    workspace = _require_workspace(manager, project_id)
+    if workspace.asleep:
+        await workspace.ensure([], None, "resume")
+    return {"state": workspace.state}
+
+
 Handler = Callable[[WorkspaceManager, str, OpArgs], Awaitable[dict[str, Any]]]
 
 HANDLERS: Mapping[str, Handler] = {
@@ -170,7 +182,11 @@ HANDLERS: Mapping[str, Handler] = {
     "list_or_read": _list_or_read,
     "delete": _delete,
     "refresh": _refresh,
+    "resume": _resume,
 }
+
+#: Ops that act on a suspended workspace as it is (the others wake it first).
+_LEAVE_ASLEEP = frozenset({"ping", "stop", "kill", "ensure", "resume"})
 
 
 async def execute(manager: WorkspaceManager, project_id: str, op: str, args: OpArgs) -> dict[str, Any]:
@@ -182,4 +198,9 @@ async def execute(manager: WorkspaceManager, project_id: str, op: str, args: OpA
     handler = HANDLERS.get(op)
     if handler is None:
         raise ApiError(400, "unknown_op", f"unknown op {op[:64]!r}")
+    workspace = manager.get(project_id)
+    if workspace is not None:
+        manager.activity.touch(project_id)
+        if op not in _LEAVE_ASLEEP:
+            await workspace.resume()
     return await handler(manager, project_id, args)

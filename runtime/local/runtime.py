@@ -224,11 +224,15 @@ class LocalSandbox:
         self._on_close(self)
 
     async def detach(self) -> None:
-        """Another instance took the workspace over: end this instance's processes, as `terminate`.
-
-        Its processes cannot be followed from another server (whose `open` kills what they left).
-        """
+        """Another instance took the workspace over: end this instance's processes, as `terminate`
+        (they cannot be followed from another server, whose `open` kills what they left)."""
         await self.terminate()
+
+    resumed_from: str | None = None  # `Suspendable`: nothing to resume from, the files never left
+    async def suspend(self) -> dict[str, object]:
+        """`Suspendable`: every process ends (as `terminate`); the files stay on disk for the next `open`."""
+        await self.terminate()
+        return {}
 
 
 class LocalRuntime:

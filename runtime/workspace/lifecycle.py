@@ -1,14 +1,15 @@
 """The workspace lifecycle: provision, upload, install, start the dev server, watch it, stop.
 
 `provisioning → uploading → installing → starting → ready`, or `failed` with a detail a person can
-act on, or `stopped`. Everything that happens becomes an event through the injected `emit`.
+act on, or `stopped`; a settled workspace may be `suspended` (its sandbox stops, its files are kept)
+until `ensure` provisions it again. Everything that happens becomes an event through the injected `emit`.
 
 `Workspace` is the state machine and owns the tasks; its steps are collaborators it hands what they
 need: `InstallStep` (install.py), `DevServer` (devserver.py), commands (commands.py), file events
 (files.py), all emitting through the workspace's `OutputGate` (output.py). Invariants:
 - One convergence runs at a time; a request during it makes it run once more (`_kick`).
 - `settled` is clear exactly while a convergence runs; `wait_settled` waits for its end.
-- The sandbox, once opened, is the workspace's until it stops; so is its `DevServer`.
+- The sandbox, once opened, is the workspace's until it stops or is suspended; so is its `DevServer`.
 - A detached workspace ends quietly: no `stopped` event, its sandbox (and dev server) left running.
 """
 
@@ -36,6 +37,7 @@ from runtime.workspace.files import announce_deleted, announce_written, follow_s
 from runtime.workspace.install import InstallStep
 from runtime.workspace.output import OutputGate
 from runtime.workspace.steps import StepFailed
+from runtime.workspace.suspend import resumed_from, suspend_sandbox
 
 __all__ = ["LifecycleConfig", "PreviewSigner", "State", "Workspace"]
 
@@ -50,6 +52,8 @@ class State(enum.StrEnum):
     ready = "ready"
     failed = "failed"
     stopped = "stopped"
+    #: Its sandbox stopped for want of viewers; the files are kept and the next `ensure` resumes it.
+    suspended = "suspended"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +106,9 @@ class Workspace:
         self._lock = anyio.Lock()
         self._tg: anyio.abc.TaskGroup | None = None
         self._closed = anyio.Event()
+        self._watching = anyio.CancelScope()  # the current sandbox's file watch
+        self._suspending = False
+        self.resumed_from: str | None = None  # the snapshot the current sandbox was resumed from
         #: Stopped because another instance now drives the sandbox: ends quietly, no `stopped` event.
         self.detached = False
 
@@ -260,7 +267,9 @@ class Workspace:
         """Provision the sandbox (or reconnect to it), follow its files, and set up its dev server."""
         await self._set_state(State.provisioning, None)
         sandbox = self.sandbox = await self._runtime.open(self.project_id)
-        self._spawn(follow_sandbox, self._emit, sandbox)
+        self.resumed_from = resumed_from(sandbox)
+        self._watching = anyio.CancelScope()
+        self._spawn(self._follow, sandbox, self._watching)
         self._dev = DevServer(
             sandbox,
             self._output.emit,
@@ -272,6 +281,44 @@ class Workspace:
             on_exit=self._dev_died,
         )
         return sandbox, self._dev
+
+    async def _follow(self, sandbox: Sandbox, scope: anyio.CancelScope) -> None:
+        with scope:
+            await follow_sandbox(self._emit, sandbox)
+
+    @property
+    def asleep(self) -> bool:
+        """Whether the workspace is suspended, or being suspended (an op must `resume` it first)."""
+        return self._suspending or self.state is State.suspended
+
+    @property
+    def busy(self) -> bool:
+        """Whether it is doing something of its own: converging, or running commands (never idle then)."""
+        return self._converging or bool(self.commands)
+
+    async def suspend(self) -> bool:
+        """Stop computing, keep the files (`suspend.py`): `suspended` until `resume`. False (nothing
+        done) when it is busy, stopped, or has no sandbox."""
+        async with self._lock:
+            if self.busy or self.sandbox is None or self._closed.is_set():
+                return False
+            self._suspending = True
+            sandbox, dev, self.sandbox, self._dev = self.sandbox, self._dev, None, None
+            try:
+                self._watching.cancel()
+                report = await suspend_sandbox(sandbox, dev)
+                await self._output.flush()
+                self.resumed_from = None
+                await self._set_state(State.suspended, None, report)
+            finally:
+                self._suspending = False
+        return True
+
+    async def resume(self) -> None:
+        """Provision a suspended workspace again (as `ensure` without files) and wait until it settled."""
+        if self.asleep:
+            await self.ensure([], None, "resume")
+            await self.wait_settled()
 
     async def _dev_died(self, code: int) -> None:
         if self.state is State.ready:
@@ -335,9 +382,10 @@ class Workspace:
 
     # -- events --------------------------------------------------------------------------------
 
-    async def _set_state(self, state: State, detail: str | None) -> None:
+    async def _set_state(self, state: State, detail: str | None, extra: Mapping[str, Any] | None = None) -> None:
         self.state, self.detail = state, detail
-        await self._emit(EventKind.status, events.status(state, detail))
+        extra = {"resumed_from": self.resumed_from, **(extra or {})}
+        await self._emit(EventKind.status, events.status(state, detail, extra))
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -346,4 +394,5 @@ class Workspace:
             "detail": self.detail,
             "preview": self.preview,
             "commands": [run.snapshot() for run in self.commands.values()],
+            "resumed_from": self.resumed_from,
         }

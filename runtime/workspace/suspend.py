@@ -1,0 +1,39 @@
+"""Suspending a workspace's sandbox: end its compute, keep its files (the lifecycle's `suspend`).
+
+A sandbox with the `Suspendable` capability suspends itself (local: every process ends and the files
+stay on disk; Modal: a snapshot is taken and the sandbox terminated); any other is terminated, which
+on the local runtime keeps the files too. The next `Runtime.open` provisions from what was kept.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from runtime.base import Sandbox, Suspendable
+from runtime.workspace.devserver import DevServer
+
+__all__ = ["resumed_from", "suspend_sandbox"]
+
+logger = logging.getLogger(__name__)
+
+
+async def suspend_sandbox(sandbox: Sandbox, dev: DevServer | None) -> dict[str, object]:
+    """End the dev server, then the sandbox's compute; return what to report (`{"snapshot": id}` or `{}`).
+
+    A sandbox whose `suspend` fails is terminated (it is let go either way: the next `open` starts
+    from whatever it kept), and the failure is logged, not raised.
+    """
+    try:
+        if dev is not None:
+            await dev.stop()
+        if isinstance(sandbox, Suspendable):
+            return await sandbox.suspend()
+    except Exception:
+        logger.exception("suspending the sandbox of %s failed; terminating it", sandbox.project_id)
+    await sandbox.terminate()
+    return {}
+
+
+def resumed_from(sandbox: Sandbox) -> str | None:
+    """The snapshot a freshly opened sandbox was resumed from, if the runtime says so."""
+    return sandbox.resumed_from if isinstance(sandbox, Suspendable) else None
