@@ -1,0 +1,176 @@
+"""Suspend and resume on the local runtime (issue 15): a workspace nobody views is warned, then suspended
+(its processes end, its files stay); `POST /api/workspaces`, an op or a preview request wakes it.
+
+The idle time is short here (`WORKSPACE_IDLE_S=2`, the warning 1 s ahead); the tests synchronise on
+the project's event log (the `idle` event, the `suspended` status), never on sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from playwright.async_api import async_playwright
+from websockets.asyncio.client import connect
+
+from tests.browser import launch_args
+from tests.harness import Running, fixture_files, make_settings, running_server
+from tests.procs import processes_under
+
+pytestmark = [pytest.mark.anyio]
+
+IDLE = {"WORKSPACE_IDLE_S": "2", "WORKSPACE_IDLE_WARN_S": "1", "WORKSPACE_ISOLATION": "none"}
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> Any:
+    async with running_server(lambda port: make_settings(tmp_path / "root", port, **IDLE)) as running:
+        yield running
+
+
+async def wait_for_event(server: Running, project_id: str, predicate: Any, since: int = 0) -> dict[str, Any]:
+    """Follow the project's log until an event matches (the log is the synchronisation point)."""
+    with anyio.fail_after(30):
+        while True:
+            events = await server.events(project_id, since)
+            for event in events:
+                if predicate(event):
+                    return event
+            since = events[-1]["seq"] if events else since
+            await anyio.sleep(0.05)
+
+
+def is_status(state: str) -> Any:
+    return lambda event: event["kind"] == "status" and event["data"]["state"] == state
+
+
+def is_warning(event: dict[str, Any]) -> bool:
+    return event["kind"] == "idle" and event["data"]["suspend_at"] is not None
+
+
+async def suspended(server: Running, project_id: str, since: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The project's `idle` warning and then its `suspended` status."""
+    warning = await wait_for_event(server, project_id, is_warning, since)
+    status = await wait_for_event(server, project_id, is_status("suspended"), since)
+    return warning, status
+
+
+async def test_unviewed_workspace_is_suspended_and_resumes_with_every_file(server: Running) -> None:
+    """Left alone: the idle warning, then `suspended` with no process left and a webhook-worthy status;
+    POST /api/workspaces brings it back with the API's file and the command's file, without reinstalling."""
+    project = "sleepy"
+    created = await server.provision(project, fixture_files("before the nap"))
+    assert created["state"] == "ready", created
+    written = await server.client.put(
+        f"/api/workspaces/{project}/files", json={"files": [{"path": "notes/api.txt", "content": "from the API"}]}
+    )
+    assert written.status_code == 200, written.text
+    ran = await server.client.post(
+        f"/api/workspaces/{project}/commands", json={"cmd": "echo made inside > inside.txt", "wait": True}
+    )
+    assert ran.json()["exit_code"] == 0, ran.text
+    workspace = server.settings.root / "workspaces" / project
+    assert processes_under(workspace), "the dev server runs in the workspace"
+
+    warning, status = await suspended(server, project)
+    assert warning["seq"] < status["seq"]
+    assert warning["data"]["suspend_at"] <= status["ts"] + 50  # announced, then kept (ms; clocks alike)
+    assert processes_under(workspace) == []
+    snapshot = (await server.client.get(f"/api/workspaces/{project}")).json()
+    assert snapshot["state"] == "suspended" and snapshot["preview"] is None
+
+    resumed = await server.client.post("/api/workspaces", json={"project_id": project, "wait": True})
+    assert resumed.status_code == 200, resumed.text
+    assert resumed.json()["state"] == "ready"
+    for path, content in (("notes/api.txt", "from the API"), ("inside.txt", "made inside\n")):
+        read = await server.client.get(f"/api/workspaces/{project}/files", params={"path": path})
+        assert read.json()["content"] == content, read.text
+    after = await server.events(project, status["seq"])
+    states = [e["data"]["state"] for e in after if e["kind"] == "status"]
+    assert states[:1] == ["provisioning"] and "ready" in states
+    assert "installing" not in states  # package.json did not change: the install marker held
+    page = await server.preview_get(resumed.json()["preview_url"])
+    assert "before the nap" in page.text
+
+
+async def test_viewers_and_running_commands_keep_workspaces_awake(server: Running) -> None:
+    """A workspace with an open websocket (never even warned), and one running a command, stay ready
+    while a third one, provisioned after them and left alone, is suspended."""
+    async with connect(server.ws_url("watched", token=server.settings.token)) as socket:
+        hello = json.loads(await socket.recv())
+        assert hello["type"] == "hello"
+        await server.provision("watched", fixture_files())
+        await server.provision("busy", fixture_files())
+        started = await server.client.post("/api/workspaces/busy/commands", json={"cmd": "sleep 60"})
+        assert started.status_code == 200, started.text
+        await server.provision("alone", fixture_files())
+        await suspended(server, "alone")
+        for project in ("watched", "busy"):
+            snapshot = (await server.client.get(f"/api/workspaces/{project}")).json()
+            assert snapshot["state"] == "ready", snapshot
+            assert "suspended" not in [e["data"]["state"] for e in await server.events(project) if e["kind"] == "status"]
+        assert not [e for e in await server.events("watched") if e["kind"] == "idle"]
+    killed = await server.client.delete(f"/api/workspaces/busy/commands/{started.json()['command_id']}")
+    assert killed.status_code == 200, killed.text
+
+
+async def test_an_op_wakes_a_suspended_workspace(server: Running) -> None:
+    """A command sent to a suspended workspace wakes it first, then runs."""
+    await server.provision("op-wakes", fixture_files())
+    await suspended(server, "op-wakes")
+    ran = await server.client.post("/api/workspaces/op-wakes/commands", json={"cmd": "cat message.txt", "wait": True})
+    assert ran.status_code == 200 and ran.json()["exit_code"] == 0, ran.text
+    snapshot = (await server.client.get("/api/workspaces/op-wakes")).json()
+    assert snapshot["state"] == "ready", snapshot
+
+
+async def test_snapshot_and_events_reads_do_not_keep_it_awake(server: Running) -> None:
+    """GET of the snapshot and of the events page are not activity: polling them, it is suspended anyway."""
+    await server.provision("polled", fixture_files())
+    with anyio.fail_after(30):
+        while (await server.client.get("/api/workspaces/polled")).json()["state"] != "suspended":
+            await server.events("polled")
+            await anyio.sleep(0.05)
+
+
+async def test_preview_of_a_suspended_workspace_waits_then_serves(server: Running) -> None:
+    """A page load gets the self-reloading page (CSP, no token in it) and wakes the workspace; a fetch gets
+    503 with Retry-After; once ready the same URL serves the app."""
+    created = await server.provision("napping", fixture_files("awake again"))
+    preview_url = created["preview_url"]
+    await suspended(server, "napping")
+    page = await server.preview_get(preview_url, headers={"accept": "text/html", "sec-fetch-mode": "navigate"})
+    assert page.status_code == 503
+    assert page.headers["retry-after"] == "1"
+    assert '<meta http-equiv="refresh"' in page.text and "<script" not in page.text
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    label = httpx.URL(preview_url).host.split(".")[0]
+    assert label not in page.text and created["session_token"] not in page.text
+    fetched = await server.preview_get(preview_url, "/static/app.css", headers={"sec-fetch-mode": "cors"})
+    assert fetched.status_code in (200, 503)
+    if fetched.status_code == 503:
+        assert fetched.headers["retry-after"] == "1" and "text/plain" in fetched.headers["content-type"]
+    await wait_for_event(server, "napping", is_status("ready"), since=created["seq"] + 1)
+    served = await server.preview_get(preview_url)
+    assert served.status_code == 200 and "awake again" in served.text
+
+
+@pytest.mark.slow
+async def test_browser_sees_the_waiting_page_then_the_app(server: Running) -> None:
+    """Chromium opening the preview of a suspended workspace sees the waiting page, which reloads into the app."""
+    created = await server.provision("browsing", fixture_files("hello from the app"))
+    await suspended(server, "browsing")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(**launch_args())
+        try:
+            page = await browser.new_page()
+            response = await page.goto(created["preview_url"])
+            assert response is not None and response.status == 503
+            assert await page.title() == "Starting the preview"
+            await page.wait_for_selector('#message:has-text("hello from the app")', timeout=30_000)
+        finally:
+            await browser.close()
