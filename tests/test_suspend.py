@@ -112,7 +112,8 @@ async def test_viewers_and_running_commands_keep_workspaces_awake(server: Runnin
         for project in ("watched", "busy"):
             snapshot = (await server.client.get(f"/api/workspaces/{project}")).json()
             assert snapshot["state"] == "ready", snapshot
-            assert "suspended" not in [e["data"]["state"] for e in await server.events(project) if e["kind"] == "status"]
+            states = [e["data"]["state"] for e in await server.events(project) if e["kind"] == "status"]
+            assert "suspended" not in states
         assert not [e for e in await server.events("watched") if e["kind"] == "idle"]
     killed = await server.client.delete(f"/api/workspaces/busy/commands/{started.json()['command_id']}")
     assert killed.status_code == 200, killed.text
