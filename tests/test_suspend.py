@@ -160,6 +160,29 @@ async def test_preview_of_a_suspended_workspace_waits_then_serves(server: Runnin
     assert served.status_code == 200 and "awake again" in served.text
 
 
+async def test_a_forged_preview_label_neither_wakes_nor_keeps_awake(server: Running) -> None:
+    """Attacker: requests to a suspended project's preview host with a tampered label get 403 and do
+    not wake it; requests to a live one with a tampered label do not keep it awake."""
+    created = await server.provision("guarded", fixture_files())
+    url = httpx.URL(created["preview_url"])
+    label, rest = url.host.split(".", 1)
+    forged = str(url.copy_with(host=f"{label[:-1]}{'a' if label[-1] != 'a' else 'b'}.{rest}"))
+    suspended_at = None
+    with anyio.fail_after(30):
+        while suspended_at is None:  # hammering the forged host all along: it is suspended anyway
+            response = await server.preview_get(forged, headers={"accept": "text/html"})
+            assert response.status_code == 403
+            page = await server.events("guarded")
+            suspended_at = next((e for e in page if is_status("suspended")(e)), None)
+            await anyio.sleep(0.05)
+    for _ in range(5):
+        response = await server.preview_get(forged, headers={"accept": "text/html", "sec-fetch-mode": "navigate"})
+        assert response.status_code == 403
+    snapshot = (await server.client.get("/api/workspaces/guarded")).json()
+    assert snapshot["state"] == "suspended"
+    assert not [e for e in await server.events("guarded", suspended_at["seq"]) if e["kind"] == "status"]
+
+
 @pytest.mark.slow
 async def test_browser_sees_the_waiting_page_then_the_app(server: Running) -> None:
     """Chromium opening the preview of a suspended workspace sees the waiting page, which reloads into the app."""

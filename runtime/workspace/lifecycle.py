@@ -306,7 +306,8 @@ class Workspace:
             sandbox, dev, self.sandbox, self._dev = self.sandbox, self._dev, None, None
             try:
                 self._watching.cancel()
-                report = await suspend_sandbox(sandbox, dev)
+                with anyio.CancelScope(shield=True):  # never half-suspended: the sandbox is let go here
+                    report = await suspend_sandbox(sandbox, dev)
                 await self._output.flush()
                 self.resumed_from = None
                 await self._set_state(State.suspended, None, report)
