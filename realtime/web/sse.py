@@ -121,14 +121,12 @@ def event_stream(
     `viewing` is entered while the stream is open (it counts as a viewer: issue 15)."""
 
     async def stream(send: Send) -> None:
-        async with (
-            hub.subscribe(project_id, start.cursor, start.epoch, generation=generation) as outbox,
-            _nullable(viewing),
-        ):
+        async with hub.subscribe(project_id, start.cursor, start.epoch, generation=generation) as outbox:
             snapshot = await project_snapshot(cluster, broker, project_id)
             hello = hello_for(project_id, start, snapshot)
             outbox.push_control(f"retry: {RETRY_MS}\n".encode() + b"event: hello\ndata: " + hello + b"\n\n")
-            await write(hub, outbox, _StreamSink(send, start.epoch), expires_at=expires_at)
+            with _nullable(viewing):
+                await write(hub, outbox, _StreamSink(send, start.epoch), expires_at=expires_at)
 
     return _EventStream(stream)
 
