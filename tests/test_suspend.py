@@ -59,6 +59,7 @@ async def suspended(server: Running, project_id: str, since: int = 0) -> tuple[d
     return warning, status
 
 
+@pytest.mark.usefixtures("broker_kind")
 async def test_unviewed_workspace_is_suspended_and_resumes_with_every_file(server: Running) -> None:
     """Left alone: the idle warning, then `suspended` with no process left and a webhook-worthy status;
     POST /api/workspaces brings it back with the API's file and the command's file, without reinstalling."""
@@ -98,23 +99,26 @@ async def test_unviewed_workspace_is_suspended_and_resumes_with_every_file(serve
 
 
 async def test_viewers_and_running_commands_keep_workspaces_awake(server: Running) -> None:
-    """A workspace with an open websocket (never even warned), and one running a command, stay ready
-    while a third one, provisioned after them and left alone, is suspended."""
-    async with connect(server.ws_url("watched", token=server.settings.token)) as socket:
+    """Workspaces with an open websocket or SSE stream (never even warned), and one running a command,
+    stay ready while another, provisioned after them and left alone, is suspended."""
+    sse = server.client.stream("GET", "/api/workspaces/streamed/events", headers={"accept": "text/event-stream"})
+    async with connect(server.ws_url("watched", token=server.settings.token)) as socket, sse as stream:
         hello = json.loads(await socket.recv())
-        assert hello["type"] == "hello"
+        assert hello["type"] == "hello" and stream.status_code == 200
         await server.provision("watched", fixture_files())
+        await server.provision("streamed", fixture_files())
         await server.provision("busy", fixture_files())
         started = await server.client.post("/api/workspaces/busy/commands", json={"cmd": "sleep 60"})
         assert started.status_code == 200, started.text
         await server.provision("alone", fixture_files())
         await suspended(server, "alone")
-        for project in ("watched", "busy"):
+        for project in ("watched", "streamed", "busy"):
             snapshot = (await server.client.get(f"/api/workspaces/{project}")).json()
             assert snapshot["state"] == "ready", snapshot
             states = [e["data"]["state"] for e in await server.events(project) if e["kind"] == "status"]
             assert "suspended" not in states
-        assert not [e for e in await server.events("watched") if e["kind"] == "idle"]
+        for project in ("watched", "streamed"):
+            assert not [e for e in await server.events(project) if e["kind"] == "idle"]
     killed = await server.client.delete(f"/api/workspaces/busy/commands/{started.json()['command_id']}")
     assert killed.status_code == 200, killed.text
 
