@@ -202,3 +202,57 @@ async def test_browser_sees_the_waiting_page_then_the_app(server: Running) -> No
             await page.wait_for_selector('#message:has-text("hello from the app")', timeout=30_000)
         finally:
             await browser.close()
+
+
+class SnapshottingRuntime:
+    """The local runtime as a snapshotting one would look to the service: sandboxes opened after the
+    first say they were resumed from a snapshot, and `forget` is recorded (the `Forgets` capability)."""
+
+    name = "local"
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.opened = 0
+        self.forgotten: list[str] = []
+
+    async def open(self, project_id: str) -> Any:
+        sandbox = await self.inner.open(project_id)
+        self.opened += 1
+        if self.opened > 1:
+            sandbox.resumed_from = "im-snapshot-1"
+        return sandbox
+
+    async def forget(self, project_id: str) -> None:
+        self.forgotten.append(project_id)
+
+    async def check(self) -> None:
+        await self.inner.check()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_resumed_from_is_reported_and_delete_forgets_the_snapshots(tmp_path: Path) -> None:
+    """A sandbox resumed from a snapshot says so (`resumed_from` in the status events and the
+    snapshot); deleting the workspace asks the runtime to forget its snapshots."""
+    from realtime.web.app import make_runtime
+
+    runtimes: list[SnapshottingRuntime] = []
+
+    def factory(settings: Any) -> SnapshottingRuntime:
+        runtimes.append(SnapshottingRuntime(make_runtime(settings)))
+        return runtimes[-1]
+
+    settings = lambda port: make_settings(tmp_path / "root", port, **IDLE)  # noqa: E731
+    async with running_server(settings, runtime_factory=factory) as server:
+        await server.provision("restored", fixture_files())
+        _, status = await suspended(server, "restored")
+        resumed = await server.client.post("/api/workspaces", json={"project_id": "restored", "wait": True})
+        assert resumed.json()["state"] == "ready", resumed.text
+        snapshot = (await server.client.get("/api/workspaces/restored")).json()
+        assert snapshot["resumed_from"] == "im-snapshot-1"
+        ready = await wait_for_event(server, "restored", is_status("ready"), status["seq"])
+        assert ready["data"]["resumed_from"] == "im-snapshot-1"
+        deleted = await server.client.delete("/api/workspaces/restored")
+        assert deleted.status_code == 204
+        assert runtimes[0].forgotten == ["restored"]
