@@ -94,3 +94,26 @@ async def test_viewer_on_another_instance_keeps_the_workspace_awake(cluster: Clu
     served = await b.client.get("/", headers={"host": host})
     assert served.status_code == 200, served.text
     assert (await b.snapshot("shared"))["owner"] == "a", "woken where it was owned"
+
+
+async def test_a_suspended_workspace_is_adopted_asleep(cluster: Cluster) -> None:
+    """Its owner killed, a suspended workspace is adopted by the survivor without being woken; the
+    next POST /api/workspaces wakes it there with its files."""
+    a = await cluster.start("a")
+    b = await cluster.start("b")
+    await a.provision("orphan")
+    kept = {"files": [{"path": "kept.txt", "content": "kept"}]}
+    written = await a.client.put("/api/workspaces/orphan/files", json=kept)
+    assert written.status_code == 200, written.text
+    suspended = await until_state(b, "orphan", "suspended")
+    a.process.kill()
+    await a.process.wait()
+    with anyio.fail_after(60):
+        while (snapshot := await b.snapshot("orphan"))["owner"] != "b":
+            await anyio.sleep(0.05)
+    assert snapshot["state"] == "suspended", snapshot
+    assert status_states(await events(b, "orphan", suspended["seq"])) == [], "adopted asleep, not woken"
+    resumed = await b.client.post("/api/workspaces", json={"project_id": "orphan", "wait": True})
+    assert resumed.status_code == 200 and resumed.json()["state"] == "ready", resumed.text
+    read = await b.client.get("/api/workspaces/orphan/files", params={"path": "kept.txt"})
+    assert read.json()["content"] == "kept", read.text
