@@ -33,12 +33,12 @@ class StandIn:
     state: State = State.ready
     busy: bool = False
     detached: bool = False
-    sandbox: object | None = field(default_factory=object)
+    awake: bool = True
 
     async def suspend(self) -> bool:
         if self.busy:
             return False
-        self.state, self.sandbox = State.suspended, None
+        self.state, self.awake = State.suspended, False
         return True
 
 
@@ -137,7 +137,7 @@ async def test_activity_after_the_warning_withdraws_it() -> None:
 
 async def test_busy_and_sandboxless_workspaces_are_left_alone() -> None:
     """A workspace running commands is never idle; one without a sandbox (stopped, suspended) is skipped."""
-    busy, suspended = StandIn("busy", busy=True), StandIn("asleep", state=State.suspended, sandbox=None)
+    busy, suspended = StandIn("busy", busy=True), StandIn("asleep", state=State.suspended, awake=False)
     rig = Rig(busy, suspended)
     for now in range(1000, 1100, 3):
         await rig.at(now)

@@ -132,8 +132,4 @@ class IdleWatch:
 
 def _suspendable(workspace: Workspace) -> bool:
     """Whether the workspace runs a sandbox that suspending would stop."""
-    return (
-        workspace.sandbox is not None
-        and not workspace.detached
-        and workspace.state not in (State.stopped, State.suspended)
-    )
+    return workspace.awake and not workspace.detached and workspace.state not in (State.stopped, State.suspended)

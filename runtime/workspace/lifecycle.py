@@ -33,11 +33,11 @@ from runtime.events import Emit, EventKind
 from runtime.workspace.budget import OutputBudget
 from runtime.workspace.commands import CommandRun, Commands
 from runtime.workspace.devserver import DevServer
-from runtime.workspace.files import announce_deleted, announce_written, follow_sandbox, touches_package
+from runtime.workspace.files import announce_deleted, announce_written, touches_package
 from runtime.workspace.install import InstallStep
 from runtime.workspace.output import OutputGate
 from runtime.workspace.steps import StepFailed
-from runtime.workspace.suspend import resumed_from, suspend_sandbox
+from runtime.workspace.suspend import follow_until, resumed_from, suspend_sandbox
 
 __all__ = ["LifecycleConfig", "PreviewSigner", "State", "Workspace"]
 
@@ -269,7 +269,7 @@ class Workspace:
         sandbox = self.sandbox = await self._runtime.open(self.project_id)
         self.resumed_from = resumed_from(sandbox)
         self._watching = anyio.CancelScope()
-        self._spawn(self._follow, sandbox, self._watching)
+        self._spawn(follow_until, self._watching, self._emit, sandbox)
         self._dev = DevServer(
             sandbox,
             self._output.emit,
@@ -282,14 +282,15 @@ class Workspace:
         )
         return sandbox, self._dev
 
-    async def _follow(self, sandbox: Sandbox, scope: anyio.CancelScope) -> None:
-        with scope:
-            await follow_sandbox(self._emit, sandbox)
-
     @property
     def asleep(self) -> bool:
         """Whether the workspace is suspended, or being suspended (an op must `resume` it first)."""
         return self._suspending or self.state is State.suspended
+
+    @property
+    def awake(self) -> bool:
+        """Whether it has a sandbox open: not stopped, suspended, or still opening one."""
+        return self.sandbox is not None and not self._closed.is_set()
 
     @property
     def busy(self) -> bool:
@@ -297,10 +298,9 @@ class Workspace:
         return self._converging or bool(self.commands)
 
     async def suspend(self) -> bool:
-        """Stop computing, keep the files (`suspend.py`): `suspended` until `resume`. False (nothing
-        done) when it is busy, stopped, or has no sandbox."""
+        """Stop computing, keep the files (`suspend.py`) until `resume`; False when busy or not `awake`."""
         async with self._lock:
-            if self.busy or self.sandbox is None or self._closed.is_set():
+            if self.busy or not self.awake:
                 return False
             self._suspending = True
             sandbox, dev, self.sandbox, self._dev = self.sandbox, self._dev, None, None

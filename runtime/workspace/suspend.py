@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import logging
 
-from runtime.base import Sandbox, Suspendable
-from runtime.workspace.devserver import DevServer
+import anyio
 
-__all__ = ["resumed_from", "suspend_sandbox"]
+from runtime.base import Sandbox, Suspendable
+from runtime.events import Emit
+from runtime.workspace.devserver import DevServer
+from runtime.workspace.files import follow_sandbox
+
+__all__ = ["follow_until", "resumed_from", "suspend_sandbox"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,3 +41,9 @@ async def suspend_sandbox(sandbox: Sandbox, dev: DevServer | None) -> dict[str, 
 def resumed_from(sandbox: Sandbox) -> str | None:
     """The snapshot a freshly opened sandbox was resumed from, if the runtime says so."""
     return sandbox.resumed_from if isinstance(sandbox, Suspendable) else None
+
+
+async def follow_until(scope: anyio.CancelScope, emit: Emit, sandbox: Sandbox) -> None:
+    """Announce the sandbox's file changes until `scope` is cancelled (its suspension) or the watch ends."""
+    with scope:
+        await follow_sandbox(emit, sandbox)
