@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -212,7 +211,7 @@ def create_app(
                     "op_limiter": op_limiter,
                     "gateway": PreviewGateway(
                         signer, cluster.resolve, proxy_http, max_message_bytes=settings.ws_max_frame_bytes,
-                        touch=manager.activity.touch, wake=functools.partial(wake, cluster),
+                        touch=manager.activity.touch, wake=lambda project_id: wake(cluster, project_id),
                     ),
                     "outbound": outbound,
                     "inbound": inbound,
