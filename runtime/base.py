@@ -21,11 +21,12 @@ __all__ = [
     "FileChange",
     "FileRange",
     "FileUpload",
-    "Forgets",
+    "ForgetsProjects",
     "OutputSink",
     "Process",
     "Runtime",
     "Sandbox",
+    "SnapshotStore",
     "Stream",
     "Suspendable",
     "WrittenFile",
@@ -227,6 +228,35 @@ class Suspendable(Protocol):
         ...
 
 
+class SnapshotStore(Protocol):
+    """Where a runtime records each project's newest snapshot, somewhere that outlives the service.
+
+    The Modal runtime keeps them in a Modal Dict by default; a caller may supply another store
+    (Redis, say) through this interface without the runtime knowing of it.
+    """
+
+    async def newest(self, project_id: str) -> str | None:
+        """The id of the project's newest snapshot still within its TTL, or None."""
+        ...
+
+    async def record(self, project_id: str, snapshot_id: str, ttl_s: int) -> None:
+        """Record `snapshot_id` as the project's newest, usable for `ttl_s` seconds."""
+        ...
+
+    async def drop(self, project_id: str) -> None:
+        """Forget the project's snapshots (the workspace was deleted)."""
+        ...
+
+
+@runtime_checkable
+class ForgetsProjects(Protocol):
+    """Optional runtime capability: drop what a deleted workspace left (its snapshots)."""
+
+    async def forget(self, project_id: str) -> None:
+        """Forget every snapshot of the project; its next `open` starts from the template."""
+        ...
+
+
 class Runtime(Protocol):
     name: str
 
@@ -240,23 +270,6 @@ class Runtime(Protocol):
 
     async def aclose(self) -> None:
         """Terminate every sandbox this runtime started in this process."""
-        ...
-
-
-# -- suspend: forgetting what a suspended workspace kept (issue 15; Modal implements it) ---------
-
-
-@runtime_checkable
-class Forgets(Protocol):
-    """Optional runtime capability: drop what the runtime keeps of a project between sandboxes.
-
-    Called when a workspace is deleted (`DELETE /api/workspaces/{id}`), never when the server
-    stops: Modal deletes the project's snapshots (which otherwise expire after
-    `WORKSPACE_SNAPSHOT_TTL_S`). The local runtime keeps nothing beyond the files and has no `forget`.
-    """
-
-    async def forget(self, project_id: str) -> None:
-        """Delete every snapshot (and record of one) kept for the project; no error if there is none."""
         ...
 
 

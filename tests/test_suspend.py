@@ -206,7 +206,7 @@ async def test_browser_sees_the_waiting_page_then_the_app(server: Running) -> No
 
 class SnapshottingRuntime:
     """The local runtime as a snapshotting one would look to the service: sandboxes opened after the
-    first say they were resumed from a snapshot, and `forget` is recorded (the `Forgets` capability)."""
+    first say they were resumed from a snapshot, and `forget` is recorded (the `ForgetsProjects` capability)."""
 
     name = "local"
 

@@ -30,7 +30,7 @@ from realtime.workspaces.activity import Activity
 from realtime.workspaces.idle import IdleWatch
 from realtime.workspaces.revocation import Generation, MemoryRevocations, Revocations
 from runtime import events
-from runtime.base import FileUpload, Forgets, Runtime
+from runtime.base import FileUpload, ForgetsProjects, Runtime
 from runtime.events import EventKind
 from runtime.workspace.lifecycle import LifecycleConfig, State, Workspace
 
@@ -121,12 +121,12 @@ class WorkspaceManager:
         return workspace, created
 
     async def stop(self, project_id: str) -> bool:
-        """Delete the workspace: stop it, and drop what the runtime kept to resume it (`Forgets`)."""
+        """Delete the workspace: stop it, and drop what the runtime kept to resume it (`ForgetsProjects`)."""
         workspace = self._workspaces.get(project_id)
         if workspace is None or workspace.state is State.stopped:
             return False
         await workspace.stop()
-        if isinstance(self.runtime, Forgets):
+        if isinstance(self.runtime, ForgetsProjects):
             try:
                 await self.runtime.forget(project_id)
             except Exception:  # the workspace is stopped either way; the snapshots expire by their TTL
