@@ -17,6 +17,7 @@ import pytest
 from playwright.async_api import async_playwright
 from websockets.asyncio.client import connect
 
+from runtime.errors import ProviderError
 from tests.browser import launch_args
 from tests.harness import Running, fixture_files, make_settings, running_server
 from tests.procs import processes_under
@@ -256,3 +257,39 @@ async def test_resumed_from_is_reported_and_delete_forgets_the_snapshots(tmp_pat
         deleted = await server.client.delete("/api/workspaces/restored")
         assert deleted.status_code == 204
         assert runtimes[0].forgotten == ["restored"]
+
+
+class FailingSuspendRuntime(SnapshottingRuntime):
+    """The first `suspend` of its sandbox fails as a snapshot that did not work would (the sandbox runs on)."""
+
+    async def open(self, project_id: str) -> Any:
+        sandbox = await super().open(project_id)
+        suspend = sandbox.suspend
+
+        async def fail_once() -> dict[str, object]:
+            if sandbox.suspend is fail_once:
+                sandbox.suspend = suspend
+                raise ProviderError("snapshot failed")
+            return await suspend()
+
+        sandbox.suspend = fail_once
+        return sandbox
+
+
+async def test_a_failed_suspension_loses_nothing_and_is_tried_again(tmp_path: Path) -> None:
+    """A sandbox whose suspension fails keeps running: the workspace reconnects to it and is ready
+    again (not suspended), and the next idle period suspends it."""
+    from realtime.web.app import make_runtime
+
+    settings = lambda port: make_settings(tmp_path / "root", port, **IDLE)  # noqa: E731
+    async with running_server(settings, runtime_factory=lambda s: FailingSuspendRuntime(make_runtime(s))) as server:
+        created = await server.provision("stubborn", fixture_files("still here"))
+        first = await wait_for_event(server, "stubborn", is_warning)
+        again = await wait_for_event(server, "stubborn", is_status("ready"), first["seq"])
+        _, status = await suspended(server, "stubborn", again["seq"])
+        between = await server.events("stubborn", first["seq"])
+        states = [e["data"]["state"] for e in between if e["kind"] == "status" and e["seq"] <= status["seq"]]
+        assert states.count("suspended") == 1 and states[-1] == "suspended", states
+        resumed = await server.provision("stubborn")
+        assert resumed["state"] == "ready"
+        assert "still here" in (await server.preview_get(created["preview_url"])).text

@@ -6,8 +6,9 @@ dicts and failures are exceptions that `realtime.core.errors.error_for` maps, so
 same whether it ran here or on another instance, over HTTP or the websocket.
 
 Every op on a workspace counts as activity (`WorkspaceManager.activity`), and every op but `ping`,
-`stop` and `kill` first wakes a suspended workspace (`Workspace.resume`: it waits until it settled);
-`ensure` wakes it by itself, and `resume` wakes it without waiting (the preview gateway's).
+`stop` and `kill` first wakes a suspended workspace (`_wake`: as `ensure` without files) and waits
+until it settled; `ensure` wakes it by itself, and `resume` wakes it without waiting (the preview
+gateway's).
 """
 
 from __future__ import annotations
@@ -163,8 +164,7 @@ async def _refresh(manager: WorkspaceManager, project_id: str, args: OpArgs) -> 
 async def _resume(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
     """Wake a suspended workspace (as `ensure` without files) without waiting for it; nothing if it is awake."""
     workspace = _require_workspace(manager, project_id)
-    if workspace.asleep:
-        await workspace.ensure([], None, "resume")
+    await _wake(workspace, wait=False)
     return {"state": workspace.state}
 
 
@@ -202,5 +202,13 @@ async def execute(manager: WorkspaceManager, project_id: str, op: str, args: OpA
     if workspace is not None:
         manager.activity.touch(project_id)
         if op not in _LEAVE_ASLEEP:
-            await workspace.resume()
+            await _wake(workspace, wait=True)
     return await handler(manager, project_id, args)
+
+
+async def _wake(workspace: Workspace, *, wait: bool) -> None:
+    """Provision a suspended workspace again (as `ensure` without files); with `wait`, until it settled."""
+    if workspace.asleep:
+        await workspace.ensure([], None, "resume")
+        if wait:
+            await workspace.wait_settled()

@@ -284,7 +284,7 @@ class Workspace:
 
     @property
     def asleep(self) -> bool:
-        """Whether the workspace is suspended, or being suspended (an op must `resume` it first)."""
+        """Whether the workspace is suspended, or being suspended (an op must wake it with `ensure` first)."""
         return self._suspending or self.state is State.suspended
 
     @property
@@ -298,28 +298,25 @@ class Workspace:
         return self._converging or bool(self.commands)
 
     async def suspend(self) -> bool:
-        """Stop computing, keep the files (`suspend.py`) until `resume`; False when busy or not `awake`."""
+        """Stop computing, keep the files (`suspend.py`) until the next `ensure`; False when busy or not `awake`."""
         async with self._lock:
             if self.busy or not self.awake:
                 return False
             self._suspending = True
             sandbox, dev, self.sandbox, self._dev = self.sandbox, self._dev, None, None
             try:
+                report = await suspend_sandbox(sandbox, dev)  # shielded; None: it failed, the sandbox runs on
+                if report is None:
+                    self.sandbox, self._dev = sandbox, dev
+                    self._kick()  # its dev server starts again: nothing was lost
+                    return False
                 self._watching.cancel()
-                with anyio.CancelScope(shield=True):  # never half-suspended: the sandbox is let go here
-                    report = await suspend_sandbox(sandbox, dev)
                 await self._output.flush()
                 self.resumed_from = None
                 await self._set_state(State.suspended, None, report)
             finally:
                 self._suspending = False
         return True
-
-    async def resume(self) -> None:
-        """Provision a suspended workspace again (as `ensure` without files) and wait until it settled."""
-        if self.asleep:
-            await self.ensure([], None, "resume")
-            await self.wait_settled()
 
     async def _dev_died(self, code: int) -> None:
         if self.state is State.ready:

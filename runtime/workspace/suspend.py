@@ -2,7 +2,8 @@
 
 A sandbox with the `Suspendable` capability suspends itself (local: every process ends and the files
 stay on disk; Modal: a snapshot is taken and the sandbox terminated); any other is terminated, which
-on the local runtime keeps the files too. The next `Runtime.open` provisions from what was kept.
+on the local runtime keeps the files too. The next `Runtime.open` provisions from what was kept. A
+`suspend` that fails leaves the sandbox running: the workspace reconnects to it and goes on.
 """
 
 from __future__ import annotations
@@ -21,21 +22,23 @@ __all__ = ["follow_until", "resumed_from", "suspend_sandbox"]
 logger = logging.getLogger(__name__)
 
 
-async def suspend_sandbox(sandbox: Sandbox, dev: DevServer | None) -> dict[str, object]:
+async def suspend_sandbox(sandbox: Sandbox, dev: DevServer | None) -> dict[str, object] | None:
     """End the dev server, then the sandbox's compute; return what to report (`{"snapshot": id}` or `{}`).
 
-    A sandbox whose `suspend` fails is terminated (it is let go either way: the next `open` starts
-    from whatever it kept), and the failure is logged, not raised.
+    Shielded: a suspension, once started, is never left half done. None when the sandbox's `suspend`
+    failed (logged): the sandbox was left running (Modal: the snapshot failed, nothing is lost).
     """
-    try:
+    with anyio.CancelScope(shield=True):
         if dev is not None:
             await dev.stop()
-        if isinstance(sandbox, Suspendable):
+        if not isinstance(sandbox, Suspendable):
+            await sandbox.terminate()
+            return {}
+        try:
             return await sandbox.suspend()
-    except Exception:
-        logger.exception("suspending the sandbox of %s failed; terminating it", sandbox.project_id)
-    await sandbox.terminate()
-    return {}
+        except Exception:
+            logger.exception("suspending the sandbox of %s failed; it runs on", sandbox.project_id)
+            return None
 
 
 def resumed_from(sandbox: Sandbox) -> str | None:
