@@ -293,3 +293,37 @@ async def test_a_failed_suspension_loses_nothing_and_is_tried_again(tmp_path: Pa
         resumed = await server.provision("stubborn")
         assert resumed["state"] == "ready"
         assert "still here" in (await server.preview_get(created["preview_url"])).text
+
+
+@pytest.mark.parametrize("runtime_kind", ["modal"], indirect=True)
+async def test_modal_through_the_fake_suspends_to_a_snapshot_and_resumes_from_it(
+    runtime_kind: str, tmp_path: Path
+) -> None:
+    """Modal (the offline fake): left alone, the sandbox is snapshotted and ended, `suspended` names the
+    snapshot; POST /api/workspaces resumes from it with both files, no install, `resumed_from` said."""
+    from runtime.modal import sandbox_name
+    from runtime.modal.sandbox import ModalSandbox
+    from tests.fake_modal import CLOUD
+
+    if not hasattr(ModalSandbox, "suspend"):
+        pytest.skip("this Modal runtime cannot suspend yet (issue 15, Modal part)")
+    async with running_server(lambda port: make_settings(tmp_path / "root", port, **IDLE)) as server:
+        project = "cloudy"
+        await server.provision(project, fixture_files("from the cloud"))
+        files = {"files": [{"path": "api.txt", "content": "A"}]}
+        await server.client.put(f"/api/workspaces/{project}/files", json=files)
+        command = {"cmd": "echo B > cmd.txt", "wait": True}
+        ran = await server.client.post(f"/api/workspaces/{project}/commands", json=command)
+        assert ran.json()["exit_code"] == 0, ran.text
+        warning, status = await suspended(server, project)
+        assert warning["seq"] < status["seq"] and status["data"].get("snapshot")
+        assert CLOUD.running(server.settings.modal_app_name, sandbox_name(project)) is None, "the sandbox ended"
+        resumed = await server.client.post("/api/workspaces", json={"project_id": project, "wait": True})
+        assert resumed.json()["state"] == "ready", resumed.text
+        for path, content in (("api.txt", "A"), ("cmd.txt", "B\n")):
+            read = await server.client.get(f"/api/workspaces/{project}/files", params={"path": path})
+            assert read.json()["content"] == content, read.text
+        snapshot = (await server.client.get(f"/api/workspaces/{project}")).json()
+        assert snapshot["resumed_from"] == status["data"]["snapshot"]
+        states = [e["data"]["state"] for e in await server.events(project, status["seq"]) if e["kind"] == "status"]
+        assert "installing" not in states and states[-1] == "ready", states
