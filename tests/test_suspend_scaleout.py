@@ -106,6 +106,9 @@ async def test_a_suspended_workspace_is_adopted_asleep(cluster: Cluster) -> None
     written = await a.client.put("/api/workspaces/orphan/files", json=kept)
     assert written.status_code == 200, written.text
     suspended = await until_state(b, "orphan", "suspended")
+    with anyio.fail_after(60):  # the registry says so too (it is written just after the event)
+        while (await b.snapshot("orphan"))["state"] != "suspended":
+            await anyio.sleep(0.05)
     a.process.kill()
     await a.process.wait()
     with anyio.fail_after(60):
