@@ -45,6 +45,7 @@ from runtime.local.sandbox import (
     find_program,
     host_layout,
 )
+from runtime.local.suspend import SuspendsByTerminating
 from runtime.local.template import TemplateCache
 from runtime.paths import resolve_in
 from runtime.reads import DEFAULT_MAX_READ_BYTES
@@ -60,8 +61,8 @@ _PROJECT_ID = re.compile(PROJECT_ID_PATTERN)
 _FILE_OP_TIMEOUT_S = 30.0
 
 
-class LocalSandbox:
-    """One project's workspace directory and its processes (implements `runtime.base.Sandbox`).
+class LocalSandbox(SuspendsByTerminating):
+    """One project's workspace directory and its processes (implements `runtime.base.Sandbox`, `Suspendable`).
 
     Its file calls run through `calls` (`runtime.local.calls`): at most `FILE_CALLS` threads at
     once, each call answered within the runtime's file-call timeout.
@@ -224,15 +225,11 @@ class LocalSandbox:
         self._on_close(self)
 
     async def detach(self) -> None:
-        """Another instance took the workspace over: end this instance's processes, as `terminate`
-        (they cannot be followed from another server, whose `open` kills what they left)."""
-        await self.terminate()
+        """Another instance took the workspace over: end this instance's processes, as `terminate`.
 
-    resumed_from: str | None = None  # `Suspendable`: nothing to resume from, the files never left
-    async def suspend(self) -> dict[str, object]:
-        """`Suspendable`: every process ends (as `terminate`); the files stay on disk for the next `open`."""
+        Its processes cannot be followed from another server (whose `open` kills what they left).
+        """
         await self.terminate()
-        return {}
 
 
 class LocalRuntime:
