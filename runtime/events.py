@@ -30,6 +30,7 @@ __all__ = [
     "command_started",
     "custom",
     "file_change",
+    "idle",
     "is_command_exit",
     "log",
     "output_dropped",
@@ -56,6 +57,8 @@ class EventKind(enum.StrEnum):
     provider = "provider"
     revoked = "revoked"
     terminal = "terminal"
+    #: The workspace goes unwatched: it is suspended at `suspend_at` (null: not any more).
+    idle = "idle"
 
 
 class LogSource(enum.StrEnum):
@@ -98,12 +101,20 @@ SNAPSHOT_KINDS = frozenset({EventKind.status, EventKind.preview, EventKind.comma
 # -- builders ------------------------------------------------------------------------------------
 
 
-def status(state: str, detail: str | None = None) -> dict[str, Any]:
-    """`status`: the workspace's state, and a detail a person can act on (omitted when empty)."""
+def status(state: str, detail: str | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`status`: the workspace's state, and a detail a person can act on (omitted when empty); `extra`
+    keys that are set (a suspended workspace's `snapshot`, a resumed one's `resumed_from`) follow."""
     data: dict[str, Any] = {"state": str(state)}
     if detail:
         data["detail"] = detail
+    data.update((key, value) for key, value in (extra or {}).items() if value is not None)
     return data
+
+
+def idle(suspend_at: int | None) -> dict[str, Any]:
+    """`idle`: nobody watches the workspace; it is suspended at `suspend_at` (unix ms) unless someone
+    comes back, and null when someone did (the warning is withdrawn)."""
+    return {"suspend_at": suspend_at}
 
 
 def log(source: str, stream: str, text: str, *, command_id: str | None = None) -> dict[str, Any]:

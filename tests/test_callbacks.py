@@ -132,6 +132,16 @@ def test_mapper_turns_log_events_into_outbound_webhooks() -> None:
     assert mapper.feed("p", "log", {"text": "hi"}) is None
 
 
+def test_mapper_sends_workspace_suspended() -> None:
+    """A suspension is a `workspace.suspended` webhook, naming the snapshot when the runtime took one."""
+    mapper = OutboundEventMapper()
+    assert mapper.feed("p", "status", {"state": "suspended"}) == (
+        "workspace.suspended", {"state": "suspended", "detail": None})
+    assert mapper.feed("p", "status", {"state": "suspended", "snapshot": "im-1"}) == (
+        "workspace.suspended", {"state": "suspended", "detail": None, "snapshot": "im-1"})
+    assert mapper.feed("p", "idle", {"suspend_at": 5}) is None
+
+
 # -- the stores (memory, and the machine's Redis under a unique prefix) ------------------------
 
 

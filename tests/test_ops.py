@@ -41,11 +41,13 @@ def test_every_op_has_exactly_one_handler() -> None:
 
 
 def test_what_may_be_sent_again_after_an_owner_was_lost() -> None:
-    """Reads, ensure, stop and refresh are idempotent; ops that start or change something are not."""
+    """Reads, ensure, stop, refresh and resume are idempotent; ops that start or change something are not."""
     forwarded = {name for name, spec in OPS.items() if spec.forwarded}
     assert forwarded == OPS.keys() - {"ping"}
     idempotent = {name for name in forwarded if OPS[name].idempotent}
-    assert idempotent == {"ensure", "stop", "read", "list", "list_or_read", "refresh", "term_resize", "term_close"}
+    assert idempotent == {
+        "ensure", "stop", "read", "list", "list_or_read", "refresh", "term_resize", "term_close", "resume",
+    }
     assert {name for name, spec in OPS.items() if spec.shielded} == {
         "exec", "kill", "write", "read", "list", "list_or_read", "delete",
         "term_open", "term_input", "term_close", "input",

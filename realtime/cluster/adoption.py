@@ -14,7 +14,8 @@ entry (`…:{p}:workspace`) is live, the instance that claims the lease adopts t
    as a `command.exited` webhook;
 3. it carries the preview revocations over (`generation`) and ensures the workspace: the runtime
    reconnects to the sandbox and the dev server is started again or followed, and the event log
-   goes on from the same seq.
+   goes on from the same seq. A `suspended` workspace is held as it is, not woken (`hold_asleep`):
+   the next op, `POST /api/workspaces` or preview request wakes it here.
 
 Invariant: from the claim of its lease until its adoption ended, a project is `underway`, so an
 op that arrives meanwhile waits for the adoption (`wait`) instead of starting a workspace itself.
@@ -37,6 +38,7 @@ from realtime.config import logs
 from realtime.workspaces.manager import WorkspaceManager
 from runtime import events
 from runtime.events import EventKind
+from runtime.workspace.lifecycle import State
 
 __all__ = ["SWEEP_LIMIT", "Adoption"]
 
@@ -129,6 +131,9 @@ class Adoption:
                 # It ran on the lost owner, which cannot report its end: say so, once.
                 await self._manager.append(project_id, EventKind.command, events.command_lost(command["command_id"]))
             self._manager.restore_generation(project_id, int(entry.get("generation") or 0))
+            if entry.get("state") == State.suspended:
+                await self._manager.hold_asleep(project_id, entry.get("env"))
+                return
             workspace, _ = await self._manager.ensure(project_id, [], entry.get("env"), "adopt")
             # Ops waiting for the adoption need the sandbox it reconnects to: let it settle first.
             await workspace.wait_settled()

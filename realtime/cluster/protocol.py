@@ -11,10 +11,11 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 
-from realtime.core.signing import PreviewTarget
+from realtime.core.ops import NoArgs
+from realtime.core.signing import PreviewAsleep, PreviewTarget
 from realtime.log.broker import Broker
 
-__all__ = ["Cluster", "project_snapshot"]
+__all__ = ["Cluster", "project_snapshot", "wake"]
 
 
 class Cluster(Protocol):
@@ -41,8 +42,9 @@ class Cluster(Protocol):
         """The projects with a workspace: not stopped on any instance, or known to this one."""
         ...
 
-    async def resolve(self, project_key: str) -> PreviewTarget | None:
-        """Where the gateway reaches the preview a hostname's project key names."""
+    async def resolve(self, project_key: str) -> PreviewTarget | PreviewAsleep | None:
+        """Where the gateway reaches the preview a hostname's project key names (`PreviewAsleep`: not
+        yet, the workspace is suspended or starting)."""
         ...
 
     async def affinity(self, project_id: str) -> str | None:
@@ -74,3 +76,8 @@ async def project_snapshot(cluster: Cluster, broker: Broker, project_id: str) ->
         "project_id": project_id, "state": None, "detail": None, "preview": None, "commands": [], "owner": None,
     }
     return {**state, "epoch": history.epoch, "seq": history.latest, "viewers_at": await cluster.affinity(project_id)}
+
+
+async def wake(cluster: Cluster, project_id: str) -> None:
+    """Wake the project's suspended workspace on its owner, without waiting for it (the `resume` op)."""
+    await cluster.call(project_id, "resume", NoArgs())

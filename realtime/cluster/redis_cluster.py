@@ -48,7 +48,7 @@ from realtime.config import logs
 from realtime.core.errors import ApiError
 from realtime.core.keys import Keyring, Sealer
 from realtime.core.shards import affinity_owner, shards_of
-from realtime.core.signing import PreviewTarget
+from realtime.core.signing import PreviewAsleep, PreviewTarget, waking
 from realtime.log.redis_broker import RedisBroker
 from realtime.redis.connection import retrying
 from realtime.workspaces import dispatch
@@ -365,7 +365,7 @@ class RedisCluster:
         listed = {project_id async for project_id in self._registry.active()}
         return listed | {workspace.project_id for workspace in self._manager.all()}
 
-    async def resolve(self, project_key: str) -> PreviewTarget | None:
+    async def resolve(self, project_key: str) -> PreviewTarget | PreviewAsleep | None:
         local = await self._manager.resolve(project_key)
         if local is not None:
             return local
@@ -373,9 +373,14 @@ class RedisCluster:
         if project_id is None:
             return None
         entry = await self._registry.entry(project_id)
-        if entry is None or entry.get("state") != State.ready or not entry.get("origin"):
+        if entry is None:
+            return None
+        ready = entry.get("state") == State.ready and entry.get("origin")
+        if not ready and not waking(entry.get("state")):
             return None
         # The store's generation, not only the entry's: a revocation counts before the entry is rewritten.
         revoked = await self._manager.revocations.current(Generation.preview, project_id)
-        return PreviewTarget(project_id=entry["project_id"], origin=entry["origin"],
-                             generation=max(int(entry.get("generation") or 0), revoked))
+        generation = max(int(entry.get("generation") or 0), revoked)
+        if not ready:
+            return PreviewAsleep(entry["project_id"], generation)  # suspended, or on its way
+        return PreviewTarget(project_id=entry["project_id"], origin=entry["origin"], generation=generation)

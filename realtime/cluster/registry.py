@@ -252,6 +252,7 @@ class RegistryWriter:
         origin = await workspace.preview_origin()
         if origin is not None:
             entry["origin"] = origin
+        if origin is not None or workspace.asleep:  # a suspended workspace's preview hosts wake it
             entry["preview_key"] = self._manager.preview_key(project_id)
             entry["preview_keys"] = list(self._manager.preview_keys(project_id))  # older signing keys' too
         await self._registry.write(project_id, entry)

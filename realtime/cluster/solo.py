@@ -9,7 +9,7 @@ import anyio
 import anyio.abc
 
 from realtime.cluster import ops
-from realtime.core.signing import PreviewTarget
+from realtime.core.signing import PreviewAsleep, PreviewTarget
 from realtime.workspaces.manager import WorkspaceManager
 
 __all__ = ["SoloCluster"]
@@ -34,7 +34,7 @@ class SoloCluster:
         workspace = self._manager.get(project_id)
         return None if workspace is None else {**workspace.snapshot(), "owner": self.instance}
 
-    async def resolve(self, project_key: str) -> PreviewTarget | None:
+    async def resolve(self, project_key: str) -> PreviewTarget | PreviewAsleep | None:
         return await self._manager.resolve(project_key)
 
     async def projects(self) -> set[str]:

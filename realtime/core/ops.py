@@ -313,6 +313,8 @@ OPS: Mapping[str, OpSpec] = {
                http=HttpBinding("DELETE", "/terminals/{terminal_id}", source="none"), model=TerminalBody),
         OpSpec("input", Access.write, False, True, term.parse_input, term.InputArgs,
                http=HttpBinding("POST", "/commands/{command_id}/input", source="optional_body"), model=InputBody),
+        # suspend (issue 15): wake a suspended workspace without waiting (the preview gateway's)
+        OpSpec("resume", Access.write, True, False, _no_args, NoArgs, socket=False, model=NoBody),
     )
 }
 

@@ -36,7 +36,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-__all__ = ["SLUG_PLACEHOLDER", "ParsedLabel", "PreviewSigner", "PreviewTarget", "VerifyResult", "slugify"]
+__all__ = [
+    "SLUG_PLACEHOLDER", "WAKING_STATES", "ParsedLabel", "PreviewAsleep", "PreviewSigner", "PreviewTarget",
+    "VerifyResult", "slugify", "waking",
+]
 
 SLUG_PLACEHOLDER = "{slug}"
 
@@ -259,3 +262,25 @@ class PreviewTarget:
             raise ValueError(f"expected a bare http(s) origin, got {self.origin!r}")
         if parts.query or parts.fragment or parts.username is not None:
             raise ValueError(f"expected a bare http(s) origin, got {self.origin!r}")
+
+
+# -- suspend: a preview on its way (issue 15) ----------------------------------------------------
+
+#: The workspace states in which a preview is on its way: suspended (a preview request wakes it),
+#: or provisioning again until its dev server answers.
+WAKING_STATES = frozenset({"suspended", "provisioning", "uploading", "installing", "starting"})
+
+
+def waking(state: str | None) -> bool:
+    """Whether a workspace in `state` serves its preview soon (the gateway answers a page that waits)."""
+    return state in WAKING_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewAsleep:
+    """A project whose preview is not served right now but will be (`waking`): the gateway verifies
+    the label against `generation` as for a `PreviewTarget`, wakes the workspace and answers a page
+    that reloads itself."""
+
+    project_id: str
+    generation: int

@@ -8,13 +8,18 @@ that extension, and a close code before accept otherwise (the server then answer
 
 from __future__ import annotations
 
+import base64
 import enum
+import hashlib
 from html import escape
 
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.websockets import WebSocket
 
-__all__ = ["Refusal", "bad_request_page", "deny", "dev_server_refused_page", "not_running_page", "refusal_page"]
+__all__ = [
+    "WAKING_RETRY_S", "Refusal", "bad_request_page", "deny", "dev_server_refused_page", "not_running_page",
+    "refusal_page", "waking_page", "waking_refusal",
+]
 
 
 class Refusal(enum.Enum):
@@ -46,7 +51,7 @@ def dev_server_refused_page(status: int) -> HTMLResponse:
     return _page(status, "Preview refused the connection", "The preview's dev server refused this connection.")
 
 
-async def deny(websocket: WebSocket, page: HTMLResponse, *, close_code: int) -> None:
+async def deny(websocket: WebSocket, page: Response, *, close_code: int) -> None:
     """Refuse a websocket not yet accepted: with `page` if the server can send one, else with `close_code`."""
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         await websocket.send_denial_response(page)
@@ -54,12 +59,47 @@ async def deny(websocket: WebSocket, page: HTMLResponse, *, close_code: int) -> 
         await websocket.close(close_code)  # before accept: the server answers 403
 
 
-def _page(status: int, title: str, message: str, *, refresh: bool = False) -> HTMLResponse:
-    meta = '<meta http-equiv="refresh" content="3">' if refresh else ""
+_STYLE = "body{font:16px/1.5 system-ui,sans-serif;color:#333;max-width:34rem;margin:15vh auto;padding:0 1rem}"
+
+
+def _page(status: int, title: str, message: str, *, refresh: bool = False, refresh_s: int = 3) -> HTMLResponse:
+    meta = f'<meta http-equiv="refresh" content="{refresh_s}">' if refresh else ""
     html = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width"><title>{escape(title)}</title>{meta}'
-        "<style>body{font:16px/1.5 system-ui,sans-serif;color:#333;max-width:34rem;margin:15vh auto;"
-        f"padding:0 1rem}}</style></head><body><h1>{escape(title)}</h1><p>{escape(message)}</p></body></html>"
+        f"<style>{_STYLE}</style></head><body><h1>{escape(title)}</h1><p>{escape(message)}</p></body></html>"
     )
     return HTMLResponse(html, status_code=status, headers={"cache-control": "no-store"})
+
+
+# -- suspend: a workspace waking up (issue 15) ---------------------------------------------------
+
+#: Seconds between the waiting page's reloads, and the `Retry-After` of everything else.
+WAKING_RETRY_S = 1
+
+#: The waiting page runs no script (it reloads by `<meta http-equiv="refresh">`), loads nothing, and
+#: allows only its own inline style, by hash; it names no URL, so it carries no token anywhere.
+_WAKING_CSP = (
+    "default-src 'none'; "
+    f"style-src 'sha256-{base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()}'; "
+    "base-uri 'none'; form-action 'none'"
+)
+
+
+def waking_page() -> HTMLResponse:
+    """503 for a page load (a navigation): the workspace is suspended or starting; this page reloads
+    itself every `WAKING_RETRY_S` until the app answers in its place (never a blank iframe)."""
+    message = "This workspace was asleep and is starting again. The page reloads by itself when it is ready."
+    page = _page(503, "Starting the preview", message, refresh=True, refresh_s=WAKING_RETRY_S)
+    page.headers.update({
+        "retry-after": str(WAKING_RETRY_S), "content-security-policy": _WAKING_CSP, "referrer-policy": "no-referrer",
+    })
+    return page
+
+
+def waking_refusal() -> PlainTextResponse:
+    """503 with `Retry-After` for anything but a page load (fetch, XHR, assets, websocket upgrades)."""
+    return PlainTextResponse(
+        "preview starting; retry shortly", status_code=503,
+        headers={"retry-after": str(WAKING_RETRY_S), "cache-control": "no-store"},
+    )

@@ -10,7 +10,7 @@ from starlette.types import Scope
 
 from realtime.preview.target import origin_form
 
-__all__ = ["client_host", "header", "request_host", "request_target"]
+__all__ = ["client_host", "header", "is_page_load", "request_host", "request_target"]
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
@@ -36,3 +36,15 @@ def request_target(scope: Scope) -> bytes:
         MalformedTarget: the target is not an origin-form path and query (the gateway answers 400).
     """
     return origin_form(scope.get("raw_path"), scope["path"], scope.get("query_string", b""))
+
+
+def is_page_load(scope: Scope) -> bool:
+    """Whether an HTTP request loads a page (a navigation, of a tab or an iframe) rather than a
+    resource or a fetch: `Sec-Fetch-Mode: navigate`, or, from a client that does not send it, a
+    `GET`/`HEAD` that accepts HTML."""
+    if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
+        return False
+    mode = header(scope, b"sec-fetch-mode")
+    if mode is not None:
+        return mode == b"navigate"
+    return b"text/html" in (header(scope, b"accept") or b"")

@@ -8,7 +8,8 @@ keys on one slot, which its Lua scripts need:
 - channel `…:events`: every append, published as `<epoch> <frame>`;
 - channel `…:commands` the ops sent to the owner;
 - `…:workspace` the registry entry (the owner's snapshot of the workspace);
-- `…:revocations` the revocation generations (a hash: `preview`, `session`), kept without a TTL.
+- `…:revocations` the revocation generations (a hash: `preview`, `session`), kept without a TTL;
+- `…:seen` someone viewed or used the project lately (on any instance): its age is read off its TTL.
 
 Lease shards (`realtime.core.shards`: a project's shard is a hash of its id), each one slot
 `<prefix>:{shard-<n>}:…`: `leases` (sorted set: instance → the deadline of its leases on the shard,
@@ -61,6 +62,10 @@ class RedisKeys:
     def revocations(self, project_id: str) -> str:
         """The project's revocation generations (a hash of counters; never expires)."""
         return self._project(project_id, "revocations")
+
+    def seen(self, project_id: str) -> str:
+        """Set with a TTL of `WORKSPACE_IDLE_S` when the project is viewed or used (see `workspaces/activity.py`)."""
+        return self._project(project_id, "seen")
 
     # -- shared -----------------------------------------------------------------------------------
 

@@ -247,6 +247,7 @@ async def get_events(request: Request) -> Response:
             start=start,
             expires_at=grant.expires_at,
             generation=grant.generation,
+            viewing=services.manager.activity.viewing(project_id),
         )
     await _not_revoked(services, grant, project_id)
     since = _int_param(request, "since", 0)
@@ -281,6 +282,7 @@ async def post_event(request: Request) -> Response:
     if len(orjson.dumps(body.get("data"))) > limit:
         raise ApiError(413, "too_large", f"event data over {limit} bytes (encoded); store big payloads elsewhere")
     event = await services.manager.append(project_id, EventKind.custom, events.custom(kind, body.get("data")))
+    services.manager.activity.touch(project_id)  # a mutating call: keeps the workspace awake
     return json_response({"seq": event.seq})
 
 

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 
-from realtime.cluster.protocol import Cluster
+from realtime.cluster.protocol import Cluster, wake
 from realtime.cluster.redis_cluster import RedisCluster
 from realtime.cluster.solo import SoloCluster
 from realtime.config.secret_policy import validate_secrets
@@ -44,6 +44,7 @@ from realtime.web.telemetry import Latencies, ReadyTimer
 from realtime.web.webhook_routes import webhook_routes
 from realtime.web.websocket import websocket_endpoint
 from realtime.webhooks.config import make_inbound, make_outbound, validate_webhook_settings
+from realtime.workspaces.activity import Activity, open_seen
 from realtime.workspaces.manager import WorkspaceManager
 from realtime.workspaces.revocation import open_revocations
 from runtime.base import Runtime
@@ -222,6 +223,9 @@ def create_app(
                 http=probe_http,
                 preview_ttl_s=settings.preview_ttl_s,
                 revocations=open_revocations(the_broker, settings.root, retry_s=settings.redis_retry_s),
+                activity=Activity(idle_s=settings.idle_s, warn_s=settings.idle_warn_s, seen=open_seen(
+                    the_broker, idle_s=settings.idle_s, retry_s=settings.redis_retry_s,
+                )),
             )
             cluster = make_cluster(settings, the_broker, manager)
             outbound, inbound = make_outbound(settings), make_inbound(settings)
@@ -243,7 +247,8 @@ def create_app(
                     "hub": hub,
                     "op_limiter": op_limiter,
                     "gateway": PreviewGateway(
-                        signer, cluster.resolve, proxy_http, max_message_bytes=settings.ws_max_frame_bytes
+                        signer, cluster.resolve, proxy_http, max_message_bytes=settings.ws_max_frame_bytes,
+                        touch=manager.activity.touch, wake=lambda project_id: wake(cluster, project_id),
                     ),
                     "outbound": outbound,
                     "inbound": inbound,

@@ -13,7 +13,7 @@ silence. The response listens for the client's disconnect, which ends the writer
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import suppress
+from contextlib import AbstractContextManager, nullcontext, suppress
 
 import anyio
 from starlette.responses import Response
@@ -114,15 +114,22 @@ def event_stream(
     start: Start,
     expires_at: int | None,
     generation: int | None = None,
+    viewing: AbstractContextManager[None] | None = None,
 ) -> Response:
     """The project's events from `start` (see `locate`) as SSE, ending at `expires_at` (a session token's
-    expiry), if any, or at a revocation of the token's `generation` (None: the service token's)."""
+    expiry), if any, or at a revocation of the token's `generation` (None: the service token's).
+    `viewing` is entered while the stream is open (it counts as a viewer: issue 15)."""
 
     async def stream(send: Send) -> None:
         async with hub.subscribe(project_id, start.cursor, start.epoch, generation=generation) as outbox:
             snapshot = await project_snapshot(cluster, broker, project_id)
             hello = hello_for(project_id, start, snapshot)
             outbox.push_control(f"retry: {RETRY_MS}\n".encode() + b"event: hello\ndata: " + hello + b"\n\n")
-            await write(hub, outbox, _StreamSink(send, start.epoch), expires_at=expires_at)
+            with _nullable(viewing):
+                await write(hub, outbox, _StreamSink(send, start.epoch), expires_at=expires_at)
 
     return _EventStream(stream)
+
+
+def _nullable(context: AbstractContextManager[None] | None) -> AbstractContextManager[None]:
+    return nullcontext() if context is None else context

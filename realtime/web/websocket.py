@@ -105,12 +105,14 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     session = _Session(services, hub, websocket, project_id, grant, token_key(token or "", service=grant.service))
     logs.bind(project_id=project_id, connection_id=session.connection_id)
     async with hub.subscribe(project_id, start.cursor, start.epoch, generation=grant.generation) as outbox:
+        viewing = services.manager.activity.viewing(project_id)  # keeps the workspace awake (issue 15)
         snapshot = await project_snapshot(services.cluster, services.broker, project_id)
         outbox.push_control(hello_for(project_id, start, {**snapshot, "connection_id": session.connection_id}))
         logger.debug(
             "socket %s on %s: since=%s resumed=%s", session.connection_id, project_id, start.cursor, start.resumed
         )
-        await session.run(outbox)
+        with viewing:
+            await session.run(outbox)
 
 
 def _reason(text: str) -> str:

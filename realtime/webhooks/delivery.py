@@ -204,4 +204,9 @@ class OutboundEventMapper:
         if state == "stopped":
             self._previews.pop(project_id, None)
             return "workspace.stopped", {"state": "stopped", "detail": data.get("detail")}
+        if state == "suspended":  # its snapshot (Modal) is named, when there is one
+            out = {"state": "suspended", "detail": data.get("detail")}
+            if data.get("snapshot") is not None:
+                out["snapshot"] = data["snapshot"]
+            return "workspace.suspended", out
         return None

@@ -4,6 +4,11 @@ The instance that owns a workspace runs them (`execute`); any other instance for
 through the cluster, in their wire form (`realtime.core.ops.to_wire`). Results are JSON-ready
 dicts and failures are exceptions that `realtime.core.errors.error_for` maps, so an op answers the
 same whether it ran here or on another instance, over HTTP or the websocket.
+
+Every op on a workspace counts as activity (`WorkspaceManager.activity`), and every op but `ping`,
+`stop` and `kill` first wakes a suspended workspace (`_wake`: as `ensure` without files) and waits
+until it settled; `ensure` wakes it by itself, and `resume` wakes it without waiting (the preview
+gateway's).
 """
 
 from __future__ import annotations
@@ -206,6 +211,13 @@ async def _input(manager: WorkspaceManager, project_id: str, args: OpArgs) -> di
     return {}
 
 
+async def _resume(manager: WorkspaceManager, project_id: str, args: OpArgs) -> dict[str, Any]:
+    """Wake a suspended workspace (as `ensure` without files) without waiting for it; nothing if it is awake."""
+    workspace = _require_workspace(manager, project_id)
+    await _wake(workspace, wait=False)
+    return {"state": workspace.state}
+
+
 Handler = Callable[[WorkspaceManager, str, OpArgs], Awaitable[dict[str, Any]]]
 
 HANDLERS: Mapping[str, Handler] = {
@@ -225,7 +237,11 @@ HANDLERS: Mapping[str, Handler] = {
     "term_resize": _term_resize,
     "term_close": _term_close,
     "input": _input,
+    "resume": _resume,
 }
+
+#: Ops that act on a suspended workspace as it is (the others wake it first).
+_LEAVE_ASLEEP = frozenset({"ping", "stop", "kill", "ensure", "resume"})
 
 
 async def execute(manager: WorkspaceManager, project_id: str, op: str, args: OpArgs) -> dict[str, Any]:
@@ -237,4 +253,17 @@ async def execute(manager: WorkspaceManager, project_id: str, op: str, args: OpA
     handler = HANDLERS.get(op)
     if handler is None:
         raise ApiError(400, "unknown_op", f"unknown op {op[:64]!r}")
+    workspace = manager.get(project_id)
+    if workspace is not None:
+        manager.activity.touch(project_id)
+        if op not in _LEAVE_ASLEEP:
+            await _wake(workspace, wait=True)
     return await handler(manager, project_id, args)
+
+
+async def _wake(workspace: Workspace, *, wait: bool) -> None:
+    """Provision a suspended workspace again (as `ensure` without files); with `wait`, until it settled."""
+    if workspace.asleep:
+        await workspace.ensure([], None, "resume")
+        if wait:
+            await workspace.wait_settled()

@@ -4,6 +4,10 @@ Revocation (see `revocation.py`): a project's preview generation is read from th
 when its workspace is created here, and kept in memory while it runs (previews are signed
 synchronously); revoking writes the store first. Revoking session tokens bumps the store and then
 appends a `revoked` event, which closes every subscriber of an earlier token on every instance.
+
+Suspend (issue 15): `activity` counts who views or uses each project (`activity.py`) and `idle`
+suspends the workspaces driven here that nobody viewed for `WORKSPACE_IDLE_S` (`idle.py`); both
+run in `run()`. Deleting a workspace (`stop`) also deletes what the runtime kept to resume it.
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ import httpx
 from realtime.config import logs
 from realtime.core.eventlog import Event
 from realtime.core.histogram import Histogram
-from realtime.core.signing import PreviewSigner, PreviewTarget
+from realtime.core.signing import PreviewAsleep, PreviewSigner, PreviewTarget, waking
 from realtime.log.broker import Broker, BrokerUnavailable
+from realtime.workspaces.activity import Activity
+from realtime.workspaces.idle import IdleWatch
 from realtime.workspaces.revocation import Generation, MemoryRevocations, Revocations
 from runtime import events
-from runtime.base import FileUpload, Runtime
+from runtime.base import FileUpload, ForgetsProjects, Runtime
 from runtime.events import EventKind
 from runtime.workspace.lifecycle import LifecycleConfig, State, Workspace
 
@@ -51,6 +57,7 @@ class WorkspaceManager:
         http: httpx.AsyncClient,
         preview_ttl_s: int,
         revocations: Revocations | None = None,
+        activity: Activity | None = None,
     ) -> None:
         self.runtime = runtime
         #: Where revocation generations are kept; the app passes a durable one (`open_revocations`).
@@ -75,10 +82,16 @@ class WorkspaceManager:
         #: of every workspace that ended here (the cluster, to record it and give its lease up).
         self.on_appended: list[Appended] = []
         self.on_ended: list[Callable[[Workspace], None]] = []
+        #: Who views or uses each project (the app passes one with the settings and Redis), and the
+        #: watch that suspends what nobody views.
+        self.activity = activity or Activity(idle_s=900.0, warn_s=60.0)
+        self.idle = IdleWatch(self.all, self.activity, self.append)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            await tg.start(self.activity.run)
+            await tg.start(self.idle.run)
             task_status.started()
             await anyio.sleep_forever()
 
@@ -105,23 +118,41 @@ class WorkspaceManager:
             workspace = self._workspaces.get(project_id)
             created = workspace is None or workspace.state is State.stopped
             if created:
-                self.restore_generation(project_id, await self.revocations.current(Generation.preview, project_id))
-                workspace = Workspace(
-                    project_id, self.runtime, self._emitter(project_id), self._config, self.sign, self._http
-                )
-                assert self._tg is not None, "WorkspaceManager.run() must be started first"
-                await self._tg.start(self._supervise, workspace)
-                self._workspaces[project_id] = workspace
+                workspace = await self._start(project_id)
         assert workspace is not None
         await workspace.ensure(files, env, request_id)
         return workspace, created
 
     async def stop(self, project_id: str) -> bool:
+        """Delete the workspace: stop it, and drop what the runtime kept to resume it (`ForgetsProjects`)."""
         workspace = self._workspaces.get(project_id)
         if workspace is None or workspace.state is State.stopped:
             return False
         await workspace.stop()
+        if isinstance(self.runtime, ForgetsProjects):
+            try:
+                await self.runtime.forget(project_id)
+            except Exception:  # the workspace is stopped either way; the snapshots expire by their TTL
+                logger.exception("could not delete the snapshots of %s", project_id)
         return True
+
+    async def hold_asleep(self, project_id: str, env: Mapping[str, str] | None) -> Workspace:
+        """Drive a suspended workspace another instance left, without waking it (adoption)."""
+        async with self._lock:
+            workspace = self._workspaces.get(project_id)
+            if workspace is None or workspace.state is State.stopped:
+                workspace = await self._start(project_id)
+                workspace.env = dict(env or {})
+                workspace.state = State.suspended  # as its owner left it; nothing happened here
+        return workspace
+
+    async def _start(self, project_id: str) -> Workspace:
+        self.restore_generation(project_id, await self.revocations.current(Generation.preview, project_id))
+        workspace = Workspace(project_id, self.runtime, self._emitter(project_id), self._config, self.sign, self._http)
+        assert self._tg is not None, "WorkspaceManager.run() must be started first"
+        await self._tg.start(self._supervise, workspace)
+        self._workspaces[project_id] = workspace
+        return workspace
 
     async def detach(self, project_id: str) -> None:
         """Stop driving the project's workspace here, quietly: another instance has taken it over."""
@@ -223,11 +254,13 @@ class WorkspaceManager:
         await self.append(project_id, EventKind.revoked, events.revoked(generation))
         return generation
 
-    async def resolve(self, project_key: str) -> PreviewTarget | None:
+    async def resolve(self, project_key: str) -> PreviewTarget | PreviewAsleep | None:
         project_id = self._keys.get(project_key)
         workspace = self._workspaces.get(project_id) if project_id else None
         origin = None if workspace is None else await workspace.preview_origin()
-        if workspace is None or origin is None:
+        if workspace is None:
             return None
-        return PreviewTarget(project_id=workspace.project_id, origin=origin,
-                             generation=self._generations.get(workspace.project_id, 0))
+        generation = self._generations.get(workspace.project_id, 0)
+        if origin is None:
+            return PreviewAsleep(workspace.project_id, generation) if waking(workspace.state) else None
+        return PreviewTarget(project_id=workspace.project_id, origin=origin, generation=generation)

@@ -42,6 +42,7 @@ from runtime.local.limits import Limits
 from runtime.local.network import free_port
 from runtime.local.process import LocalProcess, base_env
 from runtime.local.sandbox import HOME, ISOLATIONS, Jail, bwrap_argv
+from runtime.local.suspend import SuspendsByTerminating
 from runtime.local.template import TemplateCache, move_into_place
 from runtime.local.terminal import LocalTerminal, in_script
 from runtime.paths import resolve_in
@@ -60,8 +61,8 @@ _P = TypeVar("_P", LocalProcess, LocalTerminal)
 _FILE_OP_TIMEOUT_S = 30.0
 
 
-class LocalSandbox:
-    """One project's workspace directory and its processes (implements `runtime.base.Sandbox`).
+class LocalSandbox(SuspendsByTerminating):
+    """One project's workspace directory and its processes (implements `runtime.base.Sandbox`, `Suspendable`).
 
     Its file calls run through `calls` (`runtime.local.calls`): at most `FILE_CALLS` threads at
     once, each call answered within the runtime's file-call timeout.

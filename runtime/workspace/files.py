@@ -11,11 +11,11 @@ import logging
 from collections.abc import Sequence
 
 from runtime import events
-from runtime.base import INSTALL_MARKER, ChangeKind, Sandbox, WrittenFile
+from runtime.base import INSTALL_MARKER, ChangeKind, DirEntry, FileRange, Sandbox, WrittenFile
 from runtime.errors import RuntimeFailure
 from runtime.events import Emit, EventKind, FileOrigin
 
-__all__ = ["announce_deleted", "announce_written", "follow_sandbox", "touches_package"]
+__all__ = ["ReadsFiles", "announce_deleted", "announce_written", "follow_sandbox", "touches_package"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,3 +47,22 @@ async def follow_sandbox(emit: Emit, sandbox: Sandbox) -> None:
                 await emit(EventKind.file, events.file_change(change.change, change.path, FileOrigin.sandbox))
     except (RuntimeFailure, OSError):
         logger.exception("workspace %s: file watcher stopped", sandbox.project_id)
+
+
+class ReadsFiles:
+    """The reads a workspace passes to its running sandbox (mixed into `lifecycle.Workspace`)."""
+
+    def require_sandbox(self) -> Sandbox:
+        raise NotImplementedError
+
+    async def read_file(self, path: str) -> bytes:
+        return await self.require_sandbox().read_file(path)
+
+    async def read_range(self, path: str, offset: int, length: int | None) -> FileRange:
+        return await self.require_sandbox().read_range(path, offset, length)
+
+    async def list_dir(self, path: str) -> list[DirEntry]:
+        return await self.require_sandbox().list_dir(path)
+
+    async def is_dir(self, path: str) -> bool:
+        return await self.require_sandbox().is_dir(path)

@@ -1,14 +1,15 @@
 """The workspace lifecycle: provision, upload, install, start the dev server, watch it, stop.
 
 `provisioning → uploading → installing → starting → ready`, or `failed` with a detail a person can
-act on, or `stopped`. Everything that happens becomes an event through the injected `emit`.
+act on, or `stopped`; a settled workspace may be `suspended` (its sandbox stops, its files are kept)
+until `ensure` provisions it again. Everything that happens becomes an event through the injected `emit`.
 
 `Workspace` is the state machine and owns the tasks; its steps are collaborators it hands what they
 need: `InstallStep` (install.py), `DevServer` (devserver.py), commands (commands.py), file events
 (files.py), all emitting through the workspace's `OutputGate` (output.py). Invariants:
 - One convergence runs at a time; a request during it makes it run once more (`_kick`).
 - `settled` is clear exactly while a convergence runs; `wait_settled` waits for its end.
-- The sandbox, once opened, is the workspace's until it stops; so is its `DevServer`.
+- The sandbox, once opened, is the workspace's until it stops or is suspended; so is its `DevServer`.
 - A detached workspace ends quietly: no `stopped` event, its sandbox (and dev server) left running.
 """
 
@@ -26,16 +27,17 @@ import anyio.abc
 import httpx
 
 from runtime import events
-from runtime.base import DirEntry, FileRange, FileUpload, Runtime, Sandbox, WrittenFile
+from runtime.base import FileUpload, Runtime, Sandbox, WrittenFile
 from runtime.errors import RuntimeFailure, WorkspaceBusy
 from runtime.events import Emit, EventKind
 from runtime.workspace.budget import OutputBudget
 from runtime.workspace.commands import CommandRun, Commands
 from runtime.workspace.devserver import DevServer
-from runtime.workspace.files import announce_deleted, announce_written, follow_sandbox, touches_package
+from runtime.workspace.files import ReadsFiles, announce_deleted, announce_written, touches_package
 from runtime.workspace.install import InstallStep
 from runtime.workspace.output import OutputGate
 from runtime.workspace.steps import StepFailed
+from runtime.workspace.suspend import follow_until, resumed_from, suspend_sandbox
 from runtime.workspace.terminals import TerminalRun, TerminalTable
 
 __all__ = ["LifecycleConfig", "PreviewSigner", "State", "Workspace"]
@@ -51,6 +53,8 @@ class State(enum.StrEnum):
     ready = "ready"
     failed = "failed"
     stopped = "stopped"
+    #: Its sandbox stopped for want of viewers; the files are kept and the next `ensure` resumes it.
+    suspended = "suspended"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +74,7 @@ class LifecycleConfig:
 PreviewSigner = Callable[[str, int], Mapping[str, Any]]
 
 
-class Workspace:
+class Workspace(ReadsFiles):
     """One project's workspace. `run()` owns its tasks; every other method is called from requests."""
 
     def __init__(
@@ -105,6 +109,9 @@ class Workspace:
         self._lock = anyio.Lock()
         self._tg: anyio.abc.TaskGroup | None = None
         self._closed = anyio.Event()
+        self._watching = anyio.CancelScope()  # the current sandbox's file watch
+        self._suspending = False
+        self.resumed_from: str | None = None  # the snapshot the current sandbox was resumed from
         #: Stopped because another instance now drives the sandbox: ends quietly, no `stopped` event.
         self.detached = False
 
@@ -264,7 +271,9 @@ class Workspace:
         """Provision the sandbox (or reconnect to it), follow its files, and set up its dev server."""
         await self._set_state(State.provisioning, None)
         sandbox = self.sandbox = await self._runtime.open(self.project_id)
-        self._spawn(follow_sandbox, self._emit, sandbox)
+        self.resumed_from = resumed_from(sandbox)
+        self._watching = anyio.CancelScope()
+        self._spawn(follow_until, self._watching, self._emit, sandbox)
         self._dev = DevServer(
             sandbox,
             self._output.emit,
@@ -276,6 +285,42 @@ class Workspace:
             on_exit=self._dev_died,
         )
         return sandbox, self._dev
+
+    @property
+    def asleep(self) -> bool:
+        """Whether the workspace is suspended, or being suspended (an op must wake it with `ensure` first)."""
+        return self._suspending or self.state is State.suspended
+
+    @property
+    def awake(self) -> bool:
+        """Whether it has a sandbox open: not stopped, suspended, or still opening one."""
+        return self.sandbox is not None and not self._closed.is_set()
+
+    @property
+    def busy(self) -> bool:
+        """Whether it is doing something of its own: converging, or running commands (never idle then)."""
+        return self._converging or bool(self.commands)
+
+    async def suspend(self) -> bool:
+        """Stop computing, keep the files (`suspend.py`) until the next `ensure`; False when busy or not `awake`."""
+        async with self._lock:
+            if self.busy or not self.awake:
+                return False
+            self._suspending = True
+            sandbox, dev, self.sandbox, self._dev = self.sandbox, self._dev, None, None
+            try:
+                report = await suspend_sandbox(sandbox, dev)  # shielded; None: it failed, the sandbox runs on
+                if report is None:
+                    self.sandbox, self._dev = sandbox, dev
+                    self._kick()  # its dev server starts again: nothing was lost
+                    return False
+                self._watching.cancel()
+                await self._output.flush()
+                self.resumed_from = None
+                await self._set_state(State.suspended, None, report)
+            finally:
+                self._suspending = False
+        return True
 
     async def _dev_died(self, code: int) -> None:
         if self.state is State.ready:
@@ -300,18 +345,6 @@ class Workspace:
         if self.sandbox is None or self._closed.is_set():
             raise WorkspaceBusy(f"workspace {self.project_id} has no running sandbox")
         return self.sandbox
-
-    async def read_file(self, path: str) -> bytes:
-        return await self.require_sandbox().read_file(path)
-
-    async def read_range(self, path: str, offset: int, length: int | None) -> FileRange:
-        return await self.require_sandbox().read_range(path, offset, length)
-
-    async def list_dir(self, path: str) -> list[DirEntry]:
-        return await self.require_sandbox().list_dir(path)
-
-    async def is_dir(self, path: str) -> bool:
-        return await self.require_sandbox().is_dir(path)
 
     async def preview_origin(self) -> str | None:
         """Where the running preview is served (a local port, a provider tunnel); None without one."""
@@ -347,9 +380,10 @@ class Workspace:
 
     # -- events --------------------------------------------------------------------------------
 
-    async def _set_state(self, state: State, detail: str | None) -> None:
+    async def _set_state(self, state: State, detail: str | None, extra: Mapping[str, Any] | None = None) -> None:
         self.state, self.detail = state, detail
-        await self._emit(EventKind.status, events.status(state, detail))
+        extra = {"resumed_from": self.resumed_from, **(extra or {})}
+        await self._emit(EventKind.status, events.status(state, detail, extra))
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -359,4 +393,5 @@ class Workspace:
             "preview": self.preview,
             "commands": [run.snapshot() for run in self.commands.values()],
             "terminals": [run.snapshot() for run in self.terminals.open.values()],
+            "resumed_from": self.resumed_from,
         }
