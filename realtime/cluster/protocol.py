@@ -41,8 +41,8 @@ class Cluster(Protocol):
         """The projects with a workspace: not stopped on any instance, or known to this one."""
         ...
 
-    async def resolve(self, project_key: str) -> PreviewTarget | None:
-        """Where the gateway reaches the preview a hostname's project key names."""
+    async def resolve(self, project_key: str, port: int | None = None) -> PreviewTarget | None:
+        """Where the gateway reaches the preview a hostname's project key (and port, if any) names."""
         ...
 
     def counters(self) -> Iterable[tuple[str, str, dict[str, str], float]]:

@@ -335,8 +335,8 @@ class RedisCluster:
     async def projects(self) -> set[str]:
         return await self._registry.active() | {workspace.project_id for workspace in self._manager.all()}
 
-    async def resolve(self, project_key: str) -> PreviewTarget | None:
-        local = await self._manager.resolve(project_key)
+    async def resolve(self, project_key: str, port: int | None = None) -> PreviewTarget | None:
+        local = await self._manager.resolve(project_key, port)
         if local is not None:
             return local
         project_id = await self._registry.project_of(project_key)
@@ -345,7 +345,10 @@ class RedisCluster:
         entry = await self._registry.entry(project_id)
         if entry is None or entry.get("state") != State.ready or not entry.get("origin"):
             return None
+        origin = entry["origin"] if port is None else (entry.get("port_origins") or {}).get(str(port))
+        if not isinstance(origin, str):
+            return None  # not a port open in the workspace, as its owner last wrote it
         # The store's generation, not only the entry's: a revocation counts before the entry is rewritten.
         revoked = await self._manager.revocations.current(Generation.preview, project_id)
-        return PreviewTarget(project_id=entry["project_id"], origin=entry["origin"],
+        return PreviewTarget(project_id=entry["project_id"], origin=origin,
                              generation=max(int(entry.get("generation") or 0), revoked))

@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 #: Fields of a registry entry that only instances need (never shown to clients).
 #: What a sealed `env` is bound to (with the project id): it opens for no other project or use.
 _ENV_CONTEXT = b"registry-env\0"
-PRIVATE = ("env", "generation", "origin", "preview_key", "preview_keys")
+PRIVATE = ("env", "generation", "origin", "port_origins", "preview_key", "preview_keys")
 
 
 def public(entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -238,6 +238,7 @@ class RegistryWriter:
             entry["origin"] = origin
             entry["preview_key"] = self._manager.preview_key(project_id)
             entry["preview_keys"] = list(self._manager.preview_keys(project_id))  # older signing keys' too
+            entry["port_origins"] = await workspace.port_origins()  # the open ports' (issue 17)
         await self._registry.write(project_id, entry)
         if ended is not None:
             await self._released(project_id)

@@ -33,6 +33,7 @@ from runtime.local.calls import FileCalls
 from runtime.local.files import WorkspaceFiles
 from runtime.local.groups import WORKSPACE_ENV, PidFile, kill_stale_groups
 from runtime.local.network import Network, WorkspaceNetwork, find_network_tools, free_port
+from runtime.local.ports import LocalPorts
 from runtime.local.process import LocalProcess, base_env
 from runtime.local.sandbox import (
     HOME,
@@ -91,6 +92,8 @@ class LocalSandbox:
         self._processes: set[LocalProcess] = set()
         self._watch_stops: set[threading.Event] = set()
         self._closed = False
+        self._ports = LocalPorts(network, lambda: [proc.pgid for proc in self._processes])
+        self.follow_ports = self._ports.follow  # runtime.base.PortScan (see runtime.local.ports)
 
     @property
     def processes(self) -> frozenset[LocalProcess]:
@@ -186,7 +189,7 @@ class LocalSandbox:
         return self._network.port if self._network is not None else free_port()
 
     async def preview_origin(self, port: int) -> str:
-        return f"http://127.0.0.1:{port}"
+        return self._ports.origin(port)
 
     async def watch(self, *, ready: anyio.Event | None = None) -> AsyncIterator[list[FileChange]]:
         """Debounced changes made in the workspace by anything but `write_files`/`delete`.

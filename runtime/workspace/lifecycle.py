@@ -35,6 +35,7 @@ from runtime.workspace.devserver import DevServer
 from runtime.workspace.files import announce_deleted, announce_written, follow_sandbox, touches_package
 from runtime.workspace.install import InstallStep
 from runtime.workspace.output import OutputGate
+from runtime.workspace.ports import Ports
 from runtime.workspace.steps import StepFailed
 
 __all__ = ["LifecycleConfig", "PreviewSigner", "State", "Workspace"]
@@ -80,6 +81,8 @@ class Workspace:
         config: LifecycleConfig,
         sign_preview: PreviewSigner,
         http: httpx.AsyncClient,
+        *,
+        sign_port: PreviewSigner | None = None,
     ) -> None:
         self.project_id = project_id
         self.state: State | None = None
@@ -94,6 +97,9 @@ class Workspace:
         self._output = OutputGate(emit, OutputBudget(config.output_rate_bytes, config.output_burst_bytes), self._spawn)
         self._commands = Commands(self._output.emit, emit, self._spawn, max_running=config.max_commands)
         self._dev: DevServer | None = None
+        #: The ports the sandbox listens on (issue 17), once it is open; signed by `sign_port`.
+        self._sign_port = sign_port or sign_preview
+        self._ports: Ports | None = None
         self._pending: list[FileUpload] = []
         self._converging = False
         self._again = False
@@ -160,7 +166,7 @@ class Workspace:
         except Exception:
             logger.exception("error while stopping workspace %s", self.project_id)
         finally:
-            self._dev = None  # and with it the preview and the port
+            self._dev = self._ports = None  # and with it the preview, the port and the open ports
             if self.detached:
                 self.state, self.detail = State.stopped, "detached: another instance owns the workspace"
             else:
@@ -261,6 +267,8 @@ class Workspace:
         await self._set_state(State.provisioning, None)
         sandbox = self.sandbox = await self._runtime.open(self.project_id)
         self._spawn(follow_sandbox, self._emit, sandbox)
+        self._ports = Ports(sandbox, self._emit, functools.partial(self._sign_port, self.project_id))
+        self._spawn(self._ports.follow)
         self._dev = DevServer(
             sandbox,
             self._output.emit,
@@ -313,6 +321,18 @@ class Workspace:
         """Where the running preview is served (a local port, a provider tunnel); None without one."""
         return await self._dev.origin() if self._dev is not None else None
 
+    async def port_origin(self, port: int) -> str | None:
+        """Where an open port of the workspace is served; None for any port not open (issue 17)."""
+        return await self._ports.origin(port) if self._ports is not None else None
+
+    async def port_origins(self) -> dict[str, str]:
+        """Every open port's origin by port number (as text)."""
+        return await self._ports.origins() if self._ports is not None else {}
+
+    def resign_port(self, port: int) -> dict[str, Any] | None:
+        """A freshly signed URL of an open port; None if the workspace does not listen on it."""
+        return self._ports.resign(port) if self._ports is not None else None
+
     async def write(self, files: Sequence[FileUpload], request_id: str) -> list[WrittenFile]:
         written = await self.require_sandbox().write_files(files)
         await announce_written(self._emit, written, request_id)
@@ -346,4 +366,5 @@ class Workspace:
             "detail": self.detail,
             "preview": self.preview,
             "commands": [run.snapshot() for run in self.commands.values()],
+            "ports": self._ports.snapshot() if self._ports is not None else [],
         }
