@@ -64,7 +64,7 @@ async def test_open_creates_a_named_tagged_sandbox_with_explicit_lifetimes(cloud
     assert created["name"] == sandbox_name("p1") == "ws-p1"
     assert created["tags"] == {"project_id": "p1"}
     assert (created["timeout"], created["idle_timeout"]) == (7200, 600)
-    assert created["encrypted_ports"] == [3000]
+    assert created["encrypted_ports"] == [3000, 3010]
     assert created["workdir"] == "/workspace"
     assert created["args"] == ("sleep", "infinity")
     assert created["image"]._ref.endswith("sandbox-templates/nextjs/workspace.Dockerfile")

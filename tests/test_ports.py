@@ -22,7 +22,7 @@ from realtime.core.signing import PreviewSigner, VerifyResult
 from runtime.local.forward import NetnsForward
 from runtime.local.network import free_port
 from runtime.local.ports import listening_sockets, parse_net_tcp
-from tests.harness import Running, fixture_files, make_settings, running_server
+from tests.harness import Running, fake_modal_runtime, fixture_files, make_settings, running_server
 from tests.wsclient import open_peer
 
 EXPIRES = 2_000_000_000
@@ -198,3 +198,22 @@ async def test_a_genuine_label_for_a_port_not_open_in_the_workspace_is_refused(s
             url = signer.url("ports2", 0, EXPIRES, port)
             response = await server.preview_get(url)
             assert response.status_code == 403, (port, response.text)
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("cloud")
+async def test_on_modal_a_declared_port_is_announced_once_it_answers(tmp_path: Path) -> None:
+    """On the Modal fake, a server on the declared port 3010 is announced, served by its URL, and closed."""
+    settings = lambda port: make_settings(tmp_path / "root", port)  # noqa: E731
+    async with running_server(settings, runtime_factory=fake_modal_runtime) as running:
+        await running.provision("ports3", fixture_files())
+        token = (await running.client.post("/api/workspaces/ports3/tokens", json={"scope": "write"})).json()["token"]
+        async with open_peer(running.ws_url("ports3", token=token)) as peer:
+            script = SERVER_JS.replace("Number(process.argv[1])", "Number(process.env.PORT)")
+            reply = await peer.request("exec", cmd=["node", "-e", script], env={"PORT": "3010"})
+            assert reply["ok"], reply
+            opened = (await peer.until_event(is_port(3010, "open")))["data"]
+            assert (await running.preview_get(opened["url"], "/m")).text == "second server /m"
+            await peer.request("kill", command_id=reply["data"]["command_id"])
+            await peer.until_event(is_port(3010, "closed"))
+            assert (await running.preview_get(opened["url"])).status_code == 403

@@ -46,6 +46,8 @@ class ModalConfig:
     #: Where process logs, pids and uploads live inside the sandbox (outside the workspace).
     state_dir: str = "/tmp/qai"
     dev_port: int = 3000
+    #: Other ports published through tunnels (issue 17: the image exposes 3010 too).
+    extra_ports: tuple[int, ...] = (3010,)
     sandbox_timeout_s: int = 4 * 3600
     idle_timeout_s: int | None = 1800
     cpu: float | None = None

@@ -115,7 +115,7 @@ class ModalRuntime:
                 return await m.Sandbox.create.aio(
                     "sleep", "infinity", app=app, name=name, tags={"project_id": project_id}, image=image,
                     timeout=c.sandbox_timeout_s, idle_timeout=c.idle_timeout_s, workdir=c.workdir,
-                    encrypted_ports=[c.dev_port], cpu=c.cpu, memory=c.memory_mb,
+                    encrypted_ports=[c.dev_port, *c.extra_ports], cpu=c.cpu, memory=c.memory_mb,
                 )
             except m.exception.AlreadyExistsError:
                 # Another instance won the race, or an earlier attempt did succeed: reconnect.

@@ -15,7 +15,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
-from runtime.base import DirEntry, FileChange, FileRange, FileUpload, OutputSink, WrittenFile
+from runtime.base import DirEntry, FileChange, FileRange, FileUpload, OutputSink, PortsChanged, WrittenFile
 from runtime.errors import ProviderError
 from runtime.modal.calls import SandboxCalls
 from runtime.modal.changes import OwnWrites
@@ -23,6 +23,7 @@ from runtime.modal.checkpoint import Checkpoints
 from runtime.modal.config import ModalConfig
 from runtime.modal.devserver import DevServer
 from runtime.modal.files import SandboxFiles
+from runtime.modal.ports import follow_declared_ports
 from runtime.modal.process import ModalProcess, new_process_id
 from runtime.modal.processes import Processes
 from runtime.modal.provider import Provider
@@ -148,6 +149,15 @@ class ModalSandbox:
         if port not in tunnels:
             raise ProviderError(f"sandbox {self.project_id!r} has no tunnel for port {port} (only {sorted(tunnels)})")
         return str(tunnels[port].url)
+
+    async def follow_ports(self, on_change: PortsChanged) -> None:
+        """`runtime.base.PortScan`: the declared ports whose tunnel answers (`runtime.modal.ports`)."""
+
+        async def origins() -> dict[int, str]:
+            tunnels = await self._provider.call("get the tunnels", self.handle.tunnels.aio)
+            return {int(port): str(tunnel.url) for port, tunnel in tunnels.items()}
+
+        await follow_declared_ports(origins, on_change)
 
     def watch(self) -> AsyncIterator[list[FileChange]]:
         """Debounced changes made in the workspace by anything but `write_files`/`delete`."""
