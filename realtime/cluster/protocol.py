@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 
+from realtime.cluster.presence import Presence
 from realtime.core.signing import PreviewTarget
 from realtime.log.broker import Broker
 
@@ -58,8 +59,11 @@ class Cluster(Protocol):
     async def aclose(self) -> None: ...
 
 
-async def project_snapshot(cluster: Cluster, broker: Broker, project_id: str) -> dict[str, Any]:
-    """The project's state as `GET /api/workspaces/{id}` and `hello` show it, with the log's position.
+async def project_snapshot(
+    cluster: Cluster, broker: Broker, project_id: str, presence: Presence | None = None
+) -> dict[str, Any]:
+    """The project's state as `GET /api/workspaces/{id}` and `hello` show it, with the log's position
+    (and, with `presence`, its viewers: `presence` lists at most `MAX_LISTED`, `viewers` counts them).
 
     `state` is None when the project never had a workspace (or its record expired).
     """
@@ -67,4 +71,6 @@ async def project_snapshot(cluster: Cluster, broker: Broker, project_id: str) ->
     state = await cluster.snapshot(project_id) or {
         "project_id": project_id, "state": None, "detail": None, "preview": None, "commands": [], "owner": None,
     }
+    if presence is not None:
+        state["presence"], state["viewers"] = await presence.viewers(project_id)
     return {**state, "epoch": history.epoch, "seq": history.latest}

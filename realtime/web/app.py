@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 
+from realtime.cluster.presence import MemoryPresence, Presence
 from realtime.cluster.protocol import Cluster
 from realtime.cluster.redis_cluster import RedisCluster
 from realtime.cluster.solo import SoloCluster
@@ -82,6 +83,17 @@ def make_cluster(settings: Settings, broker: Broker, manager: WorkspaceManager) 
             keyring=Keyring.of(settings.signing_key, settings.signing_keys_old),
         )
     return SoloCluster(manager, settings.instance_id)
+
+
+def make_presence(settings: Settings, broker: Broker, manager: WorkspaceManager) -> Presence:
+    """Who watches which project: in Redis (with a lease per instance) when the broker is Redis, else here."""
+    from realtime.log.redis_broker import RedisBroker
+
+    if isinstance(broker, RedisBroker):
+        from realtime.cluster.presence_redis import RedisPresence
+
+        return RedisPresence(broker, manager, lease_ms=settings.lease_ms, retry_s=settings.redis_retry_s)
+    return MemoryPresence(manager, settings.instance_id or "solo")
 
 
 def make_runtime(settings: Settings) -> Runtime:
@@ -197,8 +209,11 @@ def create_app(
             await tg.start(cluster.run)
             await tg.start(hub.run)
             await tg.start(outbound.run)
+            presence = make_presence(settings, the_broker, manager)
+            await tg.start(presence.run)
             services = Services(
-                settings=settings, manager=manager, broker=the_broker, tokens=tokens, cluster=cluster
+                settings=settings, manager=manager, broker=the_broker, tokens=tokens, cluster=cluster,
+                presence=presence,
             )
             try:
                 yield {
@@ -218,6 +233,7 @@ def create_app(
                         await cluster.hand_over()
                     await manager.aclose()
                     await cluster.aclose()
+                    await presence.aclose()
                     await outbound.aclose()  # after the workspaces stopped: their webhooks are stored
                     await inbound.aclose()
                     await runtime.aclose()

@@ -18,7 +18,7 @@ import logging
 import secrets
 import time
 from collections.abc import Sequence
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,7 @@ from realtime.core.frames import (
     reply_ok,
 )
 from realtime.core.ops import OpArgs
+from realtime.core.presence import parse_viewer_name
 from realtime.core.ratelimit import FrameGate, RateLimiter, Verdict, rate_limited_error, token_key
 from realtime.core.tokens import Access, TokenGrant
 from realtime.core.validation import parse_project_id
@@ -89,6 +90,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         token = subprotocol_token(offered) or websocket.query_params.get("token") or bearer_token(websocket.scope)
         grant = project_grant(services.tokens, token, project_id)
         since = _since(websocket.query_params.get("since"))
+        name = parse_viewer_name(websocket.query_params.get("name"))  # presence (issue 17)
     except (Denied, ApiError) as exc:
         await websocket.close(CLOSE_POLICY, _reason(str(exc)))
         return
@@ -104,8 +106,12 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         return
     session = _Session(services, hub, websocket, project_id, grant, token_key(token or "", service=grant.service))
     logs.bind(project_id=project_id, connection_id=session.connection_id)
-    async with hub.subscribe(project_id, start.cursor, start.epoch, generation=grant.generation) as outbox:
-        snapshot = await project_snapshot(services.cluster, services.broker, project_id)
+    viewing = services.presence.viewing if services.presence is not None else None
+    async with (
+        hub.subscribe(project_id, start.cursor, start.epoch, generation=grant.generation) as outbox,
+        viewing(project_id, session.connection_id, name) if viewing is not None else nullcontext(),
+    ):
+        snapshot = await project_snapshot(services.cluster, services.broker, project_id, services.presence)
         outbox.push_control(hello_for(project_id, start, {**snapshot, "connection_id": session.connection_id}))
         logger.debug(
             "socket %s on %s: since=%s resumed=%s", session.connection_id, project_id, start.cursor, start.resumed
