@@ -100,7 +100,9 @@ async def test_a_bad_name_is_refused_at_connect(server: Running) -> None:
 
 @pytest.mark.anyio
 @pytest.mark.slow
-async def test_viewers_on_two_instances_see_each_other_and_a_crash_announces_left(cluster: Cluster) -> None:  # noqa: F811
+async def test_viewers_on_two_instances_see_each_other_and_a_crash_announces_left(
+    cluster: Cluster,  # noqa: F811 - the fixture imported above
+) -> None:
     """Viewers on two instances see each other join and leave; SIGKILL of one instance announces its
     viewers as left (by the survivor, within a lease)."""
     a, b = await cluster.start("pres-a"), await cluster.start("pres-b")
