@@ -92,7 +92,8 @@ async def test_a_bad_name_is_refused_at_connect(server: Running) -> None:
             async with open_peer(server.ws_url("pres2", token=TOKEN, name="a\x07b")):
                 pass
         listing = (await server.client.get("/api/workspaces/pres2/presence")).json()
-        assert listing["count"] == 1 and listing["viewers"][0]["connection_id"] == watcher.hello["snapshot"]["connection_id"]
+        assert listing["count"] == 1
+        assert listing["viewers"][0]["connection_id"] == watcher.hello["snapshot"]["connection_id"]
 
 
 # -- two instances (real processes, one Redis) ---------------------------------------------------
