@@ -18,7 +18,7 @@ import logging
 import secrets
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +97,26 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     if hub.draining.is_set():
         await websocket.close(CLOSE_RESTART, "server is restarting; reconnect")
         return
+    session = _Session(services, hub, websocket, project_id, grant, token_key(token or "", service=grant.service))
+    viewing = services.presence.viewing if services.presence is not None else None
+    if viewing is None:
+        await _watch(session, since)
+        return
+    # Presence (issue 17): the viewer is announced before its stream is located, so a socket without
+    # `since` starts after its own `joined`; a revoked token is refused before it can announce anything.
+    try:
+        await ensure_not_revoked(services.manager.revocations, grant, project_id)
+    except Denied as exc:
+        await websocket.close(CLOSE_POLICY, _reason(str(exc)))
+        return
+    async with viewing(project_id, session.connection_id, name):
+        await _watch(session, since)
+
+
+async def _watch(session: _Session, since: int | None) -> None:
+    """Locate the socket's start, check its token again, say hello and serve it."""
+    services, hub, websocket, project_id, grant = (
+        session.services, session.hub, session.websocket, session.project_id, session.grant)
     epoch = websocket.query_params.get("epoch") or None
     start = await locate(services.broker, project_id, since, epoch)
     try:
@@ -104,13 +124,8 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     except Denied as exc:
         await websocket.close(CLOSE_POLICY, _reason(str(exc)))
         return
-    session = _Session(services, hub, websocket, project_id, grant, token_key(token or "", service=grant.service))
     logs.bind(project_id=project_id, connection_id=session.connection_id)
-    viewing = services.presence.viewing if services.presence is not None else None
-    async with (
-        hub.subscribe(project_id, start.cursor, start.epoch, generation=grant.generation) as outbox,
-        viewing(project_id, session.connection_id, name) if viewing is not None else nullcontext(),
-    ):
+    async with hub.subscribe(project_id, start.cursor, start.epoch, generation=grant.generation) as outbox:
         snapshot = await project_snapshot(services.cluster, services.broker, project_id, services.presence)
         outbox.push_control(hello_for(project_id, start, {**snapshot, "connection_id": session.connection_id}))
         logger.debug(

@@ -152,7 +152,7 @@ async def _refresh(manager: WorkspaceManager, project_id: str, args: OpArgs) -> 
         signed = workspace.resign_port(args.port)
         if signed is None:
             raise ApiError(404, "not_found", f"the workspace does not listen on port {args.port}")
-        return {"state": workspace.state, "preview_url": signed["url"], **signed}
+        return {"preview_url": signed["url"], **signed}
     await workspace.refresh()
     await workspace.wait_settled()
     preview = workspace.resign_preview()
