@@ -74,14 +74,16 @@ export class WorkspaceClient {
    * @param {string | null} [options.epoch] the epoch `since` belongs to.
    * @param {{initialMs?: number, maxMs?: number}} [options.backoff] reconnect delays (with jitter).
    * @param {typeof WebSocket} [options.WebSocket] an implementation, for runtimes without a global one.
+   * @param {string | null} [options.name] how other viewers see this one (`presence` events).
    */
-  constructor({ projectId, token, baseUrl, since = 0, epoch = null, backoff = {}, WebSocket: impl } = {}) {
+  constructor({ projectId, token, baseUrl, since = 0, epoch = null, backoff = {}, WebSocket: impl, name = null } = {}) {
     if (!projectId) throw new TypeError("projectId is required");
     this.projectId = projectId;
     this._token = token;
     this._base = (baseUrl || globalThis.location?.origin || "").replace(/\/$/, "");
     this._since = since;
     this._epoch = epoch;
+    this._name = name;
     this._backoff = { initialMs: 250, maxMs: 5000, ...backoff };
     this._WebSocket = impl || globalThis.WebSocket;
     this._handlers = new Map();
@@ -238,6 +240,7 @@ export class WorkspaceClient {
       params.set("since", String(this._since));
       if (this._epoch) params.set("epoch", this._epoch);
     }
+    if (this._name) params.set("name", this._name);
     const base = this._base.replace(/^http/, "ws");
     const query = params.toString();
     const url = `${base}/ws/projects/${encodeURIComponent(this.projectId)}${query ? `?${query}` : ""}`;

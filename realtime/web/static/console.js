@@ -5,6 +5,7 @@
 // last MAX_DOM_LINES lines in the DOM (all of them, up to MAX_PANE_LINES, stay searchable).
 
 import { OpError, WorkspaceApi, WorkspaceClient, logLines, tokenProject } from "./client.js";
+import { PortsAndViewers, renderPortsAndViewers } from "./presence.js";
 
 const MAX_DOM_LINES = 5000;
 const MAX_PANE_LINES = 50_000;
@@ -194,8 +195,12 @@ class WorkspaceView {
       token: session.wsToken(projectId),
       baseUrl: location.origin,
       since: 0,
+      name: "console",
     });
     const c = this.client;
+    this.presence = new PortsAndViewers(c, (state) =>
+      renderPortsAndViewers(state, document, $("port-list"), $("viewer-list")),
+    );
     this.unsubscribe = [
       c.on("hello", (hello) => this.onHello(hello)),
       c.on("reset", (info) => this.onReset(info)),
@@ -214,6 +219,7 @@ class WorkspaceView {
 
   close() {
     for (const off of this.unsubscribe) off();
+    this.presence.close();
     this.client.close();
     cancelAnimationFrame(this.frame);
   }
