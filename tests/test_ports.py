@@ -145,9 +145,10 @@ def is_port(port: int, state: str) -> Any:
     return lambda event: event["kind"] == "port" and event["data"]["port"] == port and event["data"]["state"] == state
 
 
-@pytest.fixture
-async def server(tmp_path: Path) -> Any:
-    settings = lambda port: make_settings(tmp_path / "root", port, WORKSPACE_ISOLATION="none")  # noqa: E731
+@pytest.fixture(params=["none", "sandbox"])
+async def server(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    """A server whose workspaces share the host's network (`none`), or each have their own (`sandbox`)."""
+    settings = lambda port: make_settings(tmp_path / "root", port, WORKSPACE_ISOLATION=request.param)  # noqa: E731
     async with running_server(settings) as running:
         yield running
 
@@ -160,7 +161,7 @@ async def test_a_second_server_is_announced_served_refused_when_tampered_and_clo
     assert created["state"] == "ready"
     token = (await server.client.post("/api/workspaces/ports1/tokens", json={"scope": "write"})).json()["token"]
     port = free_port()
-    async with open_peer(server.ws_url("ports1", token=token)) as peer:
+    async with open_peer(server.ws_url("ports1", token=token, since=0)) as peer:
         reply = await peer.request("exec", cmd=["node", "-e", SERVER_JS, str(port)])
         assert reply["ok"], reply
         opened = (await peer.until_event(is_port(port, "open")))["data"]
@@ -170,9 +171,12 @@ async def test_a_second_server_is_announced_served_refused_when_tampered_and_clo
         snapshot = (await server.client.get("/api/workspaces/ports1")).json()
         assert any(entry["port"] == port for entry in snapshot["ports"])
 
+        dev_port = snapshot["preview"]["port"]  # open too: a label moved to it must still be refused
+        await peer.until_event(is_port(dev_port, "open"))
         other = free_port()
-        tampered = opened["url"].replace(f"-p{port}.", f"-p{other}.")
-        assert (await server.preview_get(tampered)).status_code == 403
+        for moved in (dev_port, other):
+            tampered = opened["url"].replace(f"-p{port}.", f"-p{moved}.")
+            assert (await server.preview_get(tampered)).status_code == 403, moved
         refreshed = await server.client.post("/api/workspaces/ports1/preview", json={"port": port})
         assert refreshed.status_code == 200 and refreshed.json()["port"] == port
         assert (await server.preview_get(refreshed.json()["url"], "/again")).text == "second server /again"
@@ -217,3 +221,20 @@ async def test_on_modal_a_declared_port_is_announced_once_it_answers(tmp_path: P
             await peer.request("kill", command_id=reply["data"]["command_id"])
             await peer.until_event(is_port(3010, "closed"))
             assert (await running.preview_get(opened["url"])).status_code == 403
+
+
+@pytest.mark.anyio
+async def test_in_a_sandbox_the_services_port_number_reaches_only_the_workspace(tmp_path: Path) -> None:
+    """A workspace listening (in its own network) on the service's port number gets that port's URL,
+    and the URL reaches the workspace's server, never the service listening on the host."""
+    settings = lambda port: make_settings(tmp_path / "root", port, WORKSPACE_ISOLATION="sandbox")  # noqa: E731
+    async with running_server(settings) as server:
+        await server.provision("ports4", fixture_files())
+        service_port = int(server.url.rsplit(":", 1)[1])
+        token = (await server.client.post("/api/workspaces/ports4/tokens", json={"scope": "write"})).json()["token"]
+        async with open_peer(server.ws_url("ports4", token=token)) as peer:
+            reply = await peer.request("exec", cmd=["node", "-e", SERVER_JS, str(service_port)])
+            assert reply["ok"], reply
+            opened = (await peer.until_event(is_port(service_port, "open")))["data"]
+            page = await server.preview_get(opened["url"], "/api/workspaces")
+            assert page.status_code == 200 and page.text == "second server /api/workspaces"
