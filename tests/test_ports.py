@@ -19,7 +19,8 @@ import anyio
 import pytest
 
 from realtime.core.signing import PreviewSigner, VerifyResult
-from runtime.local.forward import NetnsForward
+from runtime.local import sockdiag
+from runtime.local.forward import NetnsForward, in_netns
 from runtime.local.network import free_port
 from runtime.local.ports import listening_sockets, parse_net_tcp
 from tests.harness import Running, fake_modal_runtime, fixture_files, make_settings, running_server
@@ -80,10 +81,12 @@ def test_proc_net_tcp_tables_parse_to_listening_sockets() -> None:
 
 
 def test_a_listening_socket_of_this_process_is_found() -> None:
-    """The table of this process's namespace lists a socket it listens on."""
-    with socket.create_server(("127.0.0.1", 0)) as server:
+    """/proc and sock_diag both list a socket this process listens on, with the same inode."""
+    with socket.create_server(("127.0.0.1", 0)) as server, sockdiag.diag_socket() as diag:
         port = server.getsockname()[1]
-        assert port in {sock.port for sock in listening_sockets("self")}
+        from_proc = {sock.port: sock.inode for sock in listening_sockets("self")}
+        from_diag = {found[0]: found[2] for found in sockdiag.listening_ports(diag)}
+        assert port in from_proc and from_diag.get(port) == from_proc[port]
 
 
 # -- the namespace forward -----------------------------------------------------------------------
@@ -113,6 +116,8 @@ def test_the_forward_reaches_the_namespace_and_only_it() -> None:
         assert inside.stdout is not None and inside.stdout.readline() == b"up\n"
         assert port in {sock.port for sock in listening_sockets(holder.pid)}
         assert port not in {sock.port for sock in listening_sockets("self")}
+        with in_netns(ns, sockdiag.diag_socket) as diag:  # sock_diag answers for the namespace it was made in
+            assert [found[0] for found in sockdiag.listening_ports(diag)] == [port]
         with socket.create_server(("127.0.0.1", port)) as host_server:  # the host's own port of that number
             host_server.settimeout(0)
 

@@ -19,12 +19,16 @@ import ctypes
 import os
 import socket
 import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute, SocketStream
 
-__all__ = ["CONNECT_TIMEOUT_S", "MAX_CONNECTIONS", "NetnsForward", "connect_in_netns"]
+__all__ = ["CONNECT_TIMEOUT_S", "MAX_CONNECTIONS", "NetnsForward", "connect_in_netns", "in_netns"]
+
+T = TypeVar("T")
 
 CONNECT_TIMEOUT_S = 5.0
 MAX_CONNECTIONS = 64
@@ -44,8 +48,32 @@ def _enter(ns_path: str) -> None:
         os.close(fd)
 
 
-def _connect(ns_path: str, host: str, port: int) -> socket.socket:
-    _enter(ns_path)
+def in_netns(ns_path: str, make: Callable[[], T]) -> T:
+    """`make()` run by a thread of its own inside the network namespace at `ns_path` (blocking);
+    sockets it makes belong to that namespace. The thread ends right after.
+
+    Raises:
+        OSError: the namespace could not be entered; whatever `make` raised.
+    """
+    result: list[Any] = []
+
+    def work() -> None:
+        try:
+            _enter(ns_path)
+            result.append(make())
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread below
+            result.append(exc)
+
+    thread = threading.Thread(target=work, name="netns", daemon=True)
+    thread.start()
+    thread.join()
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    made: T = result[0]
+    return made
+
+
+def _connect(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.settimeout(CONNECT_TIMEOUT_S)
@@ -63,20 +91,7 @@ def connect_in_netns(ns_path: str, host: str, port: int) -> socket.socket:
     Raises:
         OSError: the namespace could not be entered, or nothing answered there.
     """
-    result: list[socket.socket | BaseException] = []
-
-    def work() -> None:
-        try:
-            result.append(_connect(ns_path, host, port))
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread below
-            result.append(exc)
-
-    thread = threading.Thread(target=work, name="netns-connect", daemon=True)
-    thread.start()
-    thread.join()
-    if isinstance(result[0], BaseException):
-        raise result[0]
-    return result[0]
+    return in_netns(ns_path, lambda: _connect(host, port))
 
 
 class NetnsForward:

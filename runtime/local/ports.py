@@ -1,6 +1,7 @@
 """The ports a local workspace listens on, and the gateway's way to each (`runtime.base.PortScan`).
 
-Where the listening sockets are read (`/proc/<pid>/net/tcp` and `tcp6`, state `0A` LISTEN):
+Where the listening sockets are read (a netlink sock_diag dump of LISTEN sockets, `sockdiag.py`,
+made in the right namespace and kept; `/proc/<pid>/net/tcp{,6}` if netlink fails):
 
 - in its own network namespace (`runtime.local.network`): the namespace's holder's table, which
   is the namespace's: every listening socket there is the workspace's. The dev port is reached
@@ -21,6 +22,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -29,7 +31,8 @@ import anyio.abc
 
 from runtime.base import MAX_PORTS, PORT_SCAN_INTERVAL_S, PortsChanged
 from runtime.errors import ProviderError
-from runtime.local.forward import NetnsForward
+from runtime.local import sockdiag
+from runtime.local.forward import NetnsForward, in_netns
 from runtime.local.groups import live_members
 from runtime.local.network import WorkspaceNetwork
 
@@ -41,6 +44,7 @@ _LISTEN = "0A"
 _MAX_PIDS = 256
 _MAX_FDS = 4096
 _MAX_TABLE_BYTES = 4 * 1024 * 1024
+_DIAG_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,11 +120,14 @@ def _socket_inodes(pids: Iterable[int]) -> set[int]:
     return inodes
 
 
-def owned_sockets(pgids: Iterable[int]) -> list[Listening]:
-    """The host's listening sockets held by members of the process groups `pgids` (no namespace of their own)."""
+def owned_sockets(pgids: Iterable[int], table: list[Listening] | None = None) -> list[Listening]:
+    """The host's listening sockets (`table`, else read from /proc) held by members of the process
+    groups `pgids` (workspaces without a namespace of their own)."""
     pids = [pid for pgid in pgids for pid in (live_members(pgid) or [])]
+    if not pids:
+        return []
     inodes = _socket_inodes(pids)
-    return [sock for sock in listening_sockets("self") if sock.inode in inodes]
+    return [sock for sock in (listening_sockets("self") if table is None else table) if sock.inode in inodes]
 
 
 class LocalPorts:
@@ -136,10 +143,38 @@ class LocalPorts:
         self._pgids = pgids
         self._seen: dict[int, Listening] = {}
         self._forwards: dict[int, NetnsForward] = {}
+        #: The sock_diag socket (`sockdiag.py`) of the namespace it was made in (None: the host's).
+        self._diag: tuple[int | None, socket.socket] | None = None
+
+    def _table(self, holder: int | None) -> list[Listening]:
+        """The listening sockets of the holder's namespace (None: the host's), through sock_diag
+        (made there once), or /proc when netlink fails."""
+        if self._diag is not None and self._diag[0] != holder:
+            self._close_diag()
+        try:
+            if self._diag is None:
+                make = sockdiag.diag_socket
+                sock = make() if holder is None else in_netns(f"/proc/{holder}/ns/net", make)
+                sock.settimeout(_DIAG_TIMEOUT_S)
+                self._diag = (holder, sock)
+            return [Listening(*found) for found in sockdiag.listening_ports(self._diag[1])]
+        except OSError as exc:
+            logger.debug("sock_diag failed (%s); reading /proc", exc)
+            self._close_diag()
+            return listening_sockets("self" if holder is None else holder)
+
+    def _close_diag(self) -> None:
+        diag, self._diag = self._diag, None
+        if diag is not None:
+            diag[1].close()
 
     def _scan(self) -> dict[int, Listening]:
         holder = self._network.holder if self._network is not None else None
-        found = listening_sockets(holder) if holder is not None else owned_sockets(list(self._pgids()))
+        if holder is not None:
+            found = self._table(holder)
+        else:
+            pgids = list(self._pgids())
+            found = owned_sockets(pgids, self._table(None)) if pgids else []
         ports: dict[int, Listening] = {}
         for sock in sorted(found, key=lambda sock: (sock.port, sock.host != "127.0.0.1")):
             ports.setdefault(sock.port, sock)
@@ -159,6 +194,7 @@ class LocalPorts:
                         await on_change(ports)
                     await anyio.sleep(PORT_SCAN_INTERVAL_S)
             finally:
+                self._close_diag()
                 self._seen = {}
                 for forward in self._forwards.values():
                     forward.close()
