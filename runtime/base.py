@@ -14,6 +14,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 __all__ = [
     "INSTALL_MARKER",
+    "MAX_PORTS",
+    "PORT_SCAN_INTERVAL_S",
     "PROJECT_ID_PATTERN",
     "ChangeKind",
     "DevReattach",
@@ -24,6 +26,8 @@ __all__ = [
     "FileUpload",
     "ForgetsProjects",
     "OutputSink",
+    "PortScan",
+    "PortsChanged",
     "Process",
     "Runtime",
     "Sandbox",
@@ -340,6 +344,31 @@ class Terminals(Protocol):
         Raises:
             PathError, FileNotFound, NotADirectory: `cwd` is refused, missing or not a directory.
             ProviderError: the sandbox was terminated, or the program cannot be executed.
+        """
+        ...
+
+
+#: The most ports a workspace announces at once (the lowest ones), and how often they are looked at.
+MAX_PORTS = 16
+PORT_SCAN_INTERVAL_S = 1.0
+#: Told the whole set of ports a workspace listens on, each time it changed.
+PortsChanged = Callable[[frozenset[int]], Awaitable[None]]
+
+
+@runtime_checkable
+class PortScan(Protocol):
+    """Optional sandbox capability (issue 17): the TCP ports the workspace listens on.
+
+    Local: the listening sockets of the workspace's network namespace (or, without one, those its
+    processes own); Modal: the declared ports that answer.
+    """
+
+    async def follow_ports(self, on_change: PortsChanged) -> None:
+        """Until cancelled: look at the listening ports at a bounded rate and call `on_change` with the
+        set (at most `MAX_PORTS` of them, the lowest) whenever it changed, the first time included.
+
+        While it runs, `preview_origin(port)` reaches every port of the latest set, and no other
+        port but the dev server's.
         """
         ...
 

@@ -34,6 +34,9 @@ __all__ = [
     "is_command_exit",
     "log",
     "output_dropped",
+    "port_closed",
+    "port_opened",
+    "presence",
     "preview",
     "provider",
     "revoked",
@@ -59,6 +62,9 @@ class EventKind(enum.StrEnum):
     terminal = "terminal"
     #: The workspace goes unwatched: it is suspended at `suspend_at` (null: not any more).
     idle = "idle"
+    # -- issue 17: ports and presence --
+    port = "port"
+    presence = "presence"
 
 
 class LogSource(enum.StrEnum):
@@ -95,7 +101,7 @@ class CommandOutcome(enum.StrEnum):
 Emit = Callable[[str, Mapping[str, Any]], Awaitable[object]]
 
 #: The kinds after which a workspace's snapshot (state, preview, commands) has changed.
-SNAPSHOT_KINDS = frozenset({EventKind.status, EventKind.preview, EventKind.command})
+SNAPSHOT_KINDS = frozenset({EventKind.status, EventKind.preview, EventKind.command, EventKind.port})
 
 
 # -- builders ------------------------------------------------------------------------------------
@@ -146,6 +152,21 @@ def file_change(change: str, path: str, origin: str, request_id: str | None = No
 def preview(url: str, expires_at: int, port: int) -> dict[str, Any]:
     """`preview`: a signed preview URL of the dev server listening on `port`."""
     return {"url": url, "expires_at": expires_at, "port": port}
+
+
+def port_opened(port: int, url: str, expires_at: int) -> dict[str, Any]:
+    """`port`: the workspace listens on `port`; `url` is its signed preview URL."""
+    return {"port": port, "state": "open", "url": url, "expires_at": expires_at}
+
+
+def port_closed(port: int) -> dict[str, Any]:
+    """`port`: the workspace no longer listens on `port` (its URL serves nothing any more)."""
+    return {"port": port, "state": "closed"}
+
+
+def presence(connection_id: str, name: str | None, state: str) -> dict[str, Any]:
+    """`presence`: a viewer (`connection_id`, its optional `name`) `joined` or `left` the project."""
+    return {"connection_id": connection_id, "name": name, "state": state}
 
 
 def command_started(command_id: str, cmd: list[str]) -> dict[str, Any]:

@@ -208,17 +208,17 @@ async def test_tail_json_replays_history_then_follows(server: Running) -> None:
         )
         assert tail.stdout is not None
         tg.start_soon(stdout.read, tail.stdout)
-        await stdout.until(lambda data: data.count(b"\n") == 3)
+        await stdout.until(lambda data: data.count(b"\n") == 4)  # and its own presence `joined`
         await server.client.post("/api/workspaces/demo/events", json={"type": "n", "data": "live"})
-        await stdout.until(lambda data: data.count(b"\n") == 4)
+        await stdout.until(lambda data: data.count(b"\n") == 5)
         tail.send_signal(signal.SIGINT)
         with anyio.fail_after(30):
             assert await tail.wait() == 130
         await tail.aclose()
     lines = [orjson.loads(line) for line in stdout.data.splitlines()]
-    assert [line["seq"] for line in lines] == [1, 2, 3, 4]
-    assert [line["data"]["data"] for line in lines] == [0, 1, 2, "live"]
-    assert {line["kind"] for line in lines} == {"custom"}
+    assert [line["seq"] for line in lines] == [1, 2, 3, 4, 5]
+    assert [line["data"]["data"] for line in lines if line["kind"] == "custom"] == [0, 1, 2, "live"]
+    assert [line["kind"] for line in lines] == ["custom", "custom", "custom", "presence", "custom"]
 
 
 async def test_an_unreachable_server_is_one_line_and_exit_125() -> None:

@@ -163,7 +163,7 @@ async def attack() -> AsyncIterator[Attack]:
         signer = PreviewSigner(KEY, f"http://{{slug}}.preview.localhost:{port}")
         targets = {signer.project_key(p): PreviewTarget(p, dev_origin, generation=1) for p in (TENANT, OTHER)}
 
-        async def resolve(project_key: str) -> PreviewTarget | None:
+        async def resolve(project_key: str, port: int | None = None) -> PreviewTarget | None:
             return targets.get(project_key)
 
         async with anyio.create_task_group() as tg:

@@ -175,7 +175,7 @@ async def env() -> AsyncIterator[Env]:
     signer = PreviewSigner(KEY, f"http://{{slug}}.preview.localhost:{port}")
     targets = {signer.project_key(PROJECT): PreviewTarget(PROJECT, dev_origin, generation=1)}
 
-    async def resolve(project_key: str) -> PreviewTarget | None:
+    async def resolve(project_key: str, port: int | None = None) -> PreviewTarget | None:
         return targets.get(project_key)
 
     async with (

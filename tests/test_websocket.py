@@ -216,10 +216,10 @@ async def test_resume_from_beyond_the_retained_history_says_resumed_false(tmp_pa
         url = server.ws_url("demo", token=server.settings.token, since=10)
         async with open_peer(url) as peer:
             assert peer.hello["resumed"] is False
-            assert peer.hello["since"] == last - 50  # restarts at the oldest retained event
-            assert peer.hello["seq"] == last
-            await peer.until_seq(last)
-            assert_contiguous(peer.events, last - 50)
+            assert peer.hello["seq"] == last + 1  # the flood, then this socket's own presence `joined`
+            assert peer.hello["since"] == peer.hello["seq"] - 50  # restarts at the oldest retained event
+            await peer.until_seq(peer.hello["seq"])
+            assert_contiguous(peer.events, peer.hello["since"])
         other_epoch = server.ws_url("demo", token=server.settings.token, since=last - 5, epoch="0000")
         async with open_peer(other_epoch) as peer:
             assert peer.hello["resumed"] is False
@@ -245,6 +245,7 @@ async def test_a_stalled_client_never_holds_up_the_others_and_catches_up_from_hi
             async with anyio.create_task_group() as tg:
                 tg.start_soon(reader.until_seq, 8000, 60)
                 last = await flood(server, "demo", 8000, size=4000)
+            await reader.until_seq(last, 60)  # the flood, after both sockets' presence `joined`
             assert reader.last_seq == last
             assert_contiguous(reader.events, 0)
             # The stalled socket (not one frame read since hello) is far behind and overflowed its
@@ -274,8 +275,10 @@ async def test_a_client_that_falls_out_of_history_is_closed_1013_and_resumes(tmp
         token, epoch = server.settings.token, stalled.hello["epoch"]
         async with open_peer(server.ws_url("demo", token=token, since=stalled.last_seq, epoch=epoch)) as again:
             assert again.hello["resumed"] is False
-            await again.until_seq(last)
-            assert_contiguous(again.events, last - 500)
+            await again.until_seq(again.hello["seq"])  # the flood and presence events, the oldest 500 retained
+            assert again.hello["seq"] >= last
+            assert again.hello["since"] == again.hello["seq"] - 500
+            assert_contiguous(again.events, again.hello["since"])
 
 
 # -- auth and scope ----------------------------------------------------------------------------
@@ -342,7 +345,7 @@ async def test_a_read_token_may_watch_and_ping_and_nothing_else(server: Running)
     # Nothing the refused ops could have caused. The sandbox's own late output and changes may
     # still arrive (on Modal, through its polling log followers and debounced watch: the dev
     # server's log of the readiness check, the package-lock.json its first install wrote).
-    later = events[before:]
+    later = [e for e in events[before:] if e["kind"] != "presence"]  # the watcher's own `left`
     own = [e for e in later if (e["kind"], e["data"].get("origin"), e["data"].get("source")) in
            {("file", "sandbox", None), ("log", None, "dev")}]
     assert own == later, [e["data"] for e in later]

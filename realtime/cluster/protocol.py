@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 
+from realtime.cluster.presence import Presence
 from realtime.core.ops import NoArgs
 from realtime.core.signing import PreviewAsleep, PreviewTarget
 from realtime.log.broker import Broker
@@ -42,9 +43,9 @@ class Cluster(Protocol):
         """The projects with a workspace: not stopped on any instance, or known to this one."""
         ...
 
-    async def resolve(self, project_key: str) -> PreviewTarget | PreviewAsleep | None:
-        """Where the gateway reaches the preview a hostname's project key names (`PreviewAsleep`: not
-        yet, the workspace is suspended or starting)."""
+    async def resolve(self, project_key: str, port: int | None = None) -> PreviewTarget | PreviewAsleep | None:
+        """Where the gateway reaches the preview a hostname's project key (and port, if any) names
+        (`PreviewAsleep`: not yet, the workspace is suspended or starting)."""
         ...
 
     async def affinity(self, project_id: str) -> str | None:
@@ -64,8 +65,11 @@ class Cluster(Protocol):
     async def aclose(self) -> None: ...
 
 
-async def project_snapshot(cluster: Cluster, broker: Broker, project_id: str) -> dict[str, Any]:
-    """The project's state as `GET /api/workspaces/{id}` and `hello` show it, with the log's position.
+async def project_snapshot(
+    cluster: Cluster, broker: Broker, project_id: str, presence: Presence | None = None
+) -> dict[str, Any]:
+    """The project's state as `GET /api/workspaces/{id}` and `hello` show it, with the log's position
+    (and, with `presence`, its viewers: `presence` lists at most `MAX_LISTED`, `viewers` counts them).
 
     `state` is None when the project never had a workspace (or its record expired). `viewers_at`
     names the instance the project's viewers should gather on (`Cluster.affinity`), so that one
@@ -75,6 +79,8 @@ async def project_snapshot(cluster: Cluster, broker: Broker, project_id: str) ->
     state = await cluster.snapshot(project_id) or {
         "project_id": project_id, "state": None, "detail": None, "preview": None, "commands": [], "owner": None,
     }
+    if presence is not None:
+        state["presence"], state["viewers"] = await presence.viewers(project_id)
     return {**state, "epoch": history.epoch, "seq": history.latest, "viewers_at": await cluster.affinity(project_id)}
 
 

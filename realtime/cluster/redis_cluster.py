@@ -365,8 +365,8 @@ class RedisCluster:
         listed = {project_id async for project_id in self._registry.active()}
         return listed | {workspace.project_id for workspace in self._manager.all()}
 
-    async def resolve(self, project_key: str) -> PreviewTarget | PreviewAsleep | None:
-        local = await self._manager.resolve(project_key)
+    async def resolve(self, project_key: str, port: int | None = None) -> PreviewTarget | PreviewAsleep | None:
+        local = await self._manager.resolve(project_key, port)
         if local is not None:
             return local
         project_id = await self._registry.project_of(project_key)
@@ -383,4 +383,7 @@ class RedisCluster:
         generation = max(int(entry.get("generation") or 0), revoked)
         if not ready:
             return PreviewAsleep(entry["project_id"], generation)  # suspended, or on its way
-        return PreviewTarget(project_id=entry["project_id"], origin=entry["origin"], generation=generation)
+        origin = entry["origin"] if port is None else (entry.get("port_origins") or {}).get(str(port))
+        if not isinstance(origin, str):
+            return None  # not a port open in the workspace, as its owner last wrote it
+        return PreviewTarget(project_id=entry["project_id"], origin=origin, generation=generation)

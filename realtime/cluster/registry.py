@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 _ENV_CONTEXT = b"registry-env\0"
 #: Projects asked for per `SSCAN` of the workspace list.
 PAGE = 500
-PRIVATE = ("env", "generation", "origin", "preview_key", "preview_keys")
+PRIVATE = ("env", "generation", "origin", "port_origins", "preview_key", "preview_keys")
 
 
 def public(entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -255,6 +255,7 @@ class RegistryWriter:
         if origin is not None or workspace.asleep:  # a suspended workspace's preview hosts wake it
             entry["preview_key"] = self._manager.preview_key(project_id)
             entry["preview_keys"] = list(self._manager.preview_keys(project_id))  # older signing keys' too
+            entry["port_origins"] = await workspace.port_origins()  # the open ports' (issue 17)
         await self._registry.write(project_id, entry)
         if ended is not None:
             await self._released(project_id)

@@ -34,8 +34,8 @@ class SoloCluster:
         workspace = self._manager.get(project_id)
         return None if workspace is None else {**workspace.snapshot(), "owner": self.instance}
 
-    async def resolve(self, project_key: str) -> PreviewTarget | PreviewAsleep | None:
-        return await self._manager.resolve(project_key)
+    async def resolve(self, project_key: str, port: int | None = None) -> PreviewTarget | PreviewAsleep | None:
+        return await self._manager.resolve(project_key, port)
 
     async def projects(self) -> set[str]:
         return {workspace.project_id for workspace in self._manager.all()}

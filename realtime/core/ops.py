@@ -118,6 +118,8 @@ class PathArgs:
 @dataclass(frozen=True, slots=True)
 class RefreshArgs:
     revoke: bool
+    #: Issue 17: refresh the URL of this open port of the workspace instead of the dev server's.
+    port: int | None = field(default=None, metadata=_OMIT_NONE)
 
 
 OpArgs = (
@@ -223,7 +225,10 @@ def _listing_or_read(args: Mapping[str, Any], ctx: ParseContext) -> PathArgs:
 
 
 def _refresh(args: Mapping[str, Any], ctx: ParseContext) -> RefreshArgs:
-    return RefreshArgs(_flag(args, "revoke"))
+    port = args.get("port")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port <= 65535):
+        raise _bad("port must be an integer from 1 to 65535")
+    return RefreshArgs(_flag(args, "revoke"), port)
 
 
 # -- the table -----------------------------------------------------------------------------------

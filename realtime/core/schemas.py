@@ -108,6 +108,7 @@ class RangedPathBody(Shape):
 
 class RefreshBody(Shape):
     revoke: bool = Field(False, description="Also end every preview URL signed so far.")
+    port: int | None = Field(None, ge=1, le=65535, description="Re-sign this open port's URL (issue 17).")
     request_id: str | None = RequestId
 
 

@@ -5,7 +5,7 @@ carries the token, so a page's absolute asset paths and its HMR websocket work u
 iframe needs no cookie. The label is at most 63 characters of `[a-z0-9-]`, so it survives the
 lowercasing that browsers and DNS apply to hostnames:
 
-    <slug> "-" <project key: 10> <expiry: 7> <mac: 16>
+    <slug> "-" <project key: 10> <expiry: 7> <mac: 16> [ "-p" <port> ]
 
 - slug: a cosmetic, lowercased form of the project id (at most 20 characters, never empty);
 - project key: base32 of HMAC-SHA256(key, "project:" + project_id), a stable id the gateway maps
@@ -13,6 +13,10 @@ lowercasing that browsers and DNS apply to hostnames:
 - expiry: the 32-bit unix expiry time in seconds as 7 base32 digits;
 - mac: base32 of HMAC-SHA256(key, "preview:{project_id}:{generation}:{expires_at}") cut to 80 bits.
   Bumping the project's `generation` revokes every URL signed before.
+- port (optional): a preview of another port the workspace listens on (`port` events), in canonical
+  decimal (1 to 65535, no leading zero). The MAC then covers it ("preview:…:{expires_at}:port:{port}"),
+  so a label whose port was changed is a `bad_signature`; a label without it is the dev server's.
+  At most 20 + 1 + 33 + 2 + 5 = 61 characters.
 
 Rotation: the current key (`WORKSPACE_SIGNING_KEY`) signs; older keys (`WORKSPACE_SIGNING_KEYS`)
 still verify. The label spends no characters on a key id: its project key is an HMAC under the key
@@ -55,7 +59,9 @@ _MAX_EXPIRY = 2**32 - 1
 _LABEL_RE = re.compile(
     rf"(?P<slug>[a-z0-9](?:[a-z0-9-]{{0,{_SLUG_MAX - 2}}}[a-z0-9])?)-"
     rf"(?P<key>[a-z2-7]{{{_KEY_CHARS}}})(?P<expiry>[a-z2-7]{{{_EXPIRY_CHARS}}})(?P<mac>[a-z2-7]{{{_MAC_CHARS}}})"
+    r"(?:-p(?P<port>[1-9][0-9]{0,4}))?"
 )
+_MAX_PORT = 65535
 _DNS_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _PORT_RE = re.compile(r"[0-9]{1,5}")
 
@@ -74,6 +80,8 @@ class ParsedLabel:
     project_key: str
     expires_at: int
     mac: str
+    #: The workspace port the label previews; None for the dev server's preview.
+    port: int | None = None
 
 
 def slugify(project_id: str) -> str:
@@ -137,21 +145,25 @@ class PreviewSigner:
         """The project's key under each listed key, the current one first: any may be in a label."""
         return tuple(_project_key(key, project_id) for key in self._keys)
 
-    def label(self, project_id: str, generation: int, expires_at: int) -> str:
-        """The signed hostname label for a project's preview, valid until `expires_at` (unix seconds).
+    def label(self, project_id: str, generation: int, expires_at: int, port: int | None = None) -> str:
+        """The signed hostname label for a project's preview, valid until `expires_at` (unix seconds);
+        with `port`, the preview of that port of the workspace.
 
         Raises:
-            ValueError: `expires_at` does not fit in 32 unsigned bits.
+            ValueError: `expires_at` does not fit in 32 unsigned bits, or `port` is not 1..65535.
         """
         if not 0 <= expires_at <= _MAX_EXPIRY:
             raise ValueError(f"expires_at must be within 0..{_MAX_EXPIRY}, got {expires_at}")
+        if port is not None and not 0 < port <= _MAX_PORT:
+            raise ValueError(f"port must be within 1..{_MAX_PORT}, got {port}")
         token = self.project_key(project_id) + _encode_expiry(expires_at)
-        token += _mac(self._key, project_id, generation, expires_at)
-        return f"{slugify(project_id)}-{token}"
+        token += _mac(self._key, project_id, generation, expires_at, port)
+        return f"{slugify(project_id)}-{token}" + ("" if port is None else f"-p{port}")
 
-    def url(self, project_id: str, generation: int, expires_at: int) -> str:
-        """The preview URL (template filled in, with a trailing "/")."""
-        return self._template.replace(SLUG_PLACEHOLDER, self.label(project_id, generation, expires_at)) + "/"
+    def url(self, project_id: str, generation: int, expires_at: int, port: int | None = None) -> str:
+        """The preview URL (template filled in, with a trailing "/"); with `port`, that port's."""
+        label = self.label(project_id, generation, expires_at, port)
+        return self._template.replace(SLUG_PLACEHOLDER, label) + "/"
 
     def parse_host(self, host: str) -> ParsedLabel | None:
         """Parse a Host header value (any case, with or without a port) into its label, or None.
@@ -173,7 +185,10 @@ class PreviewSigner:
         expires_at = _decode_expiry(match["expiry"])
         if expires_at > _MAX_EXPIRY:  # 35 bits of digits; only one encoding per expiry is valid
             return None
-        return ParsedLabel(match["slug"], match["key"], expires_at, match["mac"])
+        port = None if match["port"] is None else int(match["port"])
+        if port is not None and port > _MAX_PORT:
+            return None
+        return ParsedLabel(match["slug"], match["key"], expires_at, match["mac"], port)
 
     def is_preview_host(self, host: str) -> bool:
         """Whether a Host header value is syntactically a preview host of this template."""
@@ -190,7 +205,7 @@ class PreviewSigner:
         )
         if signer is None:
             return VerifyResult.bad_signature
-        expected = _mac(signer, project_id, generation, parsed.expires_at)
+        expected = _mac(signer, project_id, generation, parsed.expires_at, parsed.port)
         genuine = hmac.compare_digest(expected, parsed.mac) and parsed.slug == slugify(project_id)
         if not genuine:
             return VerifyResult.bad_signature
@@ -204,8 +219,10 @@ def _project_key(key: bytes, project_id: str) -> str:
     return _b32(digest[:7])[:_KEY_CHARS]
 
 
-def _mac(key: bytes, project_id: str, generation: int, expires_at: int) -> str:
+def _mac(key: bytes, project_id: str, generation: int, expires_at: int, port: int | None = None) -> str:
     message = f"preview:{project_id}:{generation}:{expires_at}".encode()
+    if port is not None:
+        message += f":port:{port}".encode()
     return _b32(hmac.new(key, message, hashlib.sha256).digest()[:_MAC_BYTES])
 
 

@@ -40,8 +40,10 @@ __all__ = ["PreviewGateway", "Resolver"]
 
 logger = logging.getLogger(__name__)
 
-#: Maps a label's project key to the project's running preview (or one on its way), or None when there is none.
-Resolver = Callable[[str], Awaitable[PreviewTarget | PreviewAsleep | None]]
+#: Maps a label's project key and port (None: the dev server's) to where that preview is served now
+#: (or `PreviewAsleep`: one on its way), or None when there is none (no such project running here,
+#: or no such port open in its workspace).
+Resolver = Callable[[str, int | None], Awaitable[PreviewTarget | PreviewAsleep | None]]
 
 
 class PreviewGateway:
@@ -49,7 +51,7 @@ class PreviewGateway:
 
     Args:
         signer: signs and parses preview hostnames.
-        resolve: maps a project key to the project's running preview (or None).
+        resolve: maps a project key and a label's port to the project's running preview (or None).
         client: the HTTP client for upstream requests. Dedicate it to the gateway: its cookie jar
             is switched off so that no upstream's cookies are ever kept between requests.
         connect_timeout: seconds to wait for the upstream connection (HTTP and websocket). Reads
@@ -97,7 +99,7 @@ class PreviewGateway:
         parsed = self._signer.parse_host(host)
         if parsed is None:
             return Refusal.invalid
-        target = await self._resolve(parsed.project_key)
+        target = await self._resolve(parsed.project_key, parsed.port)
         if target is None:
             return Refusal.unavailable
         result = self._signer.verify(parsed, target.project_id, target.generation, self._clock())

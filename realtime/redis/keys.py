@@ -23,6 +23,8 @@ Shared names: channel `<prefix>:reply:<instance>`
 instance's subscription still delivers), `<prefix>:preview:<key>` (the project a preview hostname's
 key names), the outbound webhook queue under `<prefix>:{webhooks}:` (`due`, `deliveries`, `dead`,
 `dead-order`; one slot, for its Lua scripts) and `<prefix>:webhooks:inbound:<id>` (inbound ids applied).
+Presence: `…:{p}:presence` (a project's viewers), `<prefix>:presence:instances` (presence leases) and
+`<prefix>:presence:viewers:<instance>` (an instance's viewers).
 """
 
 from __future__ import annotations
@@ -125,3 +127,18 @@ class RedisKeys:
     def webhook_inbound(self, webhook_id: str) -> str:
         """Remembers that an inbound webhook id was applied."""
         return f"{self.prefix}:webhooks:inbound:{webhook_id}"
+
+    # -- presence (issue 17; realtime/cluster/presence_redis.py) ---------------------------------
+
+    def presence(self, project_id: str) -> str:
+        """The project's viewers: a hash of connection id → `Viewer` record (JSON)."""
+        return self._project(project_id, "presence")
+
+    @property
+    def presence_instances(self) -> str:
+        """Instances with viewers, by the deadline of their presence lease (a sorted set, unix ms)."""
+        return f"{self.prefix}:presence:instances"
+
+    def presence_viewers(self, instance: str) -> str:
+        """The viewers an instance serves: a set of `<project> <connection id>` (for the sweep)."""
+        return f"{self.prefix}:presence:viewers:{instance}"

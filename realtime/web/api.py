@@ -15,12 +15,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from realtime.cluster.presence import Presence
 from realtime.cluster.protocol import Cluster, project_snapshot
 from realtime.config import logs
 from realtime.config.settings import Settings
 from realtime.core.errors import ApiError
 from realtime.core.histogram import Histograms
 from realtime.core.ops import OPS, OpSpec, ParseContext
+from realtime.core.presence import parse_viewer_name
 from realtime.core.schemas import EventBody, TokenBody
 from realtime.core.schemas import check as check_body
 from realtime.core.tokens import Access, SessionTokens, TokenGrant
@@ -51,6 +53,8 @@ class Services:
     cluster: Cluster
     #: Seconds each op took, by op, as its client saw it (HTTP and websocket; forwarding included).
     op_latency: Histograms = field(default_factory=Histograms)
+    #: Who watches which project (issue 17); None only in apps built without it.
+    presence: Presence | None = None
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -208,7 +212,7 @@ async def list_workspaces(request: Request) -> Response:
 async def get_workspace(request: Request) -> Response:
     services = _services(request)
     project_id = _project(request)
-    snapshot = await project_snapshot(services.cluster, services.broker, project_id)
+    snapshot = await project_snapshot(services.cluster, services.broker, project_id, services.presence)
     if snapshot["state"] is None:
         raise dispatch.no_workspace(project_id)
     return json_response(snapshot)
@@ -248,6 +252,8 @@ async def get_events(request: Request) -> Response:
             expires_at=grant.expires_at,
             generation=grant.generation,
             viewing=services.manager.activity.viewing(project_id),
+            presence=services.presence,
+            name=parse_viewer_name(request.query_params.get("name")),
         )
     await _not_revoked(services, grant, project_id)
     since = _int_param(request, "since", 0)
@@ -268,6 +274,14 @@ async def _not_revoked(services: Services, grant: TokenGrant, project_id: str) -
         await ensure_not_revoked(services.manager.revocations, grant, project_id)
     except Denied as exc:
         raise ApiError(401, "unauthorized", str(exc)) from None
+
+
+async def get_presence(request: Request) -> Response:
+    """Who watches the project now (issue 17): `{viewers: [{connection_id, name, since}], count}`."""
+    services = _services(request)
+    project_id = _project(request)
+    listed, count = await services.presence.viewers(project_id) if services.presence else ([], 0)
+    return json_response({"project_id": project_id, "viewers": listed, "count": count})
 
 
 async def post_event(request: Request) -> Response:
@@ -370,6 +384,7 @@ routes = [
     *_op_routes(),
     Route("/api/workspaces/{project_id}/events", get_events, methods=["GET"]),
     Route("/api/workspaces/{project_id}/events", post_event, methods=["POST"]),
+    Route("/api/workspaces/{project_id}/presence", get_presence, methods=["GET"]),
     Route("/api/workspaces/{project_id}/tokens", post_token, methods=["POST"]),
     Route("/api/workspaces/{project_id}/tokens/revoke", revoke_tokens, methods=["POST"]),
 ]

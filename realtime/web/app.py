@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 
+from realtime.cluster.presence import MemoryPresence, Presence
 from realtime.cluster.protocol import Cluster, wake
 from realtime.cluster.redis_cluster import RedisCluster
 from realtime.cluster.solo import SoloCluster
@@ -96,6 +97,17 @@ def make_cluster(settings: Settings, broker: Broker, manager: WorkspaceManager) 
             stopped_ttl_s=settings.history_ttl_stopped_s,
         )
     return SoloCluster(manager, settings.instance_id)
+
+
+def make_presence(settings: Settings, broker: Broker, manager: WorkspaceManager) -> Presence:
+    """Who watches which project: in Redis (with a lease per instance) when the broker is Redis, else here."""
+    from realtime.log.redis_broker import RedisBroker
+
+    if isinstance(broker, RedisBroker):
+        from realtime.cluster.presence_redis import RedisPresence
+
+        return RedisPresence(broker, manager, lease_ms=settings.lease_ms, retry_s=settings.redis_retry_s)
+    return MemoryPresence(manager, settings.instance_id or "solo")
 
 
 def make_runtime(settings: Settings) -> Runtime:
@@ -237,9 +249,12 @@ def create_app(
             await tg.start(cluster.run)
             await tg.start(hub.run)
             await tg.start(outbound.run)
+            presence = make_presence(settings, the_broker, manager)
+            await tg.start(presence.run)
             services = Services(
                 settings=settings, manager=manager, broker=the_broker, tokens=tokens, cluster=cluster,
                 op_latency=latencies.op,
+                presence=presence,
             )
             try:
                 yield {
@@ -260,6 +275,7 @@ def create_app(
                     *([("cluster (hand-over)", cluster.hand_over)] if settings.shutdown == "handover" else []),
                     ("workspaces", manager.aclose),
                     ("cluster", cluster.aclose),
+                    ("presence", presence.aclose),
                     ("outbound webhooks", outbound.aclose),  # after the workspaces stopped: their webhooks are stored
                     ("inbound webhooks", inbound.aclose),
                     ("runtime", runtime.aclose),

@@ -12,6 +12,7 @@ silence. The response listens for the client's disconnect, which ends the writer
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext, suppress
 
@@ -19,6 +20,7 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from realtime.cluster.presence import Presence
 from realtime.cluster.protocol import Cluster, project_snapshot
 from realtime.core.errors import ApiError
 from realtime.core.eventlog import Event, Start
@@ -115,15 +117,22 @@ def event_stream(
     expires_at: int | None,
     generation: int | None = None,
     viewing: AbstractContextManager[None] | None = None,
+    presence: Presence | None = None,
+    name: str | None = None,
 ) -> Response:
     """The project's events from `start` (see `locate`) as SSE, ending at `expires_at` (a session token's
     expiry), if any, or at a revocation of the token's `generation` (None: the service token's).
-    `viewing` is entered while the stream is open (it counts as a viewer: issue 15)."""
+    `viewing` is entered while the stream is open (it counts as a viewer: issue 15); with `presence`,
+    the stream is a viewer (`name`) of the project for as long as it lasts."""
 
     async def stream(send: Send) -> None:
-        async with hub.subscribe(project_id, start.cursor, start.epoch, generation=generation) as outbox:
-            snapshot = await project_snapshot(cluster, broker, project_id)
-            hello = hello_for(project_id, start, snapshot)
+        connection_id = "c_" + secrets.token_hex(6)
+        async with (
+            hub.subscribe(project_id, start.cursor, start.epoch, generation=generation) as outbox,
+            presence.viewing(project_id, connection_id, name) if presence is not None else nullcontext(),
+        ):
+            snapshot = await project_snapshot(cluster, broker, project_id, presence)
+            hello = hello_for(project_id, start, {**snapshot, "connection_id": connection_id})
             outbox.push_control(f"retry: {RETRY_MS}\n".encode() + b"event: hello\ndata: " + hello + b"\n\n")
             with _nullable(viewing):
                 await write(hub, outbox, _StreamSink(send, start.epoch), expires_at=expires_at)

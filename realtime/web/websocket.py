@@ -43,6 +43,7 @@ from realtime.core.frames import (
     reply_ok,
 )
 from realtime.core.ops import OpArgs
+from realtime.core.presence import parse_viewer_name
 from realtime.core.ratelimit import FrameGate, RateLimiter, Verdict, rate_limited_error, token_key
 from realtime.core.tokens import Access, TokenGrant
 from realtime.core.validation import parse_project_id
@@ -89,12 +90,33 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         token = subprotocol_token(offered) or websocket.query_params.get("token") or bearer_token(websocket.scope)
         grant = project_grant(services.tokens, token, project_id)
         since = _since(websocket.query_params.get("since"))
+        name = parse_viewer_name(websocket.query_params.get("name"))  # presence (issue 17)
     except (Denied, ApiError) as exc:
         await websocket.close(CLOSE_POLICY, _reason(str(exc)))
         return
     if hub.draining.is_set():
         await websocket.close(CLOSE_RESTART, "server is restarting; reconnect")
         return
+    session = _Session(services, hub, websocket, project_id, grant, token_key(token or "", service=grant.service))
+    viewing = services.presence.viewing if services.presence is not None else None
+    if viewing is None:
+        await _watch(session, since)
+        return
+    # Presence (issue 17): the viewer is announced before its stream is located, so a socket without
+    # `since` starts after its own `joined`; a revoked token is refused before it can announce anything.
+    try:
+        await ensure_not_revoked(services.manager.revocations, grant, project_id)
+    except Denied as exc:
+        await websocket.close(CLOSE_POLICY, _reason(str(exc)))
+        return
+    async with viewing(project_id, session.connection_id, name):
+        await _watch(session, since)
+
+
+async def _watch(session: _Session, since: int | None) -> None:
+    """Locate the socket's start, check its token again, say hello and serve it."""
+    services, hub, websocket, project_id, grant = (
+        session.services, session.hub, session.websocket, session.project_id, session.grant)
     epoch = websocket.query_params.get("epoch") or None
     start = await locate(services.broker, project_id, since, epoch)
     try:
@@ -102,11 +124,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     except Denied as exc:
         await websocket.close(CLOSE_POLICY, _reason(str(exc)))
         return
-    session = _Session(services, hub, websocket, project_id, grant, token_key(token or "", service=grant.service))
     logs.bind(project_id=project_id, connection_id=session.connection_id)
     async with hub.subscribe(project_id, start.cursor, start.epoch, generation=grant.generation) as outbox:
         viewing = services.manager.activity.viewing(project_id)  # keeps the workspace awake (issue 15)
-        snapshot = await project_snapshot(services.cluster, services.broker, project_id)
+        snapshot = await project_snapshot(services.cluster, services.broker, project_id, services.presence)
         outbox.push_control(hello_for(project_id, start, {**snapshot, "connection_id": session.connection_id}))
         logger.debug(
             "socket %s on %s: since=%s resumed=%s", session.connection_id, project_id, start.cursor, start.resumed

@@ -156,6 +156,11 @@ async def _refresh(manager: WorkspaceManager, project_id: str, args: OpArgs) -> 
     workspace = _require_workspace(manager, project_id)
     if args.revoke:
         await manager.revoke(project_id)
+    if args.port is not None:  # issue 17: one port's URL, freshly signed
+        signed = workspace.resign_port(args.port)
+        if signed is None:
+            raise ApiError(404, "not_found", f"the workspace does not listen on port {args.port}")
+        return {"preview_url": signed["url"], **signed}
     await workspace.refresh()
     await workspace.wait_settled()
     preview = workspace.resign_preview()

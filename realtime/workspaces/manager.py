@@ -148,7 +148,10 @@ class WorkspaceManager:
 
     async def _start(self, project_id: str) -> Workspace:
         self.restore_generation(project_id, await self.revocations.current(Generation.preview, project_id))
-        workspace = Workspace(project_id, self.runtime, self._emitter(project_id), self._config, self.sign, self._http)
+        workspace = Workspace(
+            project_id, self.runtime, self._emitter(project_id), self._config, self.sign, self._http,
+            sign_port=self.sign_port,
+        )
         assert self._tg is not None, "WorkspaceManager.run() must be started first"
         await self._tg.start(self._supervise, workspace)
         self._workspaces[project_id] = workspace
@@ -212,6 +215,14 @@ class WorkspaceManager:
             self._keys[key] = project_id
         return {"url": self._signer.url(project_id, generation, expires_at), "expires_at": expires_at}
 
+    def sign_port(self, project_id: str, port: int) -> dict[str, Any]:
+        """A signed preview URL of another port of the workspace (its label carries the port)."""
+        expires_at = int(time.time()) + self._preview_ttl_s
+        generation = self._generations.setdefault(project_id, 0)
+        for key in self._signer.project_keys(project_id):
+            self._keys[key] = project_id
+        return {"url": self._signer.url(project_id, generation, expires_at, port), "expires_at": expires_at}
+
     def preview_key(self, project_id: str) -> str:
         """The key a preview hostname of the project carries (see `PreviewSigner.project_key`)."""
         return self._signer.project_key(project_id)
@@ -254,12 +265,17 @@ class WorkspaceManager:
         await self.append(project_id, EventKind.revoked, events.revoked(generation))
         return generation
 
-    async def resolve(self, project_key: str) -> PreviewTarget | PreviewAsleep | None:
+    async def resolve(self, project_key: str, port: int | None = None) -> PreviewTarget | PreviewAsleep | None:
+        """Where a preview label's project (and port: None for the dev server) is served here, if it is
+        (`PreviewAsleep`: the workspace is suspended or starting).
+
+        A port is served only while it is open in the workspace's `ports` (never any other port).
+        """
         project_id = self._keys.get(project_key)
         workspace = self._workspaces.get(project_id) if project_id else None
-        origin = None if workspace is None else await workspace.preview_origin()
         if workspace is None:
             return None
+        origin = await (workspace.preview_origin() if port is None else workspace.port_origin(port))
         generation = self._generations.get(workspace.project_id, 0)
         if origin is None:
             return PreviewAsleep(workspace.project_id, generation) if waking(workspace.state) else None

@@ -302,6 +302,11 @@ class WorkspaceNetwork:
             self._recorded.add(netns.holder)
             self._netns = netns
 
+    @property
+    def holder(self) -> int | None:
+        """The pid of the namespace's holder (its `/proc/<pid>/net` is the namespace's), once made."""
+        return self._netns.holder if self._netns is not None else None
+
     def enter(self, argv: Sequence[str]) -> list[str]:
         """`argv` run in the namespace (after `ready()`)."""
         assert self._netns is not None, "ready() first"

@@ -8,9 +8,8 @@ Layout under `root`:
     .homes/<project_id>/       the home directory of the project's sandbox (npm's cache)
     .sandbox/etc/              the passwd and group files every sandbox sees
 
-With `isolation="sandbox"` (the default) every process runs confined (`runtime.local.confine`:
-a bubblewrap sandbox as the workspace's own uid, in its cgroup and network namespace); with
-`"none"` as the server's user, and path confinement guards only against bad requests.
+With `isolation="sandbox"` (the default) every process runs confined (`runtime.local.confine`: bubblewrap as the
+workspace's uid, in its cgroup and netns); `"none"`: as the server's user, path confinement against bad requests only.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ from runtime.local.host import HostSandboxing
 from runtime.local.identity import uid_for
 from runtime.local.limits import Limits
 from runtime.local.network import free_port
+from runtime.local.ports import LocalPorts
 from runtime.local.process import LocalProcess, base_env
 from runtime.local.sandbox import HOME, ISOLATIONS, Jail, bwrap_argv
 from runtime.local.suspend import SuspendsByTerminating
@@ -91,6 +91,8 @@ class LocalSandbox(SuspendsByTerminating):
         self._processes: set[LocalProcess | LocalTerminal] = set()
         self._watch_stops: set[threading.Event] = set()
         self._closed = False
+        self._ports = LocalPorts(self._network, lambda: [proc.pgid for proc in self._processes])
+        self.follow_ports = self._ports.follow  # runtime.base.PortScan (see runtime.local.ports)
 
     @property
     def processes(self) -> frozenset[LocalProcess | LocalTerminal]:
@@ -207,7 +209,7 @@ class LocalSandbox(SuspendsByTerminating):
         return self._network.port if self._network is not None else free_port()
 
     async def preview_origin(self, port: int) -> str:
-        return f"http://127.0.0.1:{port}"
+        return self._ports.origin(port)
 
     async def watch(self, *, ready: anyio.Event | None = None) -> AsyncIterator[list[FileChange]]:
         """Debounced changes made in the workspace by anything but `write_files`/`delete`.

@@ -26,6 +26,7 @@ from runtime.base import (
     FileRange,
     FileUpload,
     OutputSink,
+    PortsChanged,
     SnapshotStore,
     TerminalSink,
     WrittenFile,
@@ -38,6 +39,7 @@ from runtime.modal.config import ModalConfig
 from runtime.modal.devserver import DevServer
 from runtime.modal.files import SandboxFiles
 from runtime.modal.keeper import SnapshotKeeper
+from runtime.modal.ports import follow_declared_ports
 from runtime.modal.process import ModalProcess, new_process_id
 from runtime.modal.processes import Processes
 from runtime.modal.provider import Provider
@@ -220,6 +222,15 @@ class ModalSandbox:
         creds = await self._provider.call("create a connect token",
                                           lambda: self.handle.create_connect_token.aio(port=port))
         return str(creds.url), str(creds.token)
+
+    async def follow_ports(self, on_change: PortsChanged) -> None:
+        """`runtime.base.PortScan`: the declared ports whose tunnel answers (`runtime.modal.ports`)."""
+
+        async def origins() -> dict[int, str]:
+            tunnels = await self._provider.call("get the tunnels", self.handle.tunnels.aio)
+            return {int(port): str(tunnel.url) for port, tunnel in tunnels.items()}
+
+        await follow_declared_ports(origins, on_change)
 
     async def watch(self) -> AsyncIterator[list[FileChange]]:
         """Debounced changes made in the workspace by anything but `write_files`/`delete`."""

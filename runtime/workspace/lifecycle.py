@@ -36,8 +36,9 @@ from runtime.workspace.devserver import DevServer
 from runtime.workspace.files import ReadsFiles, announce_deleted, announce_written, touches_package
 from runtime.workspace.install import InstallStep
 from runtime.workspace.output import OutputGate
+from runtime.workspace.ports import Ports, ServesPorts
 from runtime.workspace.steps import StepFailed
-from runtime.workspace.suspend import follow_until, resumed_from, suspend_sandbox
+from runtime.workspace.suspend import SleepState, follow_until, resumed_from, suspend_sandbox
 from runtime.workspace.terminals import TerminalRun, TerminalTable
 
 __all__ = ["LifecycleConfig", "PreviewSigner", "State", "Workspace"]
@@ -74,7 +75,7 @@ class LifecycleConfig:
 PreviewSigner = Callable[[str, int], Mapping[str, Any]]
 
 
-class Workspace(ReadsFiles):
+class Workspace(ReadsFiles, ServesPorts, SleepState):
     """One project's workspace. `run()` owns its tasks; every other method is called from requests."""
 
     def __init__(
@@ -85,6 +86,8 @@ class Workspace(ReadsFiles):
         config: LifecycleConfig,
         sign_preview: PreviewSigner,
         http: httpx.AsyncClient,
+        *,
+        sign_port: PreviewSigner | None = None,
     ) -> None:
         self.project_id = project_id
         self.state: State | None = None
@@ -101,6 +104,9 @@ class Workspace(ReadsFiles):
         #: Open terminals (issue 17): not commands, so an idle shell keeps nothing running.
         self.terminals = TerminalTable(self._output.emit, emit, self._spawn)
         self._dev: DevServer | None = None
+        #: The ports the sandbox listens on (issue 17), once it is open; signed by `sign_port`.
+        self._sign_port = sign_port or sign_preview
+        self._ports: Ports | None = None
         self._pending: list[FileUpload] = []
         self._converging = False
         self._again = False
@@ -171,7 +177,7 @@ class Workspace(ReadsFiles):
         except Exception:
             logger.exception("error while stopping workspace %s", self.project_id)
         finally:
-            self._dev = None  # and with it the preview and the port
+            self._dev = self._ports = None  # and with it the preview, the port and the open ports
             if self.detached:
                 self.state, self.detail = State.stopped, "detached: another instance owns the workspace"
             else:
@@ -274,6 +280,8 @@ class Workspace(ReadsFiles):
         self.resumed_from = resumed_from(sandbox)
         self._watching = anyio.CancelScope()
         self._spawn(follow_until, self._watching, self._emit, sandbox)
+        self._ports = Ports(sandbox, self._emit, functools.partial(self._sign_port, self.project_id))
+        self._spawn(self._ports.follow)
         self._dev = DevServer(
             sandbox,
             self._output.emit,
@@ -285,21 +293,6 @@ class Workspace(ReadsFiles):
             on_exit=self._dev_died,
         )
         return sandbox, self._dev
-
-    @property
-    def asleep(self) -> bool:
-        """Whether the workspace is suspended, or being suspended (an op must wake it with `ensure` first)."""
-        return self._suspending or self.state is State.suspended
-
-    @property
-    def awake(self) -> bool:
-        """Whether it has a sandbox open: not stopped, suspended, or still opening one."""
-        return self.sandbox is not None and not self._closed.is_set()
-
-    @property
-    def busy(self) -> bool:
-        """Whether it is doing something of its own: converging, or running commands (never idle then)."""
-        return self._converging or bool(self.commands)
 
     async def suspend(self) -> bool:
         """Stop computing, keep the files (`suspend.py`) until the next `ensure`; False when busy or not `awake`."""
@@ -394,4 +387,5 @@ class Workspace(ReadsFiles):
             "commands": [run.snapshot() for run in self.commands.values()],
             "terminals": [run.snapshot() for run in self.terminals.open.values()],
             "resumed_from": self.resumed_from,
+            "ports": self._ports.snapshot() if self._ports is not None else [],
         }

@@ -9,6 +9,7 @@ on the local runtime keeps the files too. The next `Runtime.open` provisions fro
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import anyio
 
@@ -17,7 +18,7 @@ from runtime.events import Emit
 from runtime.workspace.devserver import DevServer
 from runtime.workspace.files import follow_sandbox
 
-__all__ = ["follow_until", "resumed_from", "suspend_sandbox"]
+__all__ = ["SleepState", "follow_until", "resumed_from", "suspend_sandbox"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,3 +51,29 @@ async def follow_until(scope: anyio.CancelScope, emit: Emit, sandbox: Sandbox) -
     """Announce the sandbox's file changes until `scope` is cancelled (its suspension) or the watch ends."""
     with scope:
         await follow_sandbox(emit, sandbox)
+
+
+class SleepState:
+    """Whether a workspace may be suspended, or must be woken (mixed into `lifecycle.Workspace`)."""
+
+    state: str | None
+    sandbox: Sandbox | None
+    commands: Mapping[str, object]
+    _suspending: bool
+    _converging: bool
+    _closed: anyio.Event
+
+    @property
+    def asleep(self) -> bool:
+        """Whether the workspace is suspended, or being suspended (an op must wake it with `ensure` first)."""
+        return self._suspending or self.state == "suspended"
+
+    @property
+    def awake(self) -> bool:
+        """Whether it has a sandbox open: not stopped, suspended, or still opening one."""
+        return self.sandbox is not None and not self._closed.is_set()
+
+    @property
+    def busy(self) -> bool:
+        """Whether it is doing something of its own: converging, or running commands (never idle then)."""
+        return self._converging or bool(self.commands)

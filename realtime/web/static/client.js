@@ -92,9 +92,11 @@ export class WorkspaceClient {
    * @param {{intervalMs?: number, timeoutMs?: number} | false} [options.heartbeat] a `ping` op every
    *   `intervalMs` while open; no reply within `timeoutMs` drops the socket and reconnects. `false`: none.
    * @param {typeof WebSocket} [options.WebSocket] an implementation, for runtimes without a global one.
+   * @param {string | null} [options.name] how other viewers see this one (`presence` events).
    */
   constructor({
     projectId, token, baseUrl, since = DEFAULTS.since, epoch = null, backoff = {}, heartbeat = {}, WebSocket: impl,
+    name = null,
   } = {}) {
     if (!projectId) throw new TypeError("projectId is required");
     this.projectId = projectId;
@@ -102,6 +104,7 @@ export class WorkspaceClient {
     this._base = (baseUrl || globalThis.location?.origin || "").replace(/\/$/, "");
     this._since = since;
     this._epoch = epoch;
+    this._name = name;
     this._backoff = { ...DEFAULTS.backoff, ...backoff };
     this._heartbeat = heartbeat === false ? null : { ...DEFAULTS.heartbeat, ...heartbeat };
     this._beat = null;
@@ -294,6 +297,7 @@ export class WorkspaceClient {
       params.set("since", String(this._since));
       if (this._epoch) params.set("epoch", this._epoch);
     }
+    if (this._name) params.set("name", this._name);
     const base = this._base.replace(/^http/, "ws");
     const query = params.toString();
     const url = `${base}/ws/projects/${encodeURIComponent(this.projectId)}${query ? `?${query}` : ""}`;

@@ -6,6 +6,7 @@
 
 import { OpError, WorkspaceApi, WorkspaceClient, logLines, tokenProject } from "./client.js";
 import { TerminalPane } from "./terminal.js";
+import { PortsAndViewers, renderPortsAndViewers } from "./presence.js";
 
 const MAX_DOM_LINES = 5000;
 const MAX_PANE_LINES = 50_000;
@@ -195,8 +196,12 @@ class WorkspaceView {
       token: session.wsToken(projectId),
       baseUrl: location.origin,
       since: 0,
+      name: "console",
     });
     const c = this.client;
+    this.presence = new PortsAndViewers(c, (state) =>
+      renderPortsAndViewers(state, document, $("port-list"), $("viewer-list")),
+    );
     this.unsubscribe = [
       c.on("hello", (hello) => this.onHello(hello)),
       c.on("reset", (info) => this.onReset(info)),
@@ -222,6 +227,7 @@ class WorkspaceView {
   close() {
     this.terminal.dispose();
     for (const off of this.unsubscribe) off();
+    this.presence.close();
     this.client.close();
     cancelAnimationFrame(this.frame);
   }
