@@ -21,7 +21,6 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 
-from realtime.core.eventlog import Event
 from realtime.core.frames import batch_frame
 from realtime.core.wsframe import text_frame
 from realtime.fanout.hub import Hub, locate
