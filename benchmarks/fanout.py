@@ -426,7 +426,7 @@ class Bench:
                 str(MAIN_PY),
                 str(PEERS / "loadclient.py"),
                 "--server",
-                server.name,
+                "qai" if server.qai else server.name,
                 "--port",
                 str(port),
                 "--room-prefix",
@@ -500,6 +500,7 @@ class Bench:
                     trace("publisher ready")
                     quiet = self.wait_quiet([proc.pid, client.pid, publisher.pid])
                     trace(f"quiet: other {quiet[0]:.0f}% after {quiet[1]:.1f} s")
+                    profiler = self.profile(server, sc, proc.pid)
                     cpu0, redis0, wall0 = cpu_s(proc.pid), self.redis.cpu_s(), time.monotonic()
                     client_cpu0, busy0 = cpu_s(client.pid), machine_busy_s()
                     publisher.send("go")
@@ -511,6 +512,10 @@ class Bench:
                 result = client.read(timeout=self.args.drain_max + 120)
                 cpu1, redis1, wall1 = cpu_s(proc.pid), self.redis.cpu_s(), time.monotonic()
                 client_cpu, busy = cpu_s(client.pid) - client_cpu0, machine_busy_s() - busy0
+                if profiler is not None:
+                    profiler.send_signal(signal.SIGINT)  # py-spy writes its samples and exits
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        profiler.wait(timeout=30)
                 rss = rss_kib(proc.pid)
                 trace("drained")
                 client.send("close")
@@ -548,6 +553,17 @@ class Bench:
             "loadavg": os.getloadavg(),
             "server_rss_kib_after": rss,
         }
+
+    def profile(self, server: Server, sc: Scenario, pid: int) -> subprocess.Popen[bytes] | None:
+        """With --profile: py-spy (sampling, not pausing the server) records the server's stacks
+        (collapsed, one line per stack) into --profile/<scenario>-<server>.txt for the measurement."""
+        if self.args.profile is None or not server.qai or sc.name not in self.args.profile_scenarios.split(","):
+            return None
+        self.args.profile.mkdir(parents=True, exist_ok=True)
+        out = self.args.profile / f"{sc.name}-{server.name}.txt"
+        pyspy = REPO / ".venv" / "bin" / "py-spy"
+        command = [str(pyspy), "record", "-p", str(pid), "-r", "250", "--nonblocking", "-f", "raw", "-o", str(out)]
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def memory(self, server: Server, counts: Sequence[int]) -> dict[str, Any]:
         """RSS growth per idle socket, all in one room, after one warm-up socket."""
@@ -855,6 +871,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--disturbed", type=float, default=30.0, help="other processes' CPU %% that makes a row disturbed")
     p.add_argument("--retries", type=int, default=1, help="measurements repeated when disturbed (least disturbed kept)")
     p.add_argument("--results", type=Path, default=RESULTS, help="Markdown file to update")
+    p.add_argument("--profile", type=Path, help="directory for py-spy profiles of the qai servers (py-spy in .venv)")
+    p.add_argument(
+        "--profile-scenarios", default="fan-small-rate,fan-large-rate,rooms-rate", help="what --profile records"
+    )
     args = p.parse_args(argv)
     quick = args.quick
     for name, full, small in (
@@ -895,6 +915,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"fanout: unknown servers {sorted(unknown)}", file=sys.stderr)
         return 2
+    if args.base is not None and "qai-base" not in names:
+        names.insert(1, "qai-base")
     skipped: dict[str, str] = {}
     if "qai-base" in names and args.base is None:
         skipped["qai-base"] = "no --base checkout given"
@@ -913,8 +935,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - any failure here means no benchmark
         print(f"fanout: cannot reach Redis at {bench.url}: {exc}", file=sys.stderr)
         return 2
-    if args.base is not None and "qai-base" not in names:
-        names.insert(1, "qai-base")
     table = servers(args.base)
     rows: list[Row] = []
     mem_rows: list[Row] = []
