@@ -21,7 +21,6 @@ from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
-from websockets.protocol import State
 
 __all__ = ["FRAMES_EXTENSION", "FramesProtocol"]
 
@@ -78,13 +77,13 @@ class FramesProtocol(WebSocketsSansIOProtocol):
 
     def write_frame(self, frame: bytes) -> bool:
         """Write one complete frame now; False (nothing written) when the socket cannot take it now."""
+        # Not accepted yet (or refused), a close sent or received (the transport closes on one), a
+        # lost connection, or a paused transport.
         if (
-            not self.handshake_complete
-            or self.close_sent
+            self.close_sent
             or self.disconnected
-            or self.initial_response is not None
+            or not self.handshake_complete
             or not self.writable.is_set()
-            or self.conn.state is not State.OPEN
             or self.transport.is_closing()
         ):
             return False
