@@ -260,7 +260,8 @@ class Server:
         env["PYTHONUNBUFFERED"] = "1"
         if self.qai:
             env.update(REDIS_URL=url, WORKSPACE_TOKEN="bench", WORKSPACE_ROOT=str(WORK / "qai-root"))
-            env.update(PYTHONPATH=str(self.code), **dict(self.extra_env))
+            # 10,000 idle sockets and their upgrades in flight: above the default limit of 10,000 connections.
+            env.update(PYTHONPATH=str(self.code), WORKSPACE_HTTP_LIMIT_CONCURRENCY="30000", **dict(self.extra_env))
         else:
             env["BENCH_REDIS_URL"] = url
         return env
