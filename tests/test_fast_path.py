@@ -299,3 +299,72 @@ async def test_a_deflate_socket_takes_the_normal_path(tmp_path: Path) -> None:
             seq = (await server.hub.broker.append("p2", "log", {"text": "x\n"})).seq
             with anyio.fail_after(SAFETY_S):
                 assert seqs_of((await ws.recv()).encode()) == [seq]
+
+
+class FakeTransport:
+    """An asyncio transport as FramesProtocol sees it (what it writes, whether it is closing)."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 1), "sockname": ("127.0.0.1", 2)}.get(name, default)
+
+    def close(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+def test_frames_protocol_writes_only_to_an_open_accepted_unpaused_socket() -> None:
+    import asyncio
+
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from realtime.web.ws_protocol import FRAMES_EXTENSION, FramesProtocol
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await receive()
+
+    async def scenario() -> None:
+        config = Config(app, ws="websockets-sansio", lifespan="off", log_level="warning")
+        config.load()
+        protocol = FramesProtocol(config, ServerState(), {}, asyncio.get_running_loop())
+        transport = FakeTransport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        request = (
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        protocol.data_received(request)
+        write = protocol.scope["extensions"][FRAMES_EXTENSION]["write"]
+        assert write(b"\x81\x00") is False  # not accepted yet
+        for _ in range(1000):  # the app's task accepts within a few loop turns
+            if protocol.handshake_complete:
+                break
+            await asyncio.sleep(0)
+        assert protocol.handshake_complete
+        frame = text_frame(b'{"type":"event"}')
+        assert write(frame) is True and transport.written[-1] is frame
+        protocol.pause_writing()
+        assert write(frame) is False  # backpressure: the app sends through `send` instead
+        protocol.resume_writing()
+        assert write(frame) is True
+        transport.closing = True
+        assert write(frame) is False
+        protocol.connection_lost(None)
+        assert write(frame) is False
+
+    asyncio.run(scenario())
