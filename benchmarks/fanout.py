@@ -742,6 +742,15 @@ Run `benchmarks/fanout.py --help` for every knob; benchmarks/README.md says how 
 - **Memory**: a fresh server, one warm-up socket, then RSS (`/proc/<pid>/statm`) before and after opening N more
   idle sockets (all in one room, same client), `--settle` s after the last one; (after − before) / N.
 
+- **qai variants** (issue 16): `qai-plain` is the same code with `WORKSPACE_WS_FAST_PATH=false` (every frame
+  through ASGI `send`); `qai-base` runs another checkout given with `--base` (PYTHONPATH), "before", in the same
+  run. qai servers get `WORKSPACE_HTTP_LIMIT_CONCURRENCY=30000` so that 10,000 idle sockets fit.
+- **rooms-max-concurrent**: the publisher keeps `--concurrency` calls in flight (worker `w` publishes, in order,
+  to the rooms `k % n == w`, so each room's order holds); *publisher msg/s* is then the concurrent append rate.
+- **max ms** is the largest latency of any delivery; **s to open** is the load client's connect time summed.
+- **Profiles**: with `--profile DIR`, py-spy (`.venv/bin/py-spy`, 250 Hz, `--nonblocking`) records every qai
+  variant during the `--profile-scenarios` measurements; `benchmarks/profile_summary.py` summarises them.
+
 ### Caveats
 
 - **Two cores for everything**: server, load client, publisher and Redis share them, so a server near 100 % of a
