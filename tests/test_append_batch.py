@@ -89,3 +89,31 @@ async def test_publish_many_appends_in_order_across_projects(prefix: str) -> Non
         with pytest.raises(ValueError):
             await publisher.publish_many([("p0", "ok", 1), ("bad id!", "x", 1)])
         assert await publisher.publish("p0", "after") == 11  # the refused batch appended nothing
+
+
+async def test_a_round_that_fails_answers_every_append_in_it(prefix: str) -> None:
+    client = connect(REDIS_URL)
+    appender = RedisAppender(client, RedisKeys(prefix), max_events=100, ttl_s=600, retry_s=5)
+    calls = 0
+
+    async def broken(batch: object) -> list[object]:
+        nonlocal calls
+        calls += 1
+        await anyio.sleep(0)  # in flight: the other appends queue up behind it and ride the next round
+        raise AttributeError("a bug in the round trip")
+
+    appender._send = broken  # type: ignore[method-assign]
+    outcomes: list[str] = []
+
+    async def one(index: int) -> None:
+        try:
+            await appender.append("p", "log", {"i": index})
+        except AttributeError:
+            outcomes.append("failed")
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for index in range(5):
+                tg.start_soon(one, index)
+    assert outcomes == ["failed"] * 5 and calls < 5  # several appends shared a failed round
+    await client.aclose()

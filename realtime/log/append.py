@@ -190,6 +190,8 @@ class RedisAppender:
     async def _flush(self, own: list[_Pending]) -> None:
         """Send the next batch of queued appends in one round trip, and hand each its outcome."""
         batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+        if not batch:
+            raise RuntimeError("an append was lost from the queue")  # never: each waiter's items are queued or done
         mine = {id(item) for item in own}
         self._flushing = True
         try:
@@ -207,6 +209,13 @@ class RedisAppender:
                 else:
                     item.reply = reply
                 item.done = True
+        except BaseException as exc:
+            # Whatever ended this round (a bug, or the caller cancelled with only its own appends in it),
+            # every append in it gets an answer: none may wait forever.
+            for item in batch:
+                if not item.done:
+                    item.error, item.done = exc, True
+            raise
         finally:
             self._flushing = False
             flushed, self._flushed = self._flushed, anyio.Event()
