@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Iterator
 
 import anyio
+import anyio.lowlevel
 import pytest
 import redis.asyncio as aioredis
 
@@ -99,7 +100,7 @@ async def test_a_round_that_fails_answers_every_append_in_it(prefix: str) -> Non
     async def broken(batch: object) -> list[object]:
         nonlocal calls
         calls += 1
-        await anyio.sleep(0)  # in flight: the other appends queue up behind it and ride the next round
+        await anyio.lowlevel.checkpoint()  # in flight: the others queue up and ride the next round
         raise AttributeError("a bug in the round trip")
 
     appender._send = broken  # type: ignore[method-assign]
