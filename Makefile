@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup run test test-fast lint bench bench-fanout bench-abuse test-deps clean
+.PHONY: setup run test test-fast test-plain-send lint bench bench-fanout bench-abuse test-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ test-deps: setup
 
 test: lint test-deps
 	$(BIN)/pytest
+	$(MAKE) test-plain-send
+
+# The websocket suites again with the frame-once fast path off (plain ASGI `send`).
+test-plain-send: test-deps
+	QAI_TEST_WS_FAST_PATH=0 $(BIN)/pytest -m "not slow" tests/test_websocket.py tests/test_fast_path.py \
+		tests/test_socket_abuse.py tests/test_shutdown.py tests/test_revocation.py
 
 test-fast: test-deps
 	$(BIN)/pytest -m "not slow"

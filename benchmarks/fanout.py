@@ -47,7 +47,9 @@ BROADCASTER_VENV = BENCH / ".venv-broadcaster"
 RESULTS = BENCH / "RESULTS.md"
 MARK = "<!-- fanout:{} {} -->"  # ("begin" | "end", section key)
 
-SERVERS = ("qai", "socketio", "broadcaster", "channels")
+SERVERS = ("qai", "qai-plain", "qai-base", "socketio", "broadcaster", "channels")
+#: Servers run unless --servers says otherwise (qai-base only with --base).
+DEFAULT_SERVERS = ("qai", "qai-plain", "socketio", "broadcaster", "channels")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -231,11 +233,21 @@ class Server:
     name: str
     python: Path
     publisher: str
+    #: For qai variants: the source tree to run (PYTHONPATH), and settings of its own.
+    code: Path | None = None
+    extra_env: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def qai(self) -> bool:
+        return self.code is not None
+
+    def pythonpath(self) -> str:
+        return os.pathsep.join([str(PEERS), *([str(self.code)] if self.code else [])])
 
     def command(self, port: int) -> list[str]:
         common = ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-        if self.name == "qai":
-            return [str(REPO / ".venv" / "bin" / "realtime"), "serve", *common]
+        if self.qai:
+            return [str(MAIN_PY), "-m", "realtime.cli", "serve", *common]
         app = {
             "socketio": "socketio_app:app",
             "broadcaster": "broadcaster_app:app",
@@ -246,15 +258,17 @@ class Server:
     def env(self, url: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("WORKSPACE_", "REDIS_URL"))}
         env["PYTHONUNBUFFERED"] = "1"
-        if self.name == "qai":
+        if self.qai:
             env.update(REDIS_URL=url, WORKSPACE_TOKEN="bench", WORKSPACE_ROOT=str(WORK / "qai-root"))
+            # 10,000 idle sockets and their upgrades in flight: above the default limit of 10,000 connections.
+            env.update(PYTHONPATH=str(self.code), WORKSPACE_HTTP_LIMIT_CONCURRENCY="30000", **dict(self.extra_env))
         else:
             env["BENCH_REDIS_URL"] = url
         return env
 
     def channels(self, rooms: Sequence[str]) -> list[str]:
         """Redis pub/sub channels the server must have subscribed before publishing starts."""
-        if self.name == "qai":
+        if self.qai:
             return [f"qai:{{{room}}}:events" for room in rooms]
         if self.name == "socketio":
             return ["socketio"]
@@ -263,9 +277,13 @@ class Server:
         return []  # channels_redis' RedisChannelLayer: group_add completes before the socket is accepted
 
 
-def servers() -> dict[str, Server]:
+def servers(base: Path | None = None) -> dict[str, Server]:
     return {
-        "qai": Server("qai", MAIN_PY, "qai_publish.py"),
+        "qai": Server("qai", MAIN_PY, "qai_publish.py", REPO),
+        # The same code with the frame-once fast path off (plain ASGI `send`).
+        "qai-plain": Server("qai-plain", MAIN_PY, "qai_publish.py", REPO, (("WORKSPACE_WS_FAST_PATH", "false"),)),
+        # Another checkout of the project (--base): "before", measured in the same run.
+        "qai-base": Server("qai-base", MAIN_PY, "qai_publish.py", base or REPO),
         "socketio": Server("socketio", PEERS_VENV / "bin" / "python", "socketio_publish.py"),
         "broadcaster": Server("broadcaster", BROADCASTER_VENV / "bin" / "python", "broadcaster_publish.py"),
         "channels": Server("channels", PEERS_VENV / "bin" / "python", "channels_publish.py"),
@@ -336,6 +354,7 @@ class Scenario:
     subs_per_room: int
     messages: int
     rate: float = 0.0  # messages/s; 0 = max rate
+    concurrency: int = 1  # publishes in flight at once (max rate; each room's messages stay in order)
 
     @property
     def subs(self) -> int:
@@ -346,7 +365,8 @@ class Scenario:
         shape = f"{self.rooms:,} room{'s' if self.rooms > 1 else ''} × {self.subs_per_room:,} subscriber"
         shape += "s" if self.subs_per_room > 1 else ""
         if not self.rate:
-            return f"{shape}, {self.messages:,} messages at max rate"
+            how = f", {self.concurrency} publishes in flight" if self.concurrency > 1 else ""
+            return f"{shape}, {self.messages:,} messages at max rate{how}"
         return f"{shape}, {self.rate:g} msg/s for {self.messages / self.rate:g} s ({self.messages:,} messages)"
 
 
@@ -367,6 +387,7 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
         Scenario("fan-large-rate", 1, args.fan_large, int(args.rate_large * d), args.rate_large),
         Scenario("rooms-max", args.rooms, 1, args.max_rooms),
         Scenario("rooms-rate", args.rooms, 1, int(args.rate_rooms * d), args.rate_rooms),
+        Scenario("rooms-max-concurrent", args.rooms, 1, args.max_rooms * 4, concurrency=args.concurrency),
     ]
 
 
@@ -406,7 +427,7 @@ class Bench:
                 str(MAIN_PY),
                 str(PEERS / "loadclient.py"),
                 "--server",
-                server.name,
+                "qai" if server.qai else server.name,
                 "--port",
                 str(port),
                 "--room-prefix",
@@ -468,9 +489,11 @@ class Bench:
                         str(sc.messages),
                         "--rate",
                         str(sc.rate),
+                        "--concurrency",
+                        str(sc.concurrency),
                     ],
                     cwd=PEERS,
-                    env={**os.environ, "PYTHONPATH": str(PEERS)},
+                    env={**os.environ, "PYTHONPATH": server.pythonpath()},
                     log=self.logs / f"{sc.name}-{server.name}-publisher.log",
                 )
                 try:
@@ -478,6 +501,7 @@ class Bench:
                     trace("publisher ready")
                     quiet = self.wait_quiet([proc.pid, client.pid, publisher.pid])
                     trace(f"quiet: other {quiet[0]:.0f}% after {quiet[1]:.1f} s")
+                    profiler = self.profile(server, sc, proc.pid)
                     cpu0, redis0, wall0 = cpu_s(proc.pid), self.redis.cpu_s(), time.monotonic()
                     client_cpu0, busy0 = cpu_s(client.pid), machine_busy_s()
                     publisher.send("go")
@@ -489,6 +513,10 @@ class Bench:
                 result = client.read(timeout=self.args.drain_max + 120)
                 cpu1, redis1, wall1 = cpu_s(proc.pid), self.redis.cpu_s(), time.monotonic()
                 client_cpu, busy = cpu_s(client.pid) - client_cpu0, machine_busy_s() - busy0
+                if profiler is not None:
+                    profiler.send_signal(signal.SIGINT)  # py-spy writes its samples and exits
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        profiler.wait(timeout=30)
                 rss = rss_kib(proc.pid)
                 trace("drained")
                 client.send("close")
@@ -526,6 +554,17 @@ class Bench:
             "loadavg": os.getloadavg(),
             "server_rss_kib_after": rss,
         }
+
+    def profile(self, server: Server, sc: Scenario, pid: int) -> subprocess.Popen[bytes] | None:
+        """With --profile: py-spy (sampling, not pausing the server) records the server's stacks
+        (collapsed, one line per stack) into --profile/<scenario>-<server>.txt for the measurement."""
+        if self.args.profile is None or not server.qai or sc.name not in self.args.profile_scenarios.split(","):
+            return None
+        self.args.profile.mkdir(parents=True, exist_ok=True)
+        out = self.args.profile / f"{sc.name}-{server.name}.txt"
+        pyspy = REPO / ".venv" / "bin" / "py-spy"
+        command = [str(pyspy), "record", "-p", str(pid), "-r", "250", "--nonblocking", "-f", "raw", "-o", str(out)]
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def memory(self, server: Server, counts: Sequence[int]) -> dict[str, Any]:
         """RSS growth per idle socket, all in one room, after one warm-up socket."""
@@ -570,8 +609,8 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 FANOUT_HEAD = (
-    "| server | delivered/s | server CPU µs/event | server CPU % | client CPU % | p50 ms | p99 ms | lost / expected "
-    "| dup | publisher msg/s | Redis CPU µs/msg | other CPU % |"
+    "| server | delivered/s | server CPU µs/event | server CPU % | client CPU % | p50 ms | p99 ms | max ms "
+    "| lost / expected | dup | publisher msg/s | Redis CPU µs/msg | other CPU % |"
 )
 
 
@@ -608,7 +647,8 @@ def fanout_table(
             lines.append(
                 f"| {name} | {_fmt(d['delivered_per_s'], ',.0f')} | {_fmt(d['server_cpu_us_per_event'], '.1f')}"
                 f" | {_fmt(d['server_cpu_pct'], '.0f')} | {_fmt(d['client_cpu_pct'], '.0f')}"
-                f" | {_fmt(d['p50_ms'], ',.1f')} | {_fmt(d['p99_ms'], ',.1f')} | {lost} | {d['duplicates']}"
+                f" | {_fmt(d['p50_ms'], ',.1f')} | {_fmt(d['p99_ms'], ',.1f')} | {_fmt(d.get('max_ms'), ',.1f')}"
+                f" | {lost} | {d['duplicates']}"
                 f" | {_fmt(d['publish_rate'], ',.0f')} | {_fmt(d['redis_cpu_us_per_msg'], '.0f')}"
                 f" | {_fmt(d['other_cpu_pct'], '.0f')}{' ⚠' if d['other_cpu_pct'] > disturbed else ''} |"
             )
@@ -619,25 +659,27 @@ def fanout_table(
 def memory_table(rows: list[Row], names: Sequence[str], counts: Sequence[int], skipped: dict[str, str]) -> str:
     cols = " | ".join(f"KiB/conn at {c:,}" for c in counts)
     lines = [
-        f"| server | baseline RSS MiB | {cols} | RSS MiB at {counts[-1]:,} |",
-        "|" + "|".join(["---"] * (3 + len(counts))) + "|",
+        f"| server | baseline RSS MiB | {cols} | RSS MiB at {counts[-1]:,} | s to open {counts[-1]:,} |",
+        "|" + "|".join(["---"] * (4 + len(counts))) + "|",
     ]
     by_server = {r.server: r for r in rows}
     for name in names:
         if name in skipped:
-            lines.append(f"| {name} | not measured yet |" + " |" * (1 + len(counts)))
+            lines.append(f"| {name} | not measured yet |" + " |" * (2 + len(counts)))
             continue
         row = by_server.get(name)
         if row is None:
             continue
         if row.error:
-            lines.append(f"| {name} | error: {row.error[:80]} |" + " |" * (1 + len(counts)))
+            lines.append(f"| {name} | error: {row.error[:80]} |" + " |" * (2 + len(counts)))
             continue
         points = {p["connections"]: p for p in row.data["points"]}
         cells = " | ".join(_fmt(points.get(c, {}).get("kib_per_conn"), ".1f") for c in counts)
         last = points.get(counts[-1], {}).get("rss_kib")
+        opened = sum(p["connect_s"] for p in row.data["points"])
         lines.append(
-            f"| {name} | {row.data['baseline_kib'] / 1024:.1f} | {cells} | {_fmt(last and last / 1024, '.1f')} |"
+            f"| {name} | {row.data['baseline_kib'] / 1024:.1f} | {cells} | {_fmt(last and last / 1024, '.1f')}"
+            f" | {opened:.1f} |"
         )
     return "\n".join(lines)
 
@@ -699,6 +741,15 @@ Run `benchmarks/fanout.py --help` for every knob; benchmarks/README.md says how 
   after `--drain-idle` s without any frame, or after `--drain-max` s. `dup` counts repeated indexes.
 - **Memory**: a fresh server, one warm-up socket, then RSS (`/proc/<pid>/statm`) before and after opening N more
   idle sockets (all in one room, same client), `--settle` s after the last one; (after − before) / N.
+
+- **qai variants** (issue 16): `qai-plain` is the same code with `WORKSPACE_WS_FAST_PATH=false` (every frame
+  through ASGI `send`); `qai-base` runs another checkout given with `--base` (PYTHONPATH), "before", in the same
+  run. qai servers get `WORKSPACE_HTTP_LIMIT_CONCURRENCY=30000` so that 10,000 idle sockets fit.
+- **rooms-max-concurrent**: the publisher keeps `--concurrency` calls in flight (worker `w` publishes, in order,
+  to the rooms `k % n == w`, so each room's order holds); *publisher msg/s* is then the concurrent append rate.
+- **max ms** is the largest latency of any delivery; **s to open** is the load client's connect time summed.
+- **Profiles**: with `--profile DIR`, py-spy (`.venv/bin/py-spy`, 250 Hz, `--nonblocking`) records every qai
+  variant during the `--profile-scenarios` measurements; `benchmarks/profile_summary.py` summarises them.
 
 ### Caveats
 
@@ -803,7 +854,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=_Help)
     p.add_argument("--setup", action="store_true", help="create/refresh the peer virtualenvs and exit")
     p.add_argument("--quick", action="store_true", help="smoke run: fewer messages, shorter fixed-rate runs")
-    p.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of " + ",".join(SERVERS))
+    p.add_argument(
+        "--servers", default=",".join(DEFAULT_SERVERS), help="comma-separated subset of " + ",".join(SERVERS)
+    )
+    p.add_argument("--base", type=Path, help="another checkout of the project, measured as qai-base (before)")
+    p.add_argument("--concurrency", type=int, default=64, help="publishes in flight in rooms-max-concurrent")
     p.add_argument("--scenarios", default="all", help="comma-separated scenario names, 'memory', or 'all'")
     p.add_argument("--redis", default="redis://127.0.0.1:6379", help="Redis URL without the DB number")
     p.add_argument("--db", type=int, default=9, help="Redis DB used (and FLUSHDB'd) by the benchmark")
@@ -815,9 +870,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-rooms", type=int, help="messages at max rate over all rooms (default 5000; quick 1000)")
     p.add_argument("--rate-small", type=float, default=50, help="msg/s, small room (fixed rate)")
     p.add_argument("--rate-large", type=float, default=5, help="msg/s, large room (fixed rate)")
-    p.add_argument("--rate-rooms", type=float, default=200, help="msg/s over all rooms (fixed rate)")
+    p.add_argument("--rate-rooms", type=float, default=1000, help="msg/s over all rooms (fixed rate)")
     p.add_argument("--duration", type=float, help="seconds of each fixed-rate run (default 10; quick 3)")
-    p.add_argument("--memory", default="1000,5000", help="idle connection counts for the memory measurement")
+    p.add_argument("--memory", default="1000,5000,10000", help="idle connection counts for the memory measurement")
     p.add_argument("--settle", type=float, default=2.0, help="seconds before reading RSS")
     p.add_argument("--drain-idle", type=float, default=5.0, help="end a drain after this many seconds without frames")
     p.add_argument("--drain-max", type=float, help="longest drain in seconds (default 120; quick 45)")
@@ -826,6 +881,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--disturbed", type=float, default=30.0, help="other processes' CPU %% that makes a row disturbed")
     p.add_argument("--retries", type=int, default=1, help="measurements repeated when disturbed (least disturbed kept)")
     p.add_argument("--results", type=Path, default=RESULTS, help="Markdown file to update")
+    p.add_argument("--profile", type=Path, help="directory for py-spy profiles of the qai servers (py-spy in .venv)")
+    p.add_argument(
+        "--profile-scenarios", default="fan-small-rate,fan-large-rate,rooms-rate", help="what --profile records"
+    )
     args = p.parse_args(argv)
     quick = args.quick
     for name, full, small in (
@@ -866,7 +925,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"fanout: unknown servers {sorted(unknown)}", file=sys.stderr)
         return 2
+    if args.base is not None and "qai-base" not in names:
+        names.insert(1, "qai-base")
     skipped: dict[str, str] = {}
+    if "qai-base" in names and args.base is None:
+        skipped["qai-base"] = "no --base checkout given"
     if "qai" in names and (why := qai_available()):
         skipped["qai"] = f"realtime.publisher is not usable yet ({why})"
         print(f"fanout: skipping qai: {skipped['qai']}", flush=True)
@@ -882,7 +945,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - any failure here means no benchmark
         print(f"fanout: cannot reach Redis at {bench.url}: {exc}", file=sys.stderr)
         return 2
-    table = servers()
+    table = servers(args.base)
     rows: list[Row] = []
     mem_rows: list[Row] = []
     for sc in scs:
@@ -930,7 +993,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     py = os.path.relpath(sys.executable, REPO) if sys.executable.startswith(str(REPO)) else sys.executable
     argv_used = list(sys.argv[1:] if argv is None else argv)
     command = shlex.join([py, os.path.relpath(Path(__file__).resolve(), REPO), *argv_used])
-    partial = set(names) != set(SERVERS) or "all" not in wanted
+    partial = not set(DEFAULT_SERVERS) <= set(names) or "all" not in wanted
     key = ("quick" if args.quick else "full") + ("-partial" if partial else "")
     title = "Fan-out through Redis, " + {
         "full": "full run",

@@ -154,6 +154,9 @@ async def running_server(settings_for: Any, **app_kwargs: Any) -> AsyncIterator[
     sock = bound_socket()
     port = sock.getsockname()[1]
     settings: Settings = settings_for(port)
+    if os.environ.get("QAI_TEST_WS_FAST_PATH") == "0":
+        # The plain ASGI `send` path (the CI runs the websocket suites both ways).
+        settings = dataclasses.replace(settings, ws_fast_path=False)
     if runtime_kind() == "modal":
         app_kwargs.setdefault("runtime_factory", fake_modal_runtime)
     app = create_app(settings, **app_kwargs)

@@ -268,3 +268,16 @@ def test_whatever_pub_sub_does_the_window_is_a_gap_free_tail_of_the_stream(actio
         pass
     assert (window.epoch, window.latest) == (log.epoch, log.latest)
     assert window.read(window.oldest - 1).events == log.read(window.oldest - 1).events  # type: ignore[union-attr]
+
+
+def test_a_cold_window_reads_only_the_head_and_fills_from_deliveries() -> None:
+    log = stream(5000, retained=100_000)
+    window = FollowWindow(100, retained=100_000, warm=0)
+    outcome, reads = refresh(window, log)
+    assert outcome is Refreshed.CURRENT
+    assert reads == [Read(0, None, 0)]  # not the newest 100 events
+    assert window.latest == 5000 and seqs(window, 5000) == []
+    assert window.read(4000) is None  # an older reader goes to the stream
+    event = log.append("log", {"text": "next\n"}, ts=0)
+    assert window.deliver(log.epoch, event) is Delivery.APPENDED
+    assert seqs(window, 5000) == [5001]

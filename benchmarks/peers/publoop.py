@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rooms", type=int, default=1)
     parser.add_argument("--messages", type=int, required=True)
     parser.add_argument("--rate", type=float, default=0.0, help="messages per second; 0 = as fast as possible")
+    parser.add_argument(
+        "--concurrency", type=int, default=1, help="max rate: calls in flight at once (a room's calls stay in order)"
+    )
     return parser.parse_args(argv)
 
 
@@ -51,7 +54,25 @@ def emit(record: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+async def publish_concurrently(send: Send, args: argparse.Namespace) -> dict[str, Any]:
+    """`--concurrency` workers; worker `w` sends, in order, the messages of the rooms `k` with `k % n == w`."""
+    rooms = [room_name(args.room_prefix, k) for k in range(args.rooms)]
+    workers = max(1, min(args.concurrency, len(rooms)))
+
+    async def worker(w: int) -> None:
+        for i in range(args.messages):
+            if (i % len(rooms)) % workers == w:
+                await send(rooms[i % len(rooms)], {"i": i, "t": time.time_ns()})
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(workers)))
+    elapsed = time.perf_counter() - start
+    return {"event": "done", "sent": args.messages, "elapsed_s": elapsed, "late": 0, "cpu_s": cpu_seconds()}
+
+
 async def publish_all(send: Send, args: argparse.Namespace) -> dict[str, Any]:
+    if args.concurrency > 1 and args.rate <= 0:
+        return await publish_concurrently(send, args)
     rooms = [room_name(args.room_prefix, k) for k in range(args.rooms)]
     late = 0
     start = time.perf_counter()

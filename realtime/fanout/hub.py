@@ -21,7 +21,9 @@ import anyio
 import anyio.abc
 
 from realtime.config import logs
-from realtime.core.eventlog import Start, start_from
+from realtime.core.eventlog import Event, Start, start_from
+from realtime.core.frames import batch_frame
+from realtime.core.wsframe import text_frame
 from realtime.fanout.outbox import (
     CLOSE_INTERNAL,
     CLOSE_RESTART,
@@ -176,14 +178,32 @@ class Hub:
                     raise RuntimeError(f"the log holds events after {feed.position} but returned none")
                 continue
             feed.position = history.events[-1].seq
-            revoked = revoked_in(history.events)
-            size = sum(len(event.frame) for event in history.events)
-            for outbox in list(feed.outboxes):
-                if revoked is not None:
-                    outbox.revoke(revoked)  # before offering: even an overflowed or stalled one closes now
-                outbox.offer(history.events, size)
-                if outbox.overflowed and outbox.cursor + 1 < history.oldest:
-                    outbox.close(Closing(CLOSE_TOO_SLOW, "fell behind the retained history; reconnect with since"))
+            self._fan_out(feed, history.events, history.oldest)
+
+    def _fan_out(self, feed: _Feed, events: list[Event], oldest: int) -> None:
+        """Hand a round of events to every outbox: written straight to a ready socket's transport
+        (framed once for all of them), else offered to its outbox for its writer."""
+        revoked = revoked_in(events)
+        size = sum(len(event.frame) for event in events)
+        first, last = events[0].seq, events[-1].seq
+        limits, stats = self.limits, self.stats
+        direct = len(events) <= limits.frame_events and size <= limits.frame_bytes
+        frame = b""
+        for outbox in list(feed.outboxes):
+            if revoked is not None:
+                outbox.revoke(revoked)  # before offering: even an overflowed or stalled one closes now
+            if direct and outbox.direct_ready(first):
+                if not frame:
+                    frame = text_frame(batch_frame(events))
+                if outbox.direct(frame):  # type: ignore[misc]  # direct_ready: not None
+                    outbox.sent_direct(last)
+                    stats.events_delivered += len(events)
+                    stats.frames_sent += 1
+                    stats.batches_sent += len(events) > 1
+                    continue
+            outbox.offer(events, size)
+            if outbox.overflowed and outbox.cursor + 1 < oldest:
+                outbox.close(Closing(CLOSE_TOO_SLOW, "fell behind the retained history; reconnect with since"))
 
 
 async def locate(broker: Broker, project_id: str, since: int | None, epoch: str | None) -> Start:

@@ -29,7 +29,7 @@ is on and however late its instance reads the log.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -173,6 +173,10 @@ class Outbox:
         self._control_bytes = 0
         self._woken = anyio.Event()
         self._send_scope: anyio.CancelScope | None = None
+        #: Writes one complete websocket frame to the subscriber's transport now, or returns False
+        #: (nothing written): the fast path (see `direct_ready`). None: the writer sends everything.
+        self.direct: Callable[[bytes], bool] | None = None
+        self._parked = False
 
     # -- producers -----------------------------------------------------------------------------
 
@@ -245,7 +249,38 @@ class Outbox:
             self._woken = anyio.Event()
 
     async def wait(self) -> None:
-        await self._woken.wait()
+        self._parked = True
+        try:
+            await self._woken.wait()
+        finally:
+            self._parked = False
+
+    # -- the fast path -------------------------------------------------------------------------
+
+    def direct_ready(self, first_seq: int) -> bool:
+        """Whether the pump may write events from `first_seq` on straight to the transport.
+
+        Only when nothing else is owed before them: the writer is parked and not woken (so it is not
+        half-way through a send), no control frame or event is queued, nothing is missed (the
+        cursor is right before `first_seq`) and the subscriber is not closing. Otherwise the events
+        go through `offer` and the writer, as always.
+        """
+        return (
+            self._parked
+            and self.direct is not None
+            and not self._woken.is_set()
+            and self.cursor + 1 == first_seq
+            and self.closing is None
+            and not self.overflowed
+            and not self._control
+            and not self._queue
+            and not self._backlog
+            and self.epoch == self._feed.epoch
+        )
+
+    def sent_direct(self, last_seq: int) -> None:
+        """The pump wrote the events up to `last_seq` to the transport itself."""
+        self.cursor = last_seq
 
     def control(self) -> list[bytes]:
         """Take every queued control frame at once."""

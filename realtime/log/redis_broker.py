@@ -168,7 +168,8 @@ class RedisBroker:
         followed = self._followed.get(project_id)
         first = followed is None
         if followed is None:
-            window = FollowWindow(self._window, retained=self._max_events, max_bytes=self._max_bytes)
+            # The first follow reads where the log stands, not thousands of events nobody asked for.
+            window = FollowWindow(self._window, retained=self._max_events, max_bytes=self._max_bytes, warm=0)
             followed = self._followed[project_id] = _Followed(window)
         followed.refs += 1
         try:

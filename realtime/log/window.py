@@ -90,15 +90,21 @@ class FollowWindow:
         retained: the most events the stream retains, for the `oldest` of answers.
         max_bytes: the most bytes of frames the window keeps (and holds back): the stream's byte
             budget, which it trims to by the same rule.
+        warm: the most of the newest events a refresh that starts from the head reads (at most
+            `size`; None: `size`). 0 reads none: the window starts empty at the log's latest seq and
+            fills with what is delivered after it (readers of older events are served by the stream).
     """
 
-    def __init__(self, size: int, *, retained: int, max_bytes: int = 10 * 1024 * 1024) -> None:
+    def __init__(
+        self, size: int, *, retained: int, max_bytes: int = 10 * 1024 * 1024, warm: int | None = None
+    ) -> None:
         if size < 1 or retained < size or max_bytes < 1:
             raise ValueError(
                 f"expected 1 <= size <= retained and max_bytes >= 1, got size {size}, retained {retained},"
                 f" max_bytes {max_bytes}"
             )
         self._size = size
+        self._warm = size if warm is None else max(0, min(warm, size))
         self._retained = retained
         self._max_bytes = max_bytes
         self._state = FollowState.STALE
@@ -216,9 +222,12 @@ class FollowWindow:
             return Read(0, None, 0)
         if self._state is FollowState.READING_HEAD:
             # Readers behind the window are served from the stream itself.
-            self._tail_start = max(history.latest - self._size, history.oldest - 1, 0)
-            self._state = FollowState.READING_TAIL
-            return Read(self._tail_start, history.epoch, self._size)
+            self._tail_start = max(history.latest - self._warm, history.oldest - 1, 0)
+            if self._warm:
+                self._state = FollowState.READING_TAIL
+                return Read(self._tail_start, history.epoch, self._warm)
+            # Nothing to read: the window starts empty at the log's latest seq.
+            history = History(history.epoch, history.latest, [], complete=True, oldest=history.oldest)
         self._epoch = history.epoch
         self._latest = self._tail_start if history.complete else history.latest
         self._events.clear()

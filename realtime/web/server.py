@@ -20,6 +20,7 @@ from realtime.config.logs import Redact
 from realtime.config.settings import Settings
 from realtime.fanout.hub import Hub
 from realtime.web.http_protocol import HttpProtocol
+from realtime.web.ws_protocol import FramesProtocol
 
 __all__ = ["Server", "uvicorn_config"]
 
@@ -37,6 +38,8 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
         "proxy_headers": settings.proxy_headers,
         "forwarded_allow_ips": settings.trusted_proxies,
         "http": functools.partial(HttpProtocol, header_timeout_s=settings.http_header_timeout_s),
+        # The fast path: the fan-out writes each event's frame, built once, to every socket.
+        "ws": FramesProtocol if settings.ws_fast_path else "websockets-sansio",
         # Past this many open connections or running requests, requests and upgrades get 503.
         "limit_concurrency": settings.http_limit_concurrency,
         "timeout_keep_alive": settings.http_keepalive_s,

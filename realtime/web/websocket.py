@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +47,7 @@ from realtime.core.presence import parse_viewer_name
 from realtime.core.ratelimit import FrameGate, RateLimiter, Verdict, rate_limited_error, token_key
 from realtime.core.tokens import Access, TokenGrant
 from realtime.core.validation import parse_project_id
+from realtime.core.wsframe import text_frame
 from realtime.fanout.hub import Hub, locate
 from realtime.fanout.outbox import CLOSE_POLICY, CLOSE_RESTART, TOKEN_REVOKED, Closing, Outbox
 from realtime.fanout.writer import write
@@ -59,6 +60,7 @@ from realtime.web.auth import (
     project_grant,
     subprotocol_token,
 )
+from realtime.web.ws_protocol import FRAMES_EXTENSION
 from realtime.workspaces import dispatch
 
 __all__ = ["websocket_endpoint"]
@@ -126,6 +128,8 @@ async def _watch(session: _Session, since: int | None) -> None:
         return
     logs.bind(project_id=project_id, connection_id=session.connection_id)
     async with hub.subscribe(project_id, start.cursor, start.epoch, generation=grant.generation) as outbox:
+        if services.settings.ws_fast_path:
+            outbox.direct = _frame_writer(websocket.scope)
         viewing = services.manager.activity.viewing(project_id)  # keeps the workspace awake (issue 15)
         snapshot = await project_snapshot(services.cluster, services.broker, project_id, services.presence)
         outbox.push_control(hello_for(project_id, start, {**snapshot, "connection_id": session.connection_id}))
@@ -142,6 +146,13 @@ def _reason(text: str) -> str:
     return encoded.decode("utf-8", errors="ignore")
 
 
+def _frame_writer(scope: Any) -> Callable[[bytes], bool] | None:
+    """The server's `qai.websocket.frames` writer (see `realtime.web.ws_protocol`), if it offers one."""
+    extension = (scope.get("extensions") or {}).get(FRAMES_EXTENSION)
+    write = extension.get("write") if isinstance(extension, dict) else None
+    return write if callable(write) else None
+
+
 def _rate_limited(op_id: OpId, retry_after_s: float) -> bytes:
     """The reply refusing a frame over its token's rate."""
     return orjson.dumps({"type": "reply", "id": op_id, "ok": False, "error": rate_limited_error(retry_after_s, "ops")})
@@ -153,8 +164,11 @@ class _SocketSink:
     idle_after_s: float | None = None  # uvicorn's pings keep the socket alive
     idle_frame = b""
 
-    def __init__(self, websocket: WebSocket, connection_id: str, project_id: str) -> None:
+    def __init__(
+        self, websocket: WebSocket, connection_id: str, project_id: str, direct: Callable[[bytes], bool] | None
+    ) -> None:
         self._websocket = websocket
+        self._direct = direct
         self._connection_id = connection_id
         self._project_id = project_id
 
@@ -162,6 +176,8 @@ class _SocketSink:
         return batch_frame(events)
 
     async def send(self, data: bytes) -> bool:
+        if self._direct is not None and self._direct(text_frame(data)):
+            return True  # framed here, written at once: no decode, no second encode
         try:
             await self._websocket.send_text(data.decode())
         except WebSocketDisconnect:
@@ -217,7 +233,7 @@ class _Session:
         await write(
             self.hub,
             self._outbox,
-            _SocketSink(self.websocket, self.connection_id, self.project_id),
+            _SocketSink(self.websocket, self.connection_id, self.project_id, self._outbox.direct),
             expires_at=self.grant.expires_at,
             owes_replies=lambda: self._in_flight > 0,
         )
