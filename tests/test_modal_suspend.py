@@ -402,3 +402,38 @@ def test_a_snapshot_is_due_only_after_a_change_and_a_change_during_one_counts() 
     clock.begins()
     clock.failed()
     assert clock.due()
+
+
+async def test_a_planned_replacement_is_a_short_starting_not_a_failure(cloud: FakeCloud, tmp_path: Any) -> None:
+    """Near its lifetime limit the sandbox is snapshotted and ended on purpose: viewers see `starting`,
+    then `ready` on a sandbox resumed from that snapshot, with the files; never `failed`."""
+    from tests.harness import fake_modal_runtime, fixture_files, make_settings, running_server
+
+    runtimes: list[ModalRuntime] = []
+
+    def factory(settings: Any) -> Any:
+        runtimes.append(fake_modal_runtime(settings))  # type: ignore[arg-type]
+        return runtimes[-1]
+
+    settings = lambda port: make_settings(tmp_path / "root", port, WORKSPACE_SNAPSHOT_INTERVAL_S="0.05")  # noqa: E731
+    async with running_server(settings, runtime_factory=factory) as server:
+        created = await server.provision("long-lived", fixture_files("kept"))
+        assert created["state"] == "ready", created
+        late = {"files": [{"path": "late.txt", "content": "l"}]}
+        await server.client.put("/api/workspaces/long-lived/files", json=late)
+        sandbox = runtimes[0]._sandboxes["long-lived"]
+        old = state_of(cloud, sandbox)
+        since = (await server.events("long-lived"))[-1]["seq"]
+        sandbox._keeper.expires_at = time.time() + sandbox.config.renew_margin_s  # its limit is near now
+        await until(lambda: old.returncode is not None)
+        with anyio.fail_after(60):
+            while True:
+                states = [e["data"] for e in await server.events("long-lived", since) if e["kind"] == "status"]
+                if states and states[-1]["state"] == "ready":
+                    break
+                await anyio.sleep(0.05)
+        names = [s["state"] for s in states]
+        assert names[0] == "starting" and "failed" not in names, names
+        assert states[-1]["resumed_from"] is not None
+        read = await server.client.get("/api/workspaces/long-lived/files", params={"path": "late.txt"})
+        assert read.json()["content"] == "l"

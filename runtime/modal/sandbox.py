@@ -89,6 +89,8 @@ class ModalSandbox:
         self._keeper = SnapshotKeeper(self._calls, config, store, expires_at=expires_at,
                                       on_expiry=self._planned_end)
         self._keeper.start()
+        #: Ended on purpose before the lifetime limit (`_planned_end`): its workspace goes on in a new one.
+        self.replaced = False
         #: Terminals and commands with stdin: exec'd for this adapter, ended with it.
         self._direct_execs: set[DirectExec] = set()
 
@@ -262,6 +264,7 @@ class ModalSandbox:
         except ProviderError as exc:
             logger.warning("sandbox %s: last snapshot before the lifetime limit failed: %s", self.project_id, exc)
             return  # keep it running: Modal's own end, later, loses no more than the interval
+        self.replaced = True  # the lifecycle opens the next one (from that snapshot), not a failure
         await self.terminate()
 
     # -- the end --------------------------------------------------------------------------------

@@ -316,6 +316,12 @@ class Workspace(ReadsFiles, ServesPorts, SleepState):
         return True
 
     async def _dev_died(self, code: int) -> None:
+        if getattr(self.sandbox, "replaced", False):  # ended on purpose before its lifetime limit (Modal)
+            self._watching.cancel()
+            self.sandbox, self._dev = None, None
+            await self._set_state(State.starting, "replacing the sandbox before its lifetime limit")
+            self._kick()  # `open` resumes from the snapshot it took
+            return
         if self.state is State.ready:
             await self._set_state(
                 State.failed, f"dev server exited with code {code}; POST /preview (refresh) starts it again"
