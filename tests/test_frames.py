@@ -229,7 +229,35 @@ OP_ARGUMENTS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "read": st.fixed_dictionaries({"path": mostly(good_paths, paths)}),
     "delete": st.fixed_dictionaries({"path": mostly(good_paths, paths)}),
     "list": st.fixed_dictionaries({}, optional={"path": mostly(st.one_of(good_paths, st.just("")), paths)}),
-    "refresh": st.fixed_dictionaries({}, optional={"revoke": mostly(st.booleans(), json_values)}),
+    "refresh": st.fixed_dictionaries(
+        {}, optional={"revoke": mostly(st.booleans(), json_values), "port": mostly(st.integers(1, 65535), json_values)}
+    ),
+    # -- terminals and stdin (issue 17) --
+    "term_open": st.fixed_dictionaries(
+        {},
+        optional={
+            "cols": mostly(st.integers(1, 300), json_values),
+            "rows": mostly(st.integers(1, 100), json_values),
+            "cmd": mostly(good_cmds, cmds),
+            "cwd": mostly(st.one_of(good_paths, st.sampled_from(["", "."])), paths),
+            "env": mostly(good_env, env_values),
+        },
+    ),
+    "term_input": st.fixed_dictionaries(
+        {"terminal_id": mostly(st.text(min_size=1, max_size=128), command_ids), "data": mostly(st.text(), json_values)}
+    ),
+    "term_resize": st.fixed_dictionaries(
+        {
+            "terminal_id": mostly(st.text(min_size=1, max_size=128), command_ids),
+            "cols": mostly(st.integers(1, 300), json_values),
+            "rows": mostly(st.integers(1, 100), json_values),
+        }
+    ),
+    "term_close": st.fixed_dictionaries({"terminal_id": mostly(st.text(min_size=1, max_size=128), command_ids)}),
+    "input": st.fixed_dictionaries(
+        {"command_id": mostly(st.text(min_size=1, max_size=128), command_ids)},
+        optional={"data": mostly(st.text(), json_values), "eof": mostly(st.booleans(), json_values)},
+    ),
 }
 assert set(OP_ARGUMENTS) == set(OPS)
 
