@@ -10,7 +10,9 @@ export class OpError extends Error {
   readonly status?: number;
 }
 
-export type EventKind = "status" | "log" | "file" | "preview" | "command" | "custom" | "provider" | (string & {});
+export type EventKind =
+  | "status" | "log" | "file" | "preview" | "command" | "custom" | "provider" | "terminal"
+  | "idle" | "port" | "presence" | "revoked" | (string & {});
 export const EVENT_KINDS: readonly EventKind[];
 export const SUBPROTOCOL: "qai.v1";
 
@@ -86,6 +88,8 @@ export interface WorkspaceClientOptions {
   /** An app-level `ping` on a timer; no reply in time drops the socket and reconnects. false: none. */
   heartbeat?: Partial<Heartbeat> | false;
   WebSocket?: typeof WebSocket;
+  /** How other viewers see this one (`presence` events). */
+  name?: string | null;
 }
 
 export interface FileInput {
@@ -117,14 +121,41 @@ export class WorkspaceClient {
   ping(): Promise<{ ts: number }>;
   exec(
     cmd: string | string[],
-    options?: { cwd?: string; env?: Record<string, string>; timeout_s?: number },
+    options?: { cwd?: string; env?: Record<string, string>; timeout_s?: number; stdin?: boolean },
   ): Promise<{ command_id: string }>;
+  /** Write to the stdin of a command started with `stdin: true`; `eof` closes it after. */
+  input(commandId: string, data?: string, options?: { eof?: boolean }): Promise<Record<string, never>>;
+  openTerminal(options?: {
+    cols?: number;
+    rows?: number;
+    cmd?: string | string[];
+    cwd?: string;
+    env?: Record<string, string>;
+  }): Promise<RemoteTerminal>;
+  /** A handle on a terminal that is already open (one of `hello.snapshot.terminals`). */
+  terminal(terminalId: string): RemoteTerminal;
   kill(commandId: string): Promise<{ command_id: string; exit_code: number }>;
   write(files: FileInput[]): Promise<{ files: { path: string; sha256: string }[] }>;
   read(path: string): Promise<{ path: string; content: string; encoding: "utf-8" | "base64" }>;
   list(path?: string): Promise<{ path: string; entries: { name: string; type: "file" | "dir"; size: number }[] }>;
   delete(path: string): Promise<unknown>;
-  refresh(options?: { revoke?: boolean }): Promise<Record<string, unknown>>;
+  refresh(options?: { revoke?: boolean; port?: number }): Promise<Record<string, unknown>>;
+}
+
+/** A terminal of the workspace (a pty); its output is the log's `terminal` events. */
+export class RemoteTerminal {
+  constructor(client: WorkspaceClient, terminalId: string | null);
+  readonly client: WorkspaceClient;
+  readonly id: string | null;
+  readonly exitCode: number | null;
+  onData(handler: (text: string) => void): () => void;
+  onExit(handler: (exitCode: number | null) => void): () => void;
+  output(): AsyncIterableIterator<string>;
+  /** Type `data` (keystrokes as typed: "\r" is Enter, "\x03" Ctrl-C); resolves once sent. */
+  write(data: string): Promise<void>;
+  resize(cols: number, rows: number): Promise<void>;
+  close(): Promise<{ terminal_id: string; exit_code: number }>;
+  dispose(): void;
 }
 
 export class WorkspaceApi {
@@ -147,5 +178,5 @@ export class WorkspaceApi {
     projectId: string,
     options?: { since?: number; limit?: number; epoch?: string },
   ): Promise<{ epoch: string; seq: number; resumed: boolean; events: WorkspaceEvent[] }>;
-  refreshPreview(projectId: string, options?: { revoke?: boolean }): Promise<Record<string, unknown>>;
+  refreshPreview(projectId: string, options?: { revoke?: boolean; port?: number }): Promise<Record<string, unknown>>;
 }

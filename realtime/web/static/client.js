@@ -267,9 +267,9 @@ export class WorkspaceClient {
     return this.request("delete", { path });
   }
 
-  /** Start the dev server again if needed and sign a fresh preview URL. */
-  refresh({ revoke = false } = {}) {
-    return this.request("refresh", { revoke });
+  /** Start the dev server again if needed and sign a fresh preview URL (with `port`: that open port's). */
+  refresh({ revoke = false, port } = {}) {
+    return this.request("refresh", clean({ revoke, port }));
   }
 
   // -- internals -------------------------------------------------------------------------------
@@ -554,8 +554,8 @@ export class WorkspaceApi {
     return this.call("GET", `/api/workspaces/${encodeURIComponent(projectId)}/events?${params}`);
   }
 
-  refreshPreview(projectId, { revoke = false } = {}) {
-    return this.call("POST", `/api/workspaces/${encodeURIComponent(projectId)}/preview`, { revoke });
+  refreshPreview(projectId, { revoke = false, port } = {}) {
+    return this.call("POST", `/api/workspaces/${encodeURIComponent(projectId)}/preview`, clean({ revoke, port }));
   }
 }
 
