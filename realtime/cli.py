@@ -91,7 +91,7 @@ def serve(host: str, port: int, log_level: str, log_format: logs.Format) -> None
                  "secrets; use it on a trusted machine only", level="warning", err=True)
     logs.say(log_format, f"serving on http://{host}:{port} (runtime {settings.runtime})")
     config = uvicorn_config(app, settings, host=host, port=port, log_level=log_level)
-    Server(config, app.state.hub, settings.drain_timeout_s).run()
+    Server(config, app.state.hub, settings.drain_timeout_s, freeze_heap=True).run()
 
 
 @cli.command(epilog=_epilog())

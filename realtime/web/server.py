@@ -8,6 +8,7 @@ handler `realtime.config.logs.configure` installs, in its format (text or JSON),
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import socket
 from typing import Any
@@ -74,10 +75,20 @@ class Server(uvicorn.Server):
     """uvicorn with one more shutdown step: stop accepting, let every socket flush what it owes and
     close with 1012 (so its client resumes elsewhere), and only then cut the remaining connections."""
 
-    def __init__(self, config: uvicorn.Config, hub: Hub, drain_timeout_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, hub: Hub, drain_timeout_s: float, *, freeze_heap: bool = False) -> None:
         super().__init__(config)
         self._hub = hub
         self._drain_timeout_s = drain_timeout_s
+        self._freeze_heap = freeze_heap
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self._freeze_heap:
+            # What start-up made (modules, the app, settings) lives as long as the process: moved out of
+            # the collector's generations, it is not walked again by every full collection, which
+            # otherwise stalls the event loop for as long as the heap is large (tens to hundreds of ms).
+            gc.collect()
+            gc.freeze()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
