@@ -415,7 +415,7 @@ async def test_a_planned_replacement_is_a_short_starting_not_a_failure(cloud: Fa
         runtimes.append(fake_modal_runtime(settings))  # type: ignore[arg-type]
         return runtimes[-1]
 
-    settings = lambda port: make_settings(tmp_path / "root", port, WORKSPACE_SNAPSHOT_INTERVAL_S="0.05")  # noqa: E731
+    settings = lambda port: make_settings(tmp_path / "root", port, WORKSPACE_SNAPSHOT_INTERVAL_S="0.5")  # noqa: E731
     async with running_server(settings, runtime_factory=factory) as server:
         created = await server.provision("long-lived", fixture_files("kept"))
         assert created["state"] == "ready", created
@@ -425,7 +425,7 @@ async def test_a_planned_replacement_is_a_short_starting_not_a_failure(cloud: Fa
         old = state_of(cloud, sandbox)
         since = (await server.events("long-lived"))[-1]["seq"]
         sandbox._keeper.expires_at = time.time() + sandbox.config.renew_margin_s  # its limit is near now
-        await until(lambda: old.returncode is not None)
+        await until(lambda: old.returncode is not None, 60)
         with anyio.fail_after(60):
             while True:
                 states = [e["data"] for e in await server.events("long-lived", since) if e["kind"] == "status"]
