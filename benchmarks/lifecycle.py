@@ -56,6 +56,7 @@ async def main(isolation: str) -> None:
                 result = await server.provision(project)
                 elapsed = time.perf_counter() - started
                 print(f"{label}: {elapsed:6.2f} s to {result['state']} ({result.get('detail') or 'ok'})", flush=True)
+                print(f"      stages: {await stages(server, project)}", flush=True)
                 if result["state"] == "ready":
                     page = await server.preview_get(result["preview_url"])
                     print(f"      preview answered {page.status_code}", flush=True)
@@ -64,6 +65,13 @@ async def main(isolation: str) -> None:
                 await server.client.delete(f"/api/workspaces/{project}")
             if warm:
                 print(f"warm median: {statistics.median(warm):6.2f} s ({isolation})", flush=True)
+
+
+async def stages(server: object, project: str) -> str:
+    """Seconds spent in each state on the way to ready, from the `status` events' timestamps."""
+    events = await server.events(project)  # type: ignore[attr-defined]
+    marks = [(e["data"]["state"], e["ts"]) for e in events if e["kind"] == "status"]
+    return ", ".join(f"{state} {(end - ts) / 1000:.2f}" for (state, ts), (_, end) in zip(marks, marks[1:]))
 
 
 async def overhead(rounds: int = 15) -> None:
