@@ -38,6 +38,7 @@ from typing import Any
 
 import anyio
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
 from realtime.core.errors import BrokerUnavailable
@@ -135,7 +136,8 @@ class RedisAppender:
         self._queue: list[_Pending] = []
         self._flushing = False
         self._flushed = anyio.Event()
-        self._sharded = sharded
+        #: A cluster client's pipelines take no scripts: its rounds go as concurrent calls instead.
+        self._concurrent = isinstance(client, RedisCluster)
         self._publish = "SPUBLISH" if sharded else "PUBLISH"
 
     async def append(self, project_id: str, kind: str, data: Mapping[str, Any]) -> Event:
@@ -247,7 +249,7 @@ class RedisAppender:
                 return [await self._client.evalsha(self._sha, len(item.keys), *item.keys, *item.args)]
             except ResponseError as exc:
                 return [exc]
-        if self._sharded:
+        if self._concurrent:
             each = await asyncio.gather(*(self._evalsha([item]) for item in batch))
             return [reply for replies in each for reply in replies]
         pipe = self._client.pipeline(transaction=False)
