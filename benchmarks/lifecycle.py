@@ -13,6 +13,7 @@ namespace: see README, Isolation).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import statistics
 import sys
@@ -71,7 +72,7 @@ async def stages(server: object, project: str) -> str:
     """Seconds spent in each state on the way to ready, from the `status` events' timestamps."""
     events = await server.events(project)  # type: ignore[attr-defined]
     marks = [(e["data"]["state"], e["ts"]) for e in events if e["kind"] == "status"]
-    return ", ".join(f"{state} {(end - ts) / 1000:.2f}" for (state, ts), (_, end) in zip(marks, marks[1:]))
+    return ", ".join(f"{state} {(end - ts) / 1000:.2f}" for (state, ts), (_, end) in itertools.pairwise(marks))
 
 
 async def overhead(rounds: int = 15) -> None:
