@@ -227,8 +227,15 @@ async def test_2500_files_changed_at_once_keep_file_events_flowing(cloud: FakeCl
         tg.start_soon(consume)
         await until(lambda: cloud.calls["fs.watch.ready"] >= 1)
         folder = "generated/components/deeply/nested"
-        await run(sandbox, f"mkdir -p {folder} && echo > {folder}/seed.txt")  # a directory already watched
-        await until(lambda: FileChange(ChangeKind.added, f"{folder}/seed.txt") in changes)
+        await run(sandbox, f"mkdir -p {folder}")
+        seeded = lambda: any(c.path == f"{folder}/seed.txt" for c in changes)  # noqa: E731
+        with anyio.fail_after(60):
+            while not seeded():
+                # Until the watch follows the new directory (an inotify watch is added after the mkdir is
+                # seen; a file made before that is missed), write the seed again.
+                await run(sandbox, f"echo x >> {folder}/seed.txt")
+                with anyio.move_on_after(1):
+                    await until(seeded, 2)
         await run(sandbox, f"cd {folder} && printf 'component_number_%04d.tsx\\n' $(seq 0 2499) | xargs touch")
         await until(lambda: len({c.path for c in changes}) >= 2500, seconds=120)
         await run(sandbox, "echo after > after.txt")

@@ -114,6 +114,7 @@ class WorkspaceManager:
         self, project_id: str, files: Sequence[FileUpload], env: Mapping[str, str] | None, request_id: str
     ) -> tuple[Workspace, bool]:
         """Provision the project's workspace, or reconnect to it; return it and whether it is new."""
+        await self._let_detached_end(project_id)
         async with self._lock:
             workspace = self._workspaces.get(project_id)
             created = workspace is None or workspace.state is State.stopped
@@ -138,6 +139,7 @@ class WorkspaceManager:
 
     async def hold_asleep(self, project_id: str, env: Mapping[str, str] | None) -> Workspace:
         """Drive a suspended workspace another instance left, without waking it (adoption)."""
+        await self._let_detached_end(project_id)
         async with self._lock:
             workspace = self._workspaces.get(project_id)
             if workspace is None or workspace.state is State.stopped:
@@ -145,6 +147,13 @@ class WorkspaceManager:
                 workspace.env = dict(env or {})
                 workspace.state = State.suspended  # as its owner left it; nothing happened here
         return workspace
+
+    async def _let_detached_end(self, project_id: str) -> None:
+        """A workspace this instance was told to let go of (detached) may still be ending when this
+        instance adopts the project again: it ends first, then a new one starts (never the dying one)."""
+        workspace = self._workspaces.get(project_id)
+        if workspace is not None and workspace.detached:
+            await workspace.stop()
 
     async def _start(self, project_id: str) -> Workspace:
         self.restore_generation(project_id, await self.revocations.current(Generation.preview, project_id))

@@ -81,13 +81,14 @@ class Cgroups:
         return group
 
     def sweep(self, alive: Callable[[int], bool]) -> list[str]:
-        """Remove the cgroups named `<root hash>-<pid>-<name>` whose server `pid` is gone (it crashed,
+        """Remove the cgroups named `<root hash>-<pid>[.<token>]-<name>` whose server `pid` is gone (it crashed,
         or never terminated them); return their names."""
         gone = []
         with contextlib.suppress(OSError):
             for entry in sorted(self.parents[0].iterdir()):
                 parts = entry.name.split("-", 2)
-                if len(parts) == 3 and parts[1].isdigit() and not alive(int(parts[1])):
+                pid = parts[1].split(".", 1)[0] if len(parts) == 3 else ""  # `<pid>.<runtime token>`
+                if pid.isdigit() and not alive(int(pid)):
                     group = WorkspaceCgroup(self.version, tuple(parent / entry.name for parent in self.parents))
                     with contextlib.suppress(OSError):
                         group.remove()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,9 @@ class HostSandboxing:
     prlimit: str | None = None
     switch_uid: bool = False
     degraded: list[str] = field(default_factory=list)
+    #: This runtime's part of its cgroups' names: the server's pid (for the sweep), and a token, so that
+    #: two runtimes of one process (instances in one test process) never share a workspace's cgroup.
+    tag: str = field(default_factory=lambda: f"{os.getpid()}.{secrets.token_hex(3)}")
 
     @classmethod
     async def find(cls, root: Path, limits: Limits) -> HostSandboxing:
@@ -82,8 +86,8 @@ class HostSandboxing:
         return host
 
     def _cgroup_name(self, name: str) -> str:
-        """Unique per root, server and workspace (servers may share a host and a root)."""
-        return f"{hashlib.sha256(str(self.root).encode()).hexdigest()[:10]}-{os.getpid()}-{name}"
+        """Unique per root, runtime and workspace (servers may share a host and a root)."""
+        return f"{hashlib.sha256(str(self.root).encode()).hexdigest()[:10]}-{self.tag}-{name}"
 
     async def confine(self, name: str, workspace: Path, uid: int | None, *, network: bool = True) -> Confinement:
         """The confinement of workspace `name` (its directory `workspace`, its uid when switching).
