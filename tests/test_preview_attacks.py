@@ -119,8 +119,15 @@ class Attack:
     tenant: Tenant
     trap: Trap
 
+    #: Each project's preview host, signed once: a browser keeps one URL, and its cookies belong to that
+    #: hostname (signing again a second later would give another label, and another cookie namespace).
+    hosts: dict[str, str] = field(default_factory=dict)
+
     def host(self, project_id: str = TENANT) -> str:
-        return f"{self.signer.label(project_id, 1, int(time.time()) + 3600)}.preview.localhost:{self.port}"
+        if project_id not in self.hosts:
+            label = self.signer.label(project_id, 1, int(time.time()) + 3600)
+            self.hosts[project_id] = f"{label}.preview.localhost:{self.port}"
+        return self.hosts[project_id]
 
     async def send(
         self, target: bytes, *, websocket: bool = False, host: str | None = None, headers: tuple[str, ...] = ()
