@@ -21,13 +21,17 @@ import { WorkspaceClient, WorkspaceApi, DEFAULTS } from "%(client)s";
 const sockets = [];
 class FakeSocket {
   constructor(url, protocols) {
-    Object.assign(this, { url, protocols, sent: [], closed: null });
+    Object.assign(this, { url, protocols, sent: [], dropped: [], closed: null, readyState: 1 });
     sockets.push(this);
   }
-  send(frame) { this.sent.push(JSON.parse(frame)); }
+  // As a browser's: a frame sent to a closing or closed socket is dropped, with no error.
+  send(frame) { (this.readyState === 1 ? this.sent : this.dropped).push(JSON.parse(frame)); }
   // A dead network path: close() starts a closing handshake that never completes (no onclose).
-  close(code = 1000, reason = "") { this.closed = [code, reason]; }
-  serverClose(code, reason = "") { queueMicrotask(() => this.onclose?.({ code, reason })); }
+  close(code = 1000, reason = "") { this.closed = [code, reason]; this.readyState = 2; }
+  serverClose(code, reason = "") {
+    this.readyState = 3;
+    queueMicrotask(() => this.onclose?.({ code, reason }));
+  }
   deliver(frame) { this.onmessage({ data: JSON.stringify(frame) }); }
 }
 const until = async (check) => {
@@ -107,6 +111,56 @@ client.close();
 out.listenerLeft = "online" in listeners;
 """)
     assert out == {"socketsWhileBackingOff": 1, "sockets": 2, "listenerLeft": False}
+
+
+def test_an_op_made_while_the_socket_is_closing_waits_for_the_next_channel(tmp_path: Path) -> None:
+    """A socket closed by the page (or the heartbeat) stays `open` to the client until its close event;
+    a keystroke typed in between was sent into the closing socket, which drops it: it must wait instead."""
+    out = _run(tmp_path, r"""
+const client = new WorkspaceClient({
+  projectId: "p", token: "t", baseUrl: "http://svc", WebSocket: FakeSocket,
+  backoff: { initialMs: 1, maxMs: 1 }, heartbeat: false,
+});
+const connected = client.connect();
+await until(() => sockets.length === 1);
+sockets[0].deliver(hello(3));
+await connected;
+sockets[0].close(4000, "dropped");
+const typed = client.request("term_input", { terminal_id: "t1", data: "\r" });
+sockets[0].serverClose(4000, "dropped");
+await until(() => sockets.length === 2);
+sockets[1].deliver(hello(3));
+await until(() => sockets[1].sent.length === 1);
+const frame = sockets[1].sent[0];
+sockets[1].deliver({ type: "reply", id: frame.id, ok: true, data: {} });
+out.reply = await typed;
+out.first = { sent: sockets[0].sent.length, dropped: sockets[0].dropped.length };
+out.second = frame.op;
+client.close();
+""")
+    assert out == {"reply": {}, "first": {"sent": 0, "dropped": 0}, "second": "term_input"}
+
+
+def test_ops_waiting_for_the_channel_are_bounded(tmp_path: Path) -> None:
+    """Ops made while disconnected wait, but not without end: past 1,000 ops (or 4 MiB of frames) an op
+    is refused at once with `queue_full`, and what waited is sent once the channel opens."""
+    out = _run(tmp_path, r"""
+const client = new WorkspaceClient({
+  projectId: "p", token: "t", baseUrl: "http://svc", WebSocket: FakeSocket,
+  backoff: { initialMs: 1, maxMs: 1 }, heartbeat: false,
+});
+const connected = client.connect();
+await until(() => sockets.length === 1);
+const waiting = [];
+for (let i = 0; i < 1000; i++) waiting.push(client.ping().catch(() => {}));
+out.overCount = await client.ping().catch((error) => error.code);
+out.overBytes = await client.request("term_input", { data: "x".repeat(5 * 1024 * 1024) }).catch((e) => e.code);
+sockets[0].deliver(hello(0));
+await connected;
+out.sent = sockets[0].sent.length;
+client.close();
+""")
+    assert out == {"overCount": "queue_full", "overBytes": "queue_full", "sent": 1000}
 
 
 def test_1009_and_1008_without_a_token_source_are_fatal(tmp_path: Path) -> None:

@@ -34,6 +34,11 @@ const CLOSE_TOO_BIG = 1009;
 const NORMAL_CLOSE = 1000;
 /** Our own close of a socket whose pings went unanswered (a dead network path). */
 const CLOSE_HEARTBEAT = 4001;
+/** `WebSocket.OPEN`: only then does `send()` put a frame on the wire (a closing socket drops it). */
+const SOCKET_OPEN = 1;
+/** Ops waiting for the channel to open again, at most this many and this many bytes of frames. */
+const MAX_QUEUED_OPS = 1000;
+const MAX_QUEUED_BYTES = 4 * 1024 * 1024;
 
 /**
  * Defaults shared with the Python client (docs/protocol.md, "Clients"): where a new channel starts
@@ -113,6 +118,7 @@ export class WorkspaceClient {
     this._handlers = new Map();
     this._inFlight = new Map();
     this._queued = [];
+    this._queuedBytes = 0;
     this._nextId = 1;
     this._attempt = 0;
     this._socket = null;
@@ -201,8 +207,10 @@ export class WorkspaceClient {
       const id = this._nextId++;
       const frame = JSON.stringify({ ...args, op, id });
       const entry = { id, op, frame, resolve, reject };
-      if (this._state === "open") this._send(entry);
-      else this._queued.push(entry);
+      // A socket we (or the heartbeat) just closed is still "open" until its close event comes;
+      // a frame sent to it now would be dropped unsent, so it waits for the next channel too.
+      if (this._state === "open" && this._socket?.readyState === SOCKET_OPEN) this._send(entry);
+      else this._enqueue(entry);
     });
   }
 
@@ -449,6 +457,7 @@ export class WorkspaceClient {
     this._firstHello?.resolve?.(hello);
     const queued = this._queued;
     this._queued = [];
+    this._queuedBytes = 0;
     for (const entry of queued) this._send(entry);
   }
 
@@ -477,6 +486,15 @@ export class WorkspaceClient {
     else entry.reject(new OpError(reply.error.code, reply.error.message, { op: entry.op }));
   }
 
+  _enqueue(entry) {
+    if (this._queued.length >= MAX_QUEUED_OPS || this._queuedBytes + entry.frame.length > MAX_QUEUED_BYTES) {
+      entry.reject(new OpError("queue_full", "too many ops are waiting for the channel to open", { op: entry.op }));
+      return;
+    }
+    this._queued.push(entry);
+    this._queuedBytes += entry.frame.length;
+  }
+
   _send(entry) {
     this._inFlight.set(entry.id, entry);
     this._socket.send(entry.frame);
@@ -488,6 +506,7 @@ export class WorkspaceClient {
     if (code === "closed") {
       entries.push(...this._queued);
       this._queued = [];
+      this._queuedBytes = 0;
     }
     for (const entry of entries) entry.reject(new OpError(code, message, { op: entry.op }));
   }
