@@ -43,7 +43,7 @@ from runtime.local.ports import LocalPorts
 from runtime.local.process import LocalProcess, base_env
 from runtime.local.sandbox import HOME, ISOLATIONS, Jail, bwrap_argv
 from runtime.local.suspend import SuspendsByTerminating
-from runtime.local.template import TemplateCache, move_into_place
+from runtime.local.template import TemplateCache, lay_workspace
 from runtime.local.terminal import LocalTerminal, in_script
 from runtime.paths import resolve_in
 from runtime.reads import DEFAULT_MAX_READ_BYTES
@@ -311,14 +311,22 @@ class LocalRuntime:
             if (sandbox := self._sandboxes.get(project_id)) is not None:
                 return sandbox
             host = await self.sandboxing()
-            if not await anyio.to_thread.run_sync(workspace.is_dir):
-                await self._provision(workspace, uid_for(project_id) if host and host.switch_uid else None)
+            fresh = not await anyio.to_thread.run_sync(workspace.is_dir)
+            confinement = await host.confine(project_id, workspace, uid_for(project_id)) if host else None
+            try:
+                if fresh:  # its network (else made at the first command) is made while its files are laid
+                    network = confinement.network if confinement is not None else None
+                    await lay_workspace(self.template, workspace, self.root / ".staging",
+                                        uid_for(project_id) if host and host.switch_uid else None,
+                                        meanwhile=network.ready if network is not None else None)
+            except BaseException:
+                if confinement is not None:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(confinement.close)
+                raise
             pids = PidFile(self.root / ".pids" / project_id)
             marker = await anyio.to_thread.run_sync(os.path.realpath, workspace)
             await kill_stale_groups(pids, marker)
-            confinement = None
-            if host is not None:
-                confinement = await host.confine(project_id, workspace, uid_for(project_id))
             calls = self._calls.setdefault(project_id, FileCalls(LocalSandbox.FILE_CALLS, self._file_op_timeout_s))
             sandbox = LocalSandbox(project_id, workspace, self.root / ".staging", pids, env=self._env,
                                    on_close=self._forget, max_read_bytes=self._max_read_bytes, calls=calls,
@@ -338,27 +346,6 @@ class LocalRuntime:
             if self.template is not None:
                 self.template.runner = self._host.install_runner()
         return self._host
-
-    async def _provision(self, workspace: Path, owner: int | None) -> None:
-        staging = self.root / ".staging"
-        await anyio.to_thread.run_sync(lambda: staging.mkdir(parents=True, exist_ok=True))
-        await anyio.to_thread.run_sync(lambda: workspace.parent.mkdir(parents=True, exist_ok=True))
-        scratch = Path(await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="lay-", dir=staging)))
-        try:
-            laid = scratch / "workspace"
-            try:
-                if self.template is not None:
-                    await self.template.lay(laid, owner=owner)
-                else:
-                    await anyio.to_thread.run_sync(laid.mkdir)
-                    if owner is not None:
-                        await anyio.to_thread.run_sync(os.chown, laid, owner, owner)
-                await anyio.to_thread.run_sync(move_into_place, laid, workspace)
-            except OSError as exc:
-                raise ProviderError(f"cannot create workspace {str(workspace)!r}: {exc}") from exc
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(shutil.rmtree, scratch, True)
 
     def _forget(self, sandbox: LocalSandbox) -> None:
         if self._sandboxes.get(sandbox.project_id) is sandbox:

@@ -23,7 +23,8 @@ import os
 import secrets
 import shlex
 import shutil
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,7 +38,7 @@ from runtime.local.process import LocalProcess, base_env
 if TYPE_CHECKING:
     from runtime.local.host import InstallRunner
 
-__all__ = ["TemplateCache", "link_tree", "move_into_place"]
+__all__ = ["TemplateCache", "lay_workspace", "link_tree", "move_into_place"]
 
 logger = logging.getLogger(__name__)
 
@@ -269,3 +270,56 @@ def move_into_place(laid: Path, workspace: Path) -> None:
         if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not workspace.is_dir():
             raise
         logger.info("workspace %s was created concurrently; using the existing one", workspace)
+
+
+async def lay_workspace(template: TemplateCache | None, workspace: Path, staging: Path, owner: int | None, *,
+                        meanwhile: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Make `workspace` (which must not exist): laid from `template` (or empty) in `staging`, moved in whole.
+
+    `owner`: the uid that gets it (see `TemplateCache.lay`). `meanwhile` runs while it is laid (the
+    workspace's network is made then); what it raises is raised as is, once the laying is done.
+
+    Raises:
+        ProviderError: it could not be made.
+    """
+    if meanwhile is None:
+        return await _lay(template, workspace, staging, owner)
+    failed: list[Exception] = []
+
+    async def run_meanwhile() -> None:
+        try:
+            await meanwhile()
+        except Exception as exc:  # noqa: BLE001 - raised below, unwrapped, after the laying
+            failed.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run_meanwhile)
+        try:
+            await _lay(template, workspace, staging, owner)
+        except Exception as exc:  # noqa: BLE001 - raised below, unwrapped (a task group would wrap it)
+            failed.insert(0, exc)
+            tg.cancel_scope.cancel()
+    if failed:
+        raise failed[0]
+    return None
+
+
+async def _lay(template: TemplateCache | None, workspace: Path, staging: Path, owner: int | None) -> None:
+    await anyio.to_thread.run_sync(lambda: staging.mkdir(parents=True, exist_ok=True))
+    await anyio.to_thread.run_sync(lambda: workspace.parent.mkdir(parents=True, exist_ok=True))
+    scratch = Path(await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="lay-", dir=staging)))
+    try:
+        laid = scratch / "workspace"
+        try:
+            if template is not None:
+                await template.lay(laid, owner=owner)
+            else:
+                await anyio.to_thread.run_sync(laid.mkdir)
+                if owner is not None:
+                    await anyio.to_thread.run_sync(os.chown, laid, owner, owner)
+            await anyio.to_thread.run_sync(move_into_place, laid, workspace)
+        except OSError as exc:
+            raise ProviderError(f"cannot create workspace {str(workspace)!r}: {exc}") from exc
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(shutil.rmtree, scratch, True)
