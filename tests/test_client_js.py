@@ -12,11 +12,12 @@ from typing import Any
 
 import realtime.client
 from realtime.client._connection import connect
+from runtime.events import EventKind
 
 CLIENT = Path(__file__).resolve().parent.parent / "realtime" / "web" / "static" / "client.js"
 
 _PRELUDE = r"""
-import { WorkspaceClient, WorkspaceApi, DEFAULTS } from "%(client)s";
+import { WorkspaceClient, WorkspaceApi, DEFAULTS, EVENT_KINDS } from "%(client)s";
 
 const sockets = [];
 class FakeSocket {
@@ -191,6 +192,14 @@ out.defaults = DEFAULTS;
     assert out["policyFixedToken"] == {"state": "closed", "sockets": 1, "pending": "disconnected"}
     assert out["policyTokenSource"]["sockets"] == 2  # a token source may mint a good one: retry
     assert out["defaults"]["since"] == 0 and out["defaults"]["tokenScope"] == "read"
+
+
+def test_the_javascript_client_knows_every_event_kind(tmp_path: Path) -> None:
+    """`EVENT_KINDS` (what `on()` accepts by name) and the declarations list exactly the log's kinds."""
+    out = _run(tmp_path, "out.kinds = EVENT_KINDS;")
+    assert out["kinds"] == [kind.value for kind in EventKind]
+    declared = (CLIENT.parent / "client.d.ts").read_text().split("export type EventKind =", 1)[1].split(";", 1)[0]
+    assert set(re.findall(r'"(\w+)"', declared)) == {kind.value for kind in EventKind}
 
 
 def test_the_python_client_shares_the_javascript_defaults(tmp_path: Path) -> None:

@@ -27,7 +27,9 @@ export class OpError extends Error {
 }
 
 /** Event kinds of the log (protocol § Events); each is also a name `on()` accepts. */
-export const EVENT_KINDS = ["status", "log", "file", "preview", "command", "custom", "provider", "terminal"];
+export const EVENT_KINDS = [
+  "status", "log", "file", "preview", "command", "custom", "provider", "revoked", "terminal", "idle", "port", "presence",
+];
 
 const CLOSE_POLICY = 1008;
 const CLOSE_TOO_BIG = 1009;
