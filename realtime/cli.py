@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 import anyio
 import click
@@ -35,7 +36,7 @@ def _epilog() -> str:
     return "\b\n" + help_text().replace("\n\n", "\n")
 
 
-def _config_errors(exc: ConfigError, fmt: logs.Format = "text") -> None:
+def _config_errors(exc: ConfigError, fmt: logs.Format = "text") -> NoReturn:
     """Every problem of the configuration, each with the variable's description; exit status 2."""
     for problem in exc.problems:
         described = describe(problem.split(" ", 1)[0])
@@ -49,7 +50,6 @@ def _settings(host: str, port: int, fmt: logs.Format = "text") -> Settings:
         return Settings.from_env(host=host, port=port)
     except ConfigError as exc:
         _config_errors(exc, fmt)
-        raise
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
