@@ -95,6 +95,34 @@ async def test_a_bad_name_is_refused_at_connect(server: Running) -> None:
         assert listing["viewers"][0]["connection_id"] == watcher.hello["snapshot"]["connection_id"]
 
 
+@pytest.mark.anyio
+async def test_a_viewer_may_ask_who_is_here_with_its_own_session_token(server: Running) -> None:
+    """`GET …/presence` takes the project's session token (a viewer asks who else is here); another
+    project's token, a revoked one, a missing or a forged one get 401 and learn nothing."""
+
+    async def mint(project_id: str) -> str:
+        response = await server.client.post(f"/api/workspaces/{project_id}/tokens", json={"scope": "read"})
+        assert response.status_code == 200, response.text
+        token: str = response.json()["token"]
+        return token
+
+    mine, theirs = await mint("pres4"), await mint("pres5")
+    async with open_peer(server.ws_url("pres4", token=TOKEN, name="Ada")), \
+            httpx.AsyncClient(base_url=server.url) as browser:
+        async def presence(token: str | None) -> httpx.Response:
+            headers = {"authorization": f"Bearer {token}"} if token else {}
+            return await browser.get("/api/workspaces/pres4/presence", headers=headers)
+
+        allowed = await presence(mine)
+        assert allowed.status_code == 200 and [v["name"] for v in allowed.json()["viewers"]] == ["Ada"]
+        for token in (theirs, None, mine[:-4] + "AAAA"):
+            refused = await presence(token)
+            assert refused.status_code == 401 and "viewers" not in refused.json(), refused.text
+        assert (await server.client.post("/api/workspaces/pres4/tokens/revoke")).status_code == 200
+        revoked = await presence(mine)
+        assert revoked.status_code == 401 and "revoked" in revoked.json()["error"]["message"]
+
+
 # -- two instances (real processes, one Redis) ---------------------------------------------------
 
 

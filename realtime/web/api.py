@@ -277,9 +277,17 @@ async def _not_revoked(services: Services, grant: TokenGrant, project_id: str) -
 
 
 async def get_presence(request: Request) -> Response:
-    """Who watches the project now (issue 17): `{viewers: [{connection_id, name, since}], count}`."""
+    """Who watches the project now (issue 17): `{viewers: [{connection_id, name, since}], count}`.
+
+    Takes the service token or a session token of the project (a viewer may ask who else is here).
+    """
     services = _services(request)
     project_id = _project(request)
+    try:
+        grant = project_grant(services.tokens, bearer_token(request.scope), project_id)
+    except Denied as exc:
+        raise ApiError(401, "unauthorized", str(exc)) from None
+    await _not_revoked(services, grant, project_id)
     listed, count = await services.presence.viewers(project_id) if services.presence else ([], 0)
     return json_response({"project_id": project_id, "viewers": listed, "count": count})
 

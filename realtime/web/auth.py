@@ -39,10 +39,10 @@ TOKEN_PREFIX = "qai.token."
 MAX_SUBPROTOCOL_TOKEN = 4096
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 
-#: Routes under /api that authenticate themselves: signed inbound webhooks, and the event feed
-#: (which also takes a project's session token, in the query for browsers' EventSource).
+#: Routes under /api that authenticate themselves: signed inbound webhooks, and a project's reads that
+#: also take its session tokens: the event feed (in the query too, for browsers' EventSource) and presence.
 _SELF_AUTHENTICATED = frozenset({("POST", "/api/workspaces/events")})
-_EVENT_FEED = re.compile(r"/api/workspaces/[^/]+/events/?")
+_PROJECT_READS = re.compile(r"/api/workspaces/[^/]+/(?:events|presence)/?")
 
 
 class Denied(Exception):
@@ -132,7 +132,7 @@ class BearerAuth:
             scope["type"] == "http"
             and scope["path"].startswith("/api/")
             and (scope["method"], scope["path"].rstrip("/")) not in _SELF_AUTHENTICATED
-            and not (scope["method"] in ("GET", "HEAD") and _EVENT_FEED.fullmatch(scope["path"]))
+            and not (scope["method"] in ("GET", "HEAD") and _PROJECT_READS.fullmatch(scope["path"]))
         ):
             token = bearer_token(scope)
             if token is None or not self._tokens.is_service_token(token):
