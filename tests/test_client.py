@@ -24,15 +24,20 @@ from realtime.client import (
     File,
     Gap,
     Hello,
+    Idle,
     Item,
     Log,
     OpError,
+    Port,
+    Presence,
     Preview,
     Provider,
     Reply,
     Reset,
+    Revoked,
     ServerClosed,
     Status,
+    TerminalEvent,
     channel_url,
     connect,
     parse_event,
@@ -41,6 +46,8 @@ from realtime.config.settings import Settings
 from realtime.publisher import Publisher
 from realtime.web.app import create_app
 from realtime.web.server import Server, uvicorn_config
+from runtime import events
+from runtime.events import EventKind
 from tests.conftest import REDIS_URL
 from tests.harness import TOKEN, Running, fixture_files, make_settings, running_server
 from tests.procs import free_port
@@ -98,9 +105,20 @@ def test_every_documented_kind_parses_to_its_own_type() -> None:
         ("command", {"command_id": "c", "state": "exited", "exit_code": 3}, Command),
         ("custom", {"type": "deploy", "data": {"by": "ci"}}, Custom),
         ("provider", {"type": "modal", "data": 1}, Provider),
+        ("terminal", {"terminal_id": "t1", "data": "$ "}, TerminalEvent),
+        ("idle", events.idle(1_700_000_000_000), Idle),
+        ("idle", events.idle(None), Idle),
+        ("port", events.port_opened(3010, "http://p/", 9), Port),
+        ("port", events.port_closed(3010), Port),
+        ("presence", events.presence("c1", None, "joined"), Presence),
+        ("revoked", events.revoked(4), Revoked),
         ("shiny-new-kind", {"x": 1}, Event),
         ("log", {"source": "dev"}, Event),  # a known kind in an unknown shape is kept, untyped
+        ("port", {"port": "3010", "state": "open"}, Event),
+        ("idle", {"suspend_at": "soon"}, Event),
     ]
+    typed = {kind for kind, _, expected in cases if expected is not Event}
+    assert typed == {kind.value for kind in EventKind}  # every kind of the log has its type
     for kind, data, expected in cases:
         event = parse_event(_frame(7, kind, data))
         assert type(event) is expected, (kind, event)
@@ -114,6 +132,13 @@ def test_every_documented_kind_parses_to_its_own_type() -> None:
     )
     exited = parse_event(_frame(2, "command", {"command_id": "c", "state": "exited", "exit_code": None, "lost": True}))
     assert isinstance(exited, Command) and exited.exit_code is None and exited.lost and not exited.timed_out
+    port = parse_event(_frame(4, "port", events.port_opened(3010, "http://p/", 9)))
+    assert isinstance(port, Port)
+    assert (port.port, port.state, port.url, port.expires_at) == (3010, "open", "http://p/", 9)
+    idle = parse_event(_frame(5, "idle", events.idle(None)))
+    assert isinstance(idle, Idle) and idle.suspend_at is None
+    viewer = parse_event(_frame(6, "presence", events.presence("c1", "Ada", "left")))
+    assert isinstance(viewer, Presence) and (viewer.connection_id, viewer.name, viewer.state) == ("c1", "Ada", "left")
     custom = parse_event(_frame(3, "custom", {"type": "deploy", "data": [1, 2]}))
     assert isinstance(custom, Custom) and (custom.type, custom.value) == ("deploy", [1, 2])
     with pytest.raises(AttributeError):

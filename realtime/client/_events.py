@@ -17,12 +17,17 @@ __all__ = [
     "Event",
     "File",
     "Gap",
+    "Idle",
     "Item",
     "Log",
+    "Port",
+    "Presence",
     "Preview",
     "Provider",
     "Reset",
+    "Revoked",
     "Status",
+    "TerminalEvent",
     "parse_event",
 ]
 
@@ -104,6 +109,41 @@ class TerminalEvent(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class Idle(Event):
+    """Nobody views the workspace: it is suspended at `suspend_at` (unix ms) unless someone comes
+    back; `None` when someone did (the warning is withdrawn)."""
+
+    suspend_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Port(Event):
+    """The workspace listens on `port` (`state == "open"`, with its signed preview `url` and
+    `expires_at`), or stopped listening (`"closed"`: `url` and `expires_at` are `None`)."""
+
+    port: int
+    state: str
+    url: str | None
+    expires_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Presence(Event):
+    """A viewer (`connection_id`, its optional `name`) `joined` or `left` the project."""
+
+    connection_id: str
+    name: str | None
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class Revoked(Event):
+    """Session tokens of the project below `generation` are no longer accepted."""
+
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
 class Reset:
     """The server could not resume from the client's position (`resumed: false`): history moved
     past it, or the log was reset (a new `epoch`). Rebuild local state from `snapshot`; the events
@@ -146,6 +186,13 @@ def _opt_str(data: Mapping[str, Any], key: str) -> str | None:
 def _opt_int(data: Mapping[str, Any], key: str) -> int | None:
     value = data.get(key)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _int(data: Mapping[str, Any], key: str) -> int:
+    value = _opt_int(data, key)
+    if value is None:
+        raise TypeError(f"{key} must be an integer")
+    return value
 
 
 def parse_event(frame: Mapping[str, Any]) -> Event:
@@ -194,6 +241,17 @@ def parse_event(frame: Mapping[str, Any]) -> Event:
             case "terminal":
                 return TerminalEvent(*base, _str(data, "terminal_id"), _opt_str(data, "data") or "",
                                      _opt_str(data, "state"), _opt_int(data, "exit_code"))
+            case "idle":
+                if data.get("suspend_at") is not None and _opt_int(data, "suspend_at") is None:
+                    raise TypeError("suspend_at must be an integer or null")
+                return Idle(*base, _opt_int(data, "suspend_at"))
+            case "port":
+                return Port(*base, _int(data, "port"), _str(data, "state"), _opt_str(data, "url"),
+                            _opt_int(data, "expires_at"))
+            case "presence":
+                return Presence(*base, _str(data, "connection_id"), _opt_str(data, "name"), _str(data, "state"))
+            case "revoked":
+                return Revoked(*base, _int(data, "generation"))
     except TypeError:
         pass  # a known kind in an unexpected shape: keep it, untyped, rather than lose it
     return Event(*base)
