@@ -13,7 +13,7 @@ import pytest
 import runtime.modal
 from runtime.base import ChangeKind, FileChange, FileUpload
 from runtime.errors import PathError
-from runtime.modal.changes import ChangeWindow, OwnWrites, merge
+from runtime.modal.changes import ChangeWindow, OwnWrites, Reported, merge
 from runtime.modal.checkpoint import format_offsets, parse_offsets
 from runtime.modal.config import RetryPolicy, sandbox_name
 from runtime.modal.devserver import decode_record, encode_record, fingerprint
@@ -93,7 +93,8 @@ def test_a_rename_is_a_deletion_and_a_creation() -> None:
     """A Modify with two paths (from, to) deletes the first and adds the second."""
     folded = window(event(T.Modify, "old.txt", "new.txt"))
     assert folded.probe() == ["+new.txt"]
-    assert folded.report(set()) == [FileChange(ChangeKind.added, "new.txt"), FileChange(ChangeKind.deleted, "old.txt")]
+    assert folded.report(Reported()) == [FileChange(ChangeKind.added, "new.txt"),
+                                         FileChange(ChangeKind.deleted, "old.txt")]
 
 
 def test_ignored_own_and_outside_paths_are_never_reported() -> None:
@@ -105,26 +106,27 @@ def test_ignored_own_and_outside_paths_are_never_reported() -> None:
         FileWatchEvent(["/tmp/elsewhere.txt"], T.Create), event(T.Modify, "edited.txt"), own=own,
     )
     assert folded.probe() == ["=edited.txt"]
-    assert folded.report(set()) == [FileChange(ChangeKind.modified, "edited.txt")]
+    assert folded.report(Reported()) == [FileChange(ChangeKind.modified, "edited.txt")]
 
 
 def test_created_and_deleted_within_a_window_is_reported_only_if_it_was_reported_before() -> None:
     """A file that came and went is nothing, unless an earlier window reported it: then it is deleted."""
-    assert window(event(T.Create, "tmp.txt"), event(T.Remove, "tmp.txt")).report(set()) == []
-    known = {"tmp.txt"}
+    assert window(event(T.Create, "tmp.txt"), event(T.Remove, "tmp.txt")).report(Reported()) == []
+    reported = Reported({"tmp.txt": None})
     folded = window(event(T.Create, "tmp.txt"), event(T.Remove, "tmp.txt"))
-    assert folded.report(known) == [FileChange(ChangeKind.deleted, "tmp.txt")]
-    assert known == set()
+    assert folded.report(reported) == [FileChange(ChangeKind.deleted, "tmp.txt")]
+    assert reported == Reported({}, {"tmp.txt"})
 
 
 def test_the_probe_drops_directories_and_adds_the_files_of_new_ones() -> None:
     """Directories are reported through their files; a file already reported is not added twice."""
     folded = window(event(T.Create, "newdir"), event(T.Create, "newdir/a.txt"), event(T.Modify, "olddir"))
     assert folded.probe() == ["+newdir", "+newdir/a.txt", "=olddir"]
-    folded.apply_probe("D 0\nF newdir/a.txt\nF newdir/b.txt\nF newdir/node_modules/x.js\nD 2\n")
-    known = {"newdir/b.txt"}
-    assert folded.report(known) == [FileChange(ChangeKind.added, "newdir/a.txt")]
-    assert known == {"newdir/a.txt", "newdir/b.txt"}
+    folded.apply_probe("D 0\nF 5.0 newdir/a.txt\nF 3.0 newdir/b.txt\nF 5.0 newdir/node_modules/x.js\nD 2\n"
+                       "C 5.0 ./newdir\nC 5.0 ./newdir/a.txt\nC 5.0 ./olddir\n")
+    reported = Reported({"newdir/b.txt": "3.0"})
+    assert folded.report(reported) == [FileChange(ChangeKind.added, "newdir/a.txt")]
+    assert reported.files == {"newdir/a.txt": "5.0", "newdir/b.txt": "3.0"}
 
 
 # -- uploads ---------------------------------------------------------------------------------------

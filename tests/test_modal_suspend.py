@@ -175,7 +175,7 @@ async def test_the_watch_is_re_armed_past_its_timeout_while_consumed(cloud: Fake
         await run(sandbox, "echo x > later.txt")
         await until(lambda: FileChange(ChangeKind.added, "later.txt") in changes)
         tg.cancel_scope.cancel()
-    assert cloud.live_execs(sandbox.handle.object_id) == 0
+    await until(lambda: cloud.live_execs(sandbox.handle.object_id) == 0)
 
 
 async def test_a_dropped_stream_stops_the_old_follower_before_the_new_one(cloud: FakeCloud) -> None:
