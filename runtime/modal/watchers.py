@@ -117,7 +117,8 @@ class Watchers:
         while True:
             self._poke = poke = anyio.Event()
             now = anyio.current_time()
-            if self._since is not None and (run.heard or run.done.is_set() or now >= run.armed + overlap):
+            trusted = not run.done.is_set() and (run.heard or now >= run.armed + overlap)
+            if self._since is not None and trusted:
                 since, self._since = self._since, None
                 await send.send(CatchUp(since))
                 continue

@@ -92,6 +92,7 @@ class FakeCloud:
         #: File watch number (1, 2, … in the order asked for) → a gate: the watch reports nothing
         #: until it is set (the watcher still watches; what it saw meanwhile comes out after).
         self.watch_gates: dict[int, threading.Event] = {}
+        #: (`calls["fs.watch#<number>.events"]` counts the events each watch reported.)
         #: File watch number → a hold: once its timeout elapsed the watch goes on until the hold is set.
         self.watch_holds: dict[int, threading.Event] = {}
         #: Called with the watch number and the sandbox when a watch stopped watching (its timeout
@@ -611,6 +612,7 @@ class _SandboxFilesystem:
                     for change, raw in sorted(batch, key=lambda item: item[1]):
                         kind = kinds[change]
                         if filter is None or kind in filter:
+                            CLOUD.calls[f"fs.watch#{number}.events"] += 1
                             yield FileWatchEvent(paths=[state.unmap(raw)], type=kind)
                     if deadline is not None and loop.time() >= deadline:
                         hold = CLOUD.watch_holds.get(number)
