@@ -25,7 +25,7 @@ from runtime.modal.calls import SandboxCalls
 from runtime.modal.changes import ChangeWindow, OwnWrites, Reported
 from runtime.modal.config import ModalConfig
 from runtime.modal.scripts import DIRS, LIST
-from runtime.modal.watchers import CatchUp, Watchers
+from runtime.modal.watchers import Arming, CatchUp, Watchers
 
 __all__ = ["Watcher", "chunk_args"]
 
@@ -94,7 +94,7 @@ class Watcher:
         for event in events:
             if isinstance(event, CatchUp):
                 catch_up = event.since if catch_up is None else min(catch_up, event.since)
-            else:
+            elif not isinstance(event, Arming):
                 window.add(event)
         marked = window.probe()
         outputs: list[str] = []

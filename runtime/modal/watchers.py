@@ -20,7 +20,8 @@ exec round trip and the watcher's set-up) in which changes are seen by nobody. S
   the new watcher sees. A watcher failing while its successor is already armed counts the same.
 
 The chain ends with the sandbox, when the watch is no longer consumed (the consumer cancels it),
-or after too many failures in a row; a chain nobody consumes ends with its last timeout.
+or after too many failures in a row; a chain nobody consumes (its stream is full) arms no more
+watchers and ends with its last one's timeout.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from runtime.errors import ProviderError
 from runtime.modal.calls import SandboxCalls
 from runtime.modal.config import ModalConfig
 
-__all__ = ["CatchUp", "Watchers", "overlap_s"]
+__all__ = ["Arming", "CatchUp", "Watchers", "overlap_s"]
 
 #: How long before a watcher's timeout its successor is armed (at most; half a short timeout).
 OVERLAP_S = 30.0
@@ -47,6 +48,12 @@ logger = logging.getLogger(__name__)
 def overlap_s(timeout_s: float) -> float:
     """How long two watchers with this timeout overlap."""
     return min(OVERLAP_S, timeout_s / 2)
+
+
+@dataclass(frozen=True)
+class Arming:
+    """In the event stream, before each watcher is armed: a watch nobody consumes (its stream is full)
+    arms no more watchers, and ends with the last one's timeout. The consumer skips it."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,7 @@ class Watchers:
         timeout = self._config.follow_timeout_s
         overlap = overlap_s(timeout)
         while not calls.closed:
+            await send.send(Arming())
             try:
                 run = _Run(await self._sandbox_now(), anyio.current_time())
             except (ProviderError, ValueError) as exc:

@@ -91,8 +91,8 @@ class FakeCloud:
         self.connect_tokens: dict[str, tuple[str, int]] = {}
         #: File watch number (1, 2, … in the order asked for) → a gate: the watch reports nothing
         #: until it is set (the watcher still watches; what it saw meanwhile comes out after).
+        #: `calls["fs.watch#<number>.events"]` counts the events each watch reported.
         self.watch_gates: dict[int, threading.Event] = {}
-        #: (`calls["fs.watch#<number>.events"]` counts the events each watch reported.)
         #: File watch number → a hold: once its timeout elapsed the watch goes on until the hold is set.
         self.watch_holds: dict[int, threading.Event] = {}
         #: Called with the watch number and the sandbox when a watch stopped watching (its timeout
@@ -593,7 +593,7 @@ class _SandboxFilesystem:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         state.watches += 1
-        failure: BaseException | None = None
+        failure: Exception | None = None
         try:
             async with contextlib.aclosing(awatch(path, debounce=10, step=10, rust_timeout=100,
                                                   yield_on_timeout=True, recursive=recursive)) as batches:
@@ -606,7 +606,7 @@ class _SandboxFilesystem:
                     await CLOUD.gate(CLOUD.watch_gates.get(number))
                     try:
                         CLOUD.hit("fs.watch.next")  # a fault here: the watch fails mid-way
-                    except BaseException as e:  # noqa: BLE001 - raised below, once the watcher is gone
+                    except Exception as e:  # noqa: BLE001 - raised below, once the watcher is gone
                         failure = e
                         break
                     for change, raw in sorted(batch, key=lambda item: item[1]):
@@ -618,7 +618,8 @@ class _SandboxFilesystem:
                         hold = CLOUD.watch_holds.get(number)
                         if hold is None or hold.is_set():
                             break  # modal's watch just stops when its timeout elapses
-            # The watcher is gone; the caller has not heard yet (nothing else can watch in between).
+            # The watcher is gone and its caller has not heard yet: a caller that arms the next one
+            # only when it hears has none watching now.
             if CLOUD.on_watch_end is not None:
                 CLOUD.on_watch_end(number, state)
             if failure is not None:
