@@ -13,7 +13,7 @@ import pytest
 import runtime.modal
 from runtime.base import ChangeKind, FileChange, FileUpload
 from runtime.errors import PathError
-from runtime.modal.changes import ChangeWindow, OwnWrites, merge
+from runtime.modal.changes import ChangeWindow, OwnWrites, Reported, merge
 from runtime.modal.checkpoint import format_offsets, parse_offsets
 from runtime.modal.config import RetryPolicy, sandbox_name
 from runtime.modal.devserver import decode_record, encode_record, fingerprint
@@ -80,6 +80,7 @@ def test_an_own_delete_suppresses_the_whole_tree_but_not_a_sibling_with_the_same
         (ChangeKind.modified, ChangeKind.deleted, ChangeKind.deleted),
         (ChangeKind.modified, ChangeKind.modified, ChangeKind.modified),
         (None, ChangeKind.added, ChangeKind.added),
+        (None, ChangeKind.deleted, None),
     ],
 )
 def test_two_changes_of_a_path_fold_into_one(
@@ -93,7 +94,8 @@ def test_a_rename_is_a_deletion_and_a_creation() -> None:
     """A Modify with two paths (from, to) deletes the first and adds the second."""
     folded = window(event(T.Modify, "old.txt", "new.txt"))
     assert folded.probe() == ["+new.txt"]
-    assert folded.report(set()) == [FileChange(ChangeKind.added, "new.txt"), FileChange(ChangeKind.deleted, "old.txt")]
+    assert folded.report(Reported()) == [FileChange(ChangeKind.added, "new.txt"),
+                                         FileChange(ChangeKind.deleted, "old.txt")]
 
 
 def test_ignored_own_and_outside_paths_are_never_reported() -> None:
@@ -105,26 +107,101 @@ def test_ignored_own_and_outside_paths_are_never_reported() -> None:
         FileWatchEvent(["/tmp/elsewhere.txt"], T.Create), event(T.Modify, "edited.txt"), own=own,
     )
     assert folded.probe() == ["=edited.txt"]
-    assert folded.report(set()) == [FileChange(ChangeKind.modified, "edited.txt")]
+    assert folded.report(Reported()) == [FileChange(ChangeKind.modified, "edited.txt")]
 
 
 def test_created_and_deleted_within_a_window_is_reported_only_if_it_was_reported_before() -> None:
     """A file that came and went is nothing, unless an earlier window reported it: then it is deleted."""
-    assert window(event(T.Create, "tmp.txt"), event(T.Remove, "tmp.txt")).report(set()) == []
-    known = {"tmp.txt"}
+    assert window(event(T.Create, "tmp.txt"), event(T.Remove, "tmp.txt")).report(Reported()) == []
+    reported = Reported({"tmp.txt": None})
     folded = window(event(T.Create, "tmp.txt"), event(T.Remove, "tmp.txt"))
-    assert folded.report(known) == [FileChange(ChangeKind.deleted, "tmp.txt")]
-    assert known == set()
+    assert folded.report(reported) == [FileChange(ChangeKind.deleted, "tmp.txt")]
+    assert reported == Reported({}, {"tmp.txt"})
 
 
 def test_the_probe_drops_directories_and_adds_the_files_of_new_ones() -> None:
     """Directories are reported through their files; a file already reported is not added twice."""
     folded = window(event(T.Create, "newdir"), event(T.Create, "newdir/a.txt"), event(T.Modify, "olddir"))
     assert folded.probe() == ["+newdir", "+newdir/a.txt", "=olddir"]
-    folded.apply_probe("D 0\nF newdir/a.txt\nF newdir/b.txt\nF newdir/node_modules/x.js\nD 2\n")
-    known = {"newdir/b.txt"}
-    assert folded.report(known) == [FileChange(ChangeKind.added, "newdir/a.txt")]
-    assert known == {"newdir/a.txt", "newdir/b.txt"}
+    folded.apply_probe("D 0\nF 5.0 newdir/a.txt\nF 3.0 newdir/b.txt\nF 5.0 newdir/node_modules/x.js\nD 2\n"
+                       "C 5.0 ./newdir\nC 5.0 ./newdir/a.txt\nC 5.0 ./olddir\n")
+    reported = Reported({"newdir/b.txt": "3.0"})
+    assert folded.report(reported) == [FileChange(ChangeKind.added, "newdir/a.txt")]
+    assert reported.files == {"newdir/a.txt": "5.0", "newdir/b.txt": "3.0"}
+
+
+def probed(*events: FileWatchEvent, ctimes: dict[str, str], own: OwnWrites | None = None) -> ChangeWindow:
+    """A window whose probe found these ctimes (and no directory)."""
+    folded = window(*events, own=own)
+    folded.probe()
+    folded.apply_probe("".join(f"C {ctime} ./{rel}\n" for rel, ctime in ctimes.items()))
+    return folded
+
+
+def test_a_change_seen_twice_in_two_windows_is_reported_once() -> None:
+    """Two overlapping watchers report the same changes, maybe in different windows: a file whose ctime
+    did not move since it was reported is not reported again, a deletion is reported once."""
+    reported = Reported()
+    first = [event(T.Create, "new.txt"), event(T.Modify, "old.txt"), event(T.Remove, "gone.txt")]
+    expected = [FileChange(ChangeKind.deleted, "gone.txt"), FileChange(ChangeKind.added, "new.txt"),
+                FileChange(ChangeKind.modified, "old.txt")]
+    ctimes = {"new.txt": "10.5", "old.txt": "10.6"}
+    assert probed(*first, ctimes=ctimes).report(reported) == expected
+    assert probed(*first, ctimes=ctimes).report(reported) == []  # the second watcher's copies
+    later = probed(event(T.Modify, "old.txt"), event(T.Modify, "new.txt"),
+                   ctimes={"new.txt": "12.0", "old.txt": "10.6"})
+    assert later.report(reported) == [FileChange(ChangeKind.modified, "new.txt")]  # it changed since
+    assert window(event(T.Create, "gone.txt")).report(reported) == [FileChange(ChangeKind.added, "gone.txt")]
+    assert window(event(T.Remove, "gone.txt")).report(reported) == [FileChange(ChangeKind.deleted, "gone.txt")]
+
+
+def test_the_services_own_changes_are_not_reported_but_remembered() -> None:
+    """A file the service wrote exists and one it deleted does not, for what comes after."""
+    own = OwnWrites(2.0, clock=Clock())
+    own.expect("mine.txt")
+    own.expect("old", tree=True)
+    reported = Reported({"old/a.txt": "1.0"})
+    assert window(event(T.Create, "mine.txt"), event(T.Remove, "old/a.txt"), own=own).report(reported) == []
+    assert reported == Reported({"mine.txt": None}, {"old/a.txt"})
+
+
+def listing(*entries: tuple[str, str]) -> str:
+    return "".join(f"{ctime} {rel}\0" for ctime, rel in entries)
+
+
+def test_a_catch_up_listing_reports_what_no_watcher_saw_and_nothing_else() -> None:
+    """After a watcher failed (armed at 1090.0, sandbox clock), the listing of every file stands in
+    for the events nobody saw: changed since reported, new since then, reported and gone."""
+    clock = Clock()  # this side's clock: 100.0 here is 1000.0 in the sandbox
+    own = OwnWrites(2.0, clock=clock)
+    clock.now = 99.0
+    own.expect("api.txt")  # written by the service at 1099.0 (sandbox)
+    clock.now = 150.0
+    reported = Reported({"same.txt": "1050.0", "edited.txt": "1050.0", "gone.txt": "1050.0", "live.txt": "1050.0",
+                         "mine.txt": None})
+    folded = window(event(T.Modify, "live.txt"), own=own)
+    folded.apply_listing(listing(
+        ("1050.0", "same.txt"), ("1120.0", "edited.txt"), ("1130.0", "born.txt"), ("900.0", "untouched.txt"),
+        ("1099.5", "api.txt"), ("1130.0", "live.txt"), ("1130.0", "node_modules/x.js"), ("1130.0", "a.swp"),
+        ("1110.0", "mine.txt"),
+    ), since=1090.0, reported=reported, to_local=lambda ctime: ctime - 1000.0)
+    assert folded.report(reported) == [
+        FileChange(ChangeKind.added, "born.txt"), FileChange(ChangeKind.modified, "edited.txt"),
+        FileChange(ChangeKind.deleted, "gone.txt"), FileChange(ChangeKind.modified, "live.txt"),
+        FileChange(ChangeKind.modified, "mine.txt"),
+    ]
+    assert "gone.txt" in reported.gone and reported.files["born.txt"] == "1130.0"
+
+
+def test_a_catch_up_leaves_out_the_services_own_delete() -> None:
+    """A reported file the service itself deleted during the gap is not reported gone."""
+    clock = Clock()
+    own = OwnWrites(2.0, clock=clock)
+    own.expect("dir", tree=True)
+    reported = Reported({"dir/a.txt": "1.0", "b.txt": "1.0"})
+    folded = window(own=own)
+    folded.apply_listing("", since=clock.now - 1.0, reported=reported, to_local=lambda ctime: ctime)
+    assert folded.report(reported) == [FileChange(ChangeKind.deleted, "b.txt")]
 
 
 # -- uploads ---------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ How it maps the `runtime.base` protocols onto Modal (SDK 1.6.4), module by modul
 * `devserver`: the dev server outlives its owner: recorded in the sandbox, its delivered offsets
   checkpointed (`checkpoint`), followed on by the next owner (`runtime.base.DevReattach`).
 * `watch`: file changes from `sb.filesystem.watch`, debounced, folded by `changes`, with the
-  service's own writes kept out.
+  service's own writes kept out; `watchers` re-arms the watcher before its timeout (overlapping)
+  and catches up after a failed one with one listing of the workspace.
 * `provider`: transient failures are retried with backoff (stamina), only for idempotent calls;
   permanent ones raise `ProviderError` at once, saying what to fix.
 * `snapshots` and `keeper`: the workspace is snapshotted (`snapshot_filesystem`) while it changes

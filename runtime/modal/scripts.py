@@ -11,7 +11,7 @@ it ended) and `ID.f<FOLLOWER>` (the pid of a shell copying its output to an exec
 
 from __future__ import annotations
 
-__all__ = ["CLEAR_STATE", "DIRS", "KILLER", "READ", "RUNNER", "UNFOLLOW", "UNPACK"]
+__all__ = ["CLEAR_STATE", "DIRS", "KILLER", "LIST", "READ", "RUNNER", "UNFOLLOW", "UNPACK"]
 
 #: `sh -c RUNNER run DIR ID MODE OUT_OFFSET ERR_OFFSET FOLLOWER LIMIT [ARGV...]`. MODE `start`
 #: launches ARGV detached (once: the lock directory makes a retried start attach instead); both
@@ -81,19 +81,32 @@ mv "$t.res" "$t.done"; rm -rf "$s" "$t"; cat "$t.done"
 """
 
 #: `sh -c DIRS dirs WORKDIR (+|=)REL...`: print `D <position>` for each path that is a directory
-#: (not a symlink) and, for those marked `+` (just created), `F <path>` for every file below it:
-#: files created in a new directory before the watcher covered it raise no event of their own.
+#: (not a symlink) and, for those marked `+` (just created), `F <ctime> <path>` for every file below
+#: it: files created in a new directory before the watcher covered it raise no event of their own.
+#: Then `C <ctime> ./<path>` for each path that exists (ctimes as `find -printf %C@`: what the
+#: watch compares to tell a change from the same change seen twice).
 DIRS = r"""cd "$1" || exit 0; shift; i=0
 for a; do
   r=${a#?}
   if [ -d "$r" ] && [ ! -L "$r" ]; then
     echo "D $i"
     if [ "${a%"$r"}" = + ]; then
-      find "$r" \( -name node_modules -o -name .next -o -name .git \) -prune -o -type f -print | sed 's/^/F /'
+      find "$r" \( -name node_modules -o -name .next -o -name .git \) -prune -o -type f -printf 'F %C@ %p\n'
     fi
   fi
   i=$((i+1))
-done"""
+done
+for a; do printf './%s\0' "${a#?}"; done |
+  xargs -0 -r sh -c 'find "$@" -maxdepth 0 -printf "C %C@ %p\n" 2>/dev/null' ctimes
+exit 0"""
+
+#: `sh -c LIST list WORKDIR`: the sandbox's clock (`%s.%N`, a line), then `<ctime> <path>` for every
+#: file of the workspace outside node_modules, .next and .git, each ended by a NUL: the catch-up
+#: after a watcher failed (`changes.ChangeWindow.apply_listing`).
+LIST = r"""cd "$1" || exit 93
+date +%s.%N
+find . \( -name node_modules -o -name .next -o -name .git \) -prune -o -type f -printf '%C@ %P\0'
+"""
 
 #: `sh -c READ read WORKDIR REL OFFSET COUNT (whole|range)`: at most COUNT bytes of the regular file
 #: REL from OFFSET on stdout, its size on stderr. Only a regular file (after symlinks) is read:

@@ -1,14 +1,13 @@
 """File changes in a sandbox's workspace, from `sb.filesystem.watch(workdir, recursive=True)`, debounced.
 
-A feeder task copies the SDK's watch events into a bounded stream (1024 events; a full stream
-pauses the feeder); the consumer takes a window of events until `debounce_s` passes with
-nothing new, and turns it into changes (`changes.ChangeWindow`), with one exec per window to
-tell directories from files (its arguments chunked under Modal's 64 KiB argv limit, so a batch
-of thousands of paths takes several). The watcher carries a `timeout` (it is an exec, and a
-running exec keeps the sandbox from going idle) and is re-armed while the watch is consumed: a
-watch nobody consumes (the service crashed) ends by itself. A failing watcher is restarted
-with backoff while the sandbox runs, up to the retry policy's attempts in a row; the watch ends
-with the sandbox.
+`watchers.Watchers` feeds the events of a chain of overlapping watchers (re-armed before each one's
+timeout, restarted with a catch-up after a failure: see there) into a bounded stream (1024
+events; a full stream pauses them); the consumer takes a window of events until `debounce_s`
+passes with nothing new, and turns it into changes (`changes.ChangeWindow`), with one exec per
+window to tell directories from files and read the ctimes that tell a change from the same
+change seen twice (its arguments chunked under Modal's 64 KiB argv limit, so a batch of
+thousands of paths takes several). A `watchers.CatchUp` in a window adds one listing of the
+workspace (`scripts.LIST`). The watch ends with the sandbox, or when it is no longer consumed.
 """
 
 from __future__ import annotations
@@ -23,9 +22,10 @@ import anyio
 
 from runtime.base import FileChange
 from runtime.modal.calls import SandboxCalls
-from runtime.modal.changes import ChangeWindow, OwnWrites
+from runtime.modal.changes import ChangeWindow, OwnWrites, Reported
 from runtime.modal.config import ModalConfig
-from runtime.modal.scripts import DIRS
+from runtime.modal.scripts import DIRS, LIST
+from runtime.modal.watchers import Arming, CatchUp, Watchers
 
 __all__ = ["Watcher", "chunk_args"]
 
@@ -62,8 +62,9 @@ class Watcher:
     async def watch(self) -> AsyncIterator[list[FileChange]]:
         """Debounced changes made in the workspace by anything but the service's own writes."""
         send, receive = anyio.create_memory_object_stream[Any](1024)
-        known: set[str] = set()  # files this watch reported as existing
-        feeder = asyncio.create_task(self._feed_events(send), name=f"modal-watch-{self._calls.project_id}")
+        reported = Reported()  # what this watch reported so far
+        feeder = asyncio.create_task(Watchers(self._calls, self._config).feed(send),
+                                     name=f"modal-watch-{self._calls.project_id}")
         try:
             async with receive:
                 while True:
@@ -79,7 +80,7 @@ class Watcher:
                                 break
                         if scope.cancelled_caught:
                             break
-                    changes = await self._classify(batch, known)
+                    changes = await self._classify(batch, reported)
                     if changes:
                         yield changes
         finally:
@@ -87,32 +88,14 @@ class Watcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await feeder
 
-    async def _feed_events(self, send: Any) -> None:
-        calls, policy = self._calls, self._calls.provider.policy
-        failures = 0
-        async with send:
-            while not calls.closed:
-                try:
-                    events = calls.handle.filesystem.watch.aio(self._config.workdir, recursive=True,
-                                                               timeout=self._config.follow_timeout_s)
-                    async for event in events:
-                        failures = 0
-                        await send.send(event)
-                    if calls.closed or not await calls.alive():
-                        return  # the watcher ended with the sandbox
-                    continue  # its timeout elapsed: re-arm (the consumer is still here)
-                except Exception as exc:  # noqa: BLE001 - any watcher failure is retried while the sandbox lives
-                    failures += 1
-                    if calls.closed or failures > policy.attempts or not await calls.alive():
-                        if not calls.closed:
-                            logger.warning("sandbox %s: file watch ended: %s", calls.project_id, exc)
-                        return
-                    await anyio.sleep(policy.backoff(failures))
-
-    async def _classify(self, events: list[Any], known: set[str]) -> list[FileChange]:
+    async def _classify(self, events: list[Any], reported: Reported) -> list[FileChange]:
         window = ChangeWindow(self._config.workdir, self._calls.provider.m.types.FileWatchEventType, self._own)
+        catch_up: float | None = None
         for event in events:
-            window.add(event)
+            if isinstance(event, CatchUp):
+                catch_up = event.since if catch_up is None else min(catch_up, event.since)
+            elif not isinstance(event, Arming):
+                window.add(event)
         marked = window.probe()
         outputs: list[str] = []
         offset = 0
@@ -124,7 +107,24 @@ class Watcher:
             offset += len(chunk)
         if outputs:
             window.apply_probe("".join(outputs))
-        return window.report(known)
+        if catch_up is not None:
+            await self._catch_up(window, catch_up, reported)
+        return window.report(reported)
+
+    async def _catch_up(self, window: ChangeWindow, since: float, reported: Reported) -> None:
+        """Fold one listing of the workspace into `window`: what no watcher saw since `since` (sandbox clock)."""
+        clock = self._own.clock
+        before = clock()
+        code, out, err = await self._calls.run(["sh", "-c", LIST, "list", self._config.workdir], "list the workspace")
+        local = (before + clock()) / 2  # when the sandbox read its clock, on this side's
+        head, _, listing = out.decode(errors="replace").partition("\n")
+        try:
+            now = float(head)
+        except ValueError:
+            logger.warning("sandbox %s: no catch-up after a watcher failed: exit %s: %s", self._calls.project_id,
+                           code, err.decode(errors="replace")[:200])
+            return
+        window.apply_listing(listing, since, reported, lambda ctime: ctime - now + local)
 
 
 def _shift(probe: str, offset: int) -> str:

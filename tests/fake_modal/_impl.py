@@ -18,7 +18,10 @@ gateway reach the process for real. `CLOUD.execs` records every exec's argv and 
 the caller passed them.
 
 `CLOUD` is the fake control plane: apps, named sandboxes, secrets, image failures, fault
-injection (`CLOUD.inject(op, exc, ...)`) and call counts (`CLOUD.calls[op]`).
+injection (`CLOUD.inject(op, exc, ...)`) and call counts (`CLOUD.calls[op]`). A file watch can be
+made to fail mid-way (`inject("fs.watch.next", …)`), held past its timeout (`watch_holds`), kept
+from reporting (`watch_gates`), and a test can act in the gap after one stopped watching and
+before its caller hears of it (`on_watch_end`).
 """
 
 # The signatures copy modal's (`timeout` parameters); the fake's local files are small and quick.
@@ -36,8 +39,9 @@ import shutil
 import signal
 import socket
 import stat as stat_module
+import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -85,6 +89,15 @@ class FakeCloud:
         self.dicts: dict[str, dict[Any, Any]] = {}
         #: Connect tokens handed out: token → (sandbox id, port).
         self.connect_tokens: dict[str, tuple[str, int]] = {}
+        #: File watch number (1, 2, … in the order asked for) → a gate: the watch reports nothing
+        #: until it is set (the watcher still watches; what it saw meanwhile comes out after).
+        #: `calls["fs.watch#<number>.events"]` counts the events each watch reported.
+        self.watch_gates: dict[int, threading.Event] = {}
+        #: File watch number → a hold: once its timeout elapsed the watch goes on until the hold is set.
+        self.watch_holds: dict[int, threading.Event] = {}
+        #: Called with the watch number and the sandbox when a watch stopped watching (its timeout
+        #: elapsed, or it failed), before its caller hears of it: a change made here is in the gap.
+        self.on_watch_end: Callable[[int, _SandboxState], None] | None = None
 
     def reset(self, root: Path) -> None:
         self.__init__()  # type: ignore[misc]
@@ -93,6 +106,12 @@ class FakeCloud:
     def inject(self, op: str, *errors: BaseException) -> None:
         """Make the next calls of `op` raise `errors`, one each, in order."""
         self.faults.setdefault(op, []).extend(errors)
+
+    @staticmethod
+    async def gate(event: threading.Event | None) -> None:
+        """Until `event` is set (set from any thread; None: at once)."""
+        while event is not None and not event.is_set():
+            await asyncio.sleep(0.005)
 
     def hit(self, op: str) -> None:
         self.calls[op] += 1
@@ -569,23 +588,42 @@ class _SandboxFilesystem:
         kinds = {Change.added: FileWatchEventType.Create, Change.modified: FileWatchEventType.Modify,
                  Change.deleted: FileWatchEventType.Remove}
         state = self._sandbox._state
+        number = CLOUD.calls["fs.watch"]  # this watch's number (1, 2, … in the order they were asked for)
         ready = False
-        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         state.watches += 1
+        failure: Exception | None = None
         try:
-            async for batch in awatch(path, debounce=10, step=10, rust_timeout=100, yield_on_timeout=True,
-                                      recursive=recursive):
-                if not ready:  # awatch's first (empty) batch: the watcher is installed
-                    ready = True
-                    CLOUD.calls["fs.watch.ready"] += 1
-                if state.returncode is not None:
-                    return
-                for change, raw in sorted(batch, key=lambda item: item[1]):
-                    kind = kinds[change]
-                    if filter is None or kind in filter:
-                        yield FileWatchEvent(paths=[state.unmap(raw)], type=kind)
-                if deadline is not None and asyncio.get_running_loop().time() >= deadline:
-                    return  # modal's watch just stops when its timeout elapses
+            async with contextlib.aclosing(awatch(path, debounce=10, step=10, rust_timeout=100,
+                                                  yield_on_timeout=True, recursive=recursive)) as batches:
+                async for batch in batches:
+                    if not ready:  # awatch's first (empty) batch: the watcher is installed
+                        ready = True
+                        CLOUD.calls["fs.watch.ready"] += 1
+                    if state.returncode is not None:
+                        return
+                    await CLOUD.gate(CLOUD.watch_gates.get(number))
+                    try:
+                        CLOUD.hit("fs.watch.next")  # a fault here: the watch fails mid-way
+                    except Exception as e:  # noqa: BLE001 - raised below, once the watcher is gone
+                        failure = e
+                        break
+                    for change, raw in sorted(batch, key=lambda item: item[1]):
+                        kind = kinds[change]
+                        if filter is None or kind in filter:
+                            CLOUD.calls[f"fs.watch#{number}.events"] += 1
+                            yield FileWatchEvent(paths=[state.unmap(raw)], type=kind)
+                    if deadline is not None and loop.time() >= deadline:
+                        hold = CLOUD.watch_holds.get(number)
+                        if hold is None or hold.is_set():
+                            break  # modal's watch just stops when its timeout elapses
+            # The watcher is gone and its caller has not heard yet: a caller that arms the next one
+            # only when it hears has none watching now.
+            if CLOUD.on_watch_end is not None:
+                CLOUD.on_watch_end(number, state)
+            if failure is not None:
+                raise failure
         finally:
             state.watches -= 1
 
