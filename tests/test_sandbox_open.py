@@ -106,3 +106,52 @@ async def test_a_workspace_that_cannot_be_laid_leaves_no_network_or_cgroup(
         assert not runtime.workspace_dir("doomed").exists()
     finally:
         await runtime.aclose()
+
+
+async def _run(runtime: LocalRuntime, project: str, script: str) -> tuple[int, str]:
+    out: list[str] = []
+
+    async def keep(_stream: Stream, text: str) -> None:
+        out.append(text)
+
+    sandbox = await runtime.open(project)
+    code = await (await sandbox.exec(["sh", "-c", script], on_output=keep)).wait()
+    return code, "".join(out)
+
+
+async def test_a_new_home_has_the_images_npm_settings_and_keeps_its_own(tmp_path: Path) -> None:
+    """npm in a new sandbox does not ask the registry for its own updates (as in the Modal image);
+    a workspace that changes its `.npmrc` keeps the change when it is opened again."""
+    runtime = LocalRuntime(tmp_path / "root", None)
+    try:
+        code, out = await _run(runtime, "npmrc", "npm config get update-notifier; npm config get fund")
+        assert code == 0 and out.split() == ["false", "false"], out
+        code, out = await _run(runtime, "npmrc", "echo 'fund=true' > ~/.npmrc")
+        assert code == 0, out
+    finally:
+        await runtime.aclose()
+    again = LocalRuntime(tmp_path / "root", None)
+    try:
+        code, out = await _run(again, "npmrc", "cat ~/.npmrc")
+        assert code == 0 and out == "fund=true\n", out
+    finally:
+        await again.aclose()
+
+
+async def test_a_planted_npmrc_symlink_is_not_written_through(tmp_path: Path) -> None:
+    """A workspace replaces its `.npmrc` with a symlink to a path of the host's choosing (or a dangling
+    one): when the server prepares the home again it writes nothing through it."""
+    target = tmp_path / "written-by-the-server"
+    runtime = LocalRuntime(tmp_path / "root", None)
+    try:
+        code, out = await _run(runtime, "planter", f"rm -f ~/.npmrc && ln -s {target} ~/.npmrc && echo planted")
+        assert code == 0 and "planted" in out, out
+    finally:
+        await runtime.aclose()
+    again = LocalRuntime(tmp_path / "root", None)
+    try:
+        code, out = await _run(again, "planter", "readlink ~/.npmrc")
+        assert code == 0 and out.strip() == str(target), out
+    finally:
+        await again.aclose()
+    assert not target.exists()

@@ -27,6 +27,7 @@ from runtime.errors import ProviderError
 from runtime.local.cgroups import Cgroups, find_cgroups
 from runtime.local.confine import Confinement, find_prlimit
 from runtime.local.groups import WORKSPACE_ENV, PidFile, kill_stale_groups
+from runtime.local.home import seed_home
 from runtime.local.identity import TEMPLATE_UID, can_switch_uid, own_tree, write_identity
 from runtime.local.limits import DiskMeter, Limits
 from runtime.local.network import Network, WorkspaceNetwork, find_network_tools, free_port
@@ -103,10 +104,12 @@ class HostSandboxing:
         def prepare() -> tuple[str, str] | None:
             home.mkdir(parents=True, exist_ok=True)
             if uid is None:
+                seed_home(home, None)
                 return None
             for path in (home, workspace):  # laid by an older server, or as another uid: hand it over
                 if path.exists() and path.stat().st_uid != uid:
                     own_tree(path, uid)
+            seed_home(home, uid)
             passwd, group = write_identity(self.root / ".sandbox" / "etc" / name, uid, HOME)
             return str(passwd), str(group)
 
