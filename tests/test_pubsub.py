@@ -187,3 +187,67 @@ async def test_a_connection_with_many_channels_is_built_in_chunks_and_hears_them
         assert heard == [b"last", b"middle"]
         await subscription.aclose()
     await client.aclose()
+
+
+class HeldClient(aioredis.Redis):
+    """A client whose pub/sub connections hold a SUBSCRIBE of `held` (after the connection was built) until
+    `release` is set, telling `holding` when one is held."""
+
+    held: bytes
+    holding: anyio.Event
+    release: anyio.Event
+
+    def pubsub(self, **kwargs: Any) -> PubSub:
+        client = self
+
+        class Held(PubSub):
+            async def subscribe(self, *args: Any, **kw: Any) -> None:
+                if args == (client.held,):
+                    client.holding.set()
+                    await client.release.wait()
+                await super().subscribe(*args, **kw)
+
+        return Held(self.connection_pool, **kwargs)
+
+
+async def test_a_subscribe_caught_by_a_rebuild_is_made_on_the_new_connection(keys: RedisKeys) -> None:
+    """A channel subscribed while the connection is torn down (its SUBSCRIBE in flight on the old one,
+    which redis-py closes under it) is neither an error for the subscriber nor lost: the rebuilt
+    connection carries it. (Seen under load: followers got 1011 from redis-py's `'NoneType' object has
+    no attribute 'writelines'`.)"""
+    name = f"{keys.prefix}:me"
+    client = HeldClient.from_url(REDIS_URL, client_name=name)
+    client.held, client.holding, client.release = keys.events("late").encode(), anyio.Event(), anyio.Event()
+    established = Established()
+    subscription = Subscription(client, heartbeat=keys.heartbeat("me"), on_established=established)
+    inbox = Inbox()
+    async with running(subscription), anyio.create_task_group() as tg:
+        await established.until(1)
+        outcome: list[BaseException | None] = []
+
+        async def follow() -> None:
+            try:
+                await subscription.subscribe(keys.events("late"), inbox)
+            except Exception as exc:  # noqa: BLE001 - what the subscriber would get is the finding
+                outcome.append(exc)
+            else:
+                outcome.append(None)
+
+        tg.start_soon(follow)
+        with anyio.fail_after(10):
+            await client.holding.wait()  # its SUBSCRIBE is on its way on the first connection
+        for entry in await client.client_list(_type="pubsub"):
+            if entry.get("name") == name:
+                await client.client_kill_filter(_id=entry["id"])
+        await established.until(2)  # torn down and rebuilt meanwhile
+        client.release.set()
+        with anyio.fail_after(10):
+            while not outcome:
+                await anyio.sleep(0.01)
+        assert outcome == [None]
+        await client.publish(keys.events("late"), b"after")
+        assert await inbox.until(1) == [b"after"]
+        # The old connection did not come back to life subscribed, with nobody reading it.
+        assert await subscribers(client, keys.events("late")) == 1
+        assert len([e for e in await client.client_list(_type="pubsub") if e.get("name") == name]) == 1
+    await client.aclose()

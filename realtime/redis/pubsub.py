@@ -86,11 +86,16 @@ class Subscription:
         key = channel.encode()
         self._handlers[key] = handler
         connection = self._connection
-        if connection is not None:
-            try:
-                await self._sub(connection, key)
-            except TRANSIENT as exc:
-                logger.warning("subscribe to %s failed (%s); the connection will be rebuilt", channel, exc)
+        if connection is None:
+            return  # the (re)build subscribes it
+        try:
+            await self._sub(connection, key)
+        except Exception as exc:
+            if self._connection is connection and not isinstance(exc, TRANSIENT):
+                raise
+            logger.warning("subscribe to %s failed (%s); the connection will be rebuilt", channel, exc)
+        finally:
+            await self._unless_current(connection)
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop handing `channel`'s messages to anyone; a no-op when it is not subscribed."""
@@ -105,6 +110,19 @@ class Subscription:
                 await self._unsub(connection, key)
             except Exception as exc:  # noqa: BLE001 - best effort: a closing or broken connection is rebuilt anyway
                 logger.debug("unsubscribe from %s failed: %s", channel, exc)
+            finally:
+                await self._unless_current(connection)
+
+    async def _unless_current(self, connection: PubSub) -> None:
+        """Close `connection` if it was torn down while a command was on its way on it.
+
+        The handlers are the truth, so the rebuild has (or will have) the change; but redis-py sends a
+        command on a closed `PubSub` by taking a new connection from the pool, which would stay open,
+        subscribed, with nobody reading it (Redis buffers its messages until it kills it).
+        """
+        if connection is not self._connection:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_S):
+                await connection.aclose()
 
     def check(self) -> None:
         """Raise unless the connection is established and the heartbeat comes through it."""
