@@ -196,6 +196,8 @@ class HeldClient(aioredis.Redis):
     held: bytes
     holding: anyio.Event
     release: anyio.Event
+    #: Fail the held SUBSCRIBE as redis-py does when the connection is closed under a write in progress.
+    mid_write: bool = False
 
     def pubsub(self, **kwargs: Any) -> PubSub:
         client = self
@@ -205,12 +207,15 @@ class HeldClient(aioredis.Redis):
                 if args == (client.held,):
                     client.holding.set()
                     await client.release.wait()
+                    if client.mid_write and self.connection is None:
+                        raise AttributeError("'NoneType' object has no attribute 'writelines'")
                 await super().subscribe(*args, **kw)
 
         return Held(self.connection_pool, **kwargs)
 
 
-async def test_a_subscribe_caught_by_a_rebuild_is_made_on_the_new_connection(keys: RedisKeys) -> None:
+@pytest.mark.parametrize("mid_write", [False, True], ids=["before-the-write", "mid-write"])
+async def test_a_subscribe_caught_by_a_rebuild_is_made_on_the_new_connection(keys: RedisKeys, mid_write: bool) -> None:
     """A channel subscribed while the connection is torn down (its SUBSCRIBE in flight on the old one,
     which redis-py closes under it) is neither an error for the subscriber nor lost: the rebuilt
     connection carries it. (Seen under load: followers got 1011 from redis-py's `'NoneType' object has
@@ -218,6 +223,7 @@ async def test_a_subscribe_caught_by_a_rebuild_is_made_on_the_new_connection(key
     name = f"{keys.prefix}:me"
     client = HeldClient.from_url(REDIS_URL, client_name=name)
     client.held, client.holding, client.release = keys.events("late").encode(), anyio.Event(), anyio.Event()
+    client.mid_write = mid_write
     established = Established()
     subscription = Subscription(client, heartbeat=keys.heartbeat("me"), on_established=established)
     inbox = Inbox()
