@@ -287,10 +287,16 @@ import { WorkspaceClient } from "%(client)s";
 
 const sockets = [];
 class FakeSocket {
-  constructor(url, protocols) { this.url = url; this.protocols = protocols; this.sent = []; sockets.push(this); }
-  send(frame) { this.sent.push(JSON.parse(frame)); }
+  constructor(url, protocols) {
+    Object.assign(this, { url, protocols, sent: [], readyState: 1 }); // OPEN: the client sends after hello
+    sockets.push(this);
+  }
+  send(frame) { if (this.readyState === 1) this.sent.push(JSON.parse(frame)); }
   close(code = 1000, reason = "") { this.serverClose(code, reason); }
-  serverClose(code, reason = "") { queueMicrotask(() => this.onclose?.({ code, reason })); }
+  serverClose(code, reason = "") {
+    this.readyState = 3;
+    queueMicrotask(() => this.onclose?.({ code, reason }));
+  }
   deliver(frame) { this.onmessage({ data: JSON.stringify(frame) }); }
 }
 const until = async (check) => {
