@@ -29,9 +29,9 @@ is on and however late its instance reads the log.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -386,14 +386,10 @@ class Outbox:
                 self._backlog = _EMPTY
         return taken
 
-    @asynccontextmanager
-    async def sending(self) -> AsyncIterator[anyio.CancelScope]:
-        """Scope of the subscriber's sending: `close()` cancels it, so a stalled client never holds a close back."""
-        with anyio.CancelScope() as scope:
-            self._send_scope = scope
-            if self.closing is not None:
-                scope.cancel()
-            try:
-                yield scope
-            finally:
-                self._send_scope = None
+    def sending(self, deadline: float = math.inf) -> anyio.CancelScope:
+        """The scope (to enter) of the subscriber's sending: `close()` cancels it, so a stalled client
+        never holds a close back; it also ends at `deadline` (then, and only then, `closing` is None)."""
+        scope = self._send_scope = anyio.CancelScope(deadline=deadline)
+        if self.closing is not None:
+            scope.cancel()
+        return scope
