@@ -233,3 +233,30 @@ async def test_the_protocol_hands_messages_to_a_listener_that_may_refuse_them_un
     offered["resume"]()
     assert taken == ["a", "b", "c", "d", "websocket.disconnect"]
     done.set()
+
+
+async def test_the_protocols_writable_flag_waits_like_an_event_while_paused() -> None:
+    from realtime.web.ws_protocol import _Writable
+
+    writable = _Writable()
+    assert writable.is_set() and await writable.wait()  # not paused: no wait at all
+    writable.clear()
+    resumed: list[str] = []
+    gone = anyio.CancelScope()
+
+    async def send(name: str, scope: anyio.CancelScope) -> None:
+        with scope:
+            await writable.wait()
+            resumed.append(name)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(send, "a", anyio.CancelScope())
+        tg.start_soon(send, "b", gone)
+        tg.start_soon(send, "c", anyio.CancelScope())
+        await anyio.wait_all_tasks_blocked()
+        assert resumed == [] and not writable.is_set()
+        gone.cancel()  # a send given up while paused leaves no waiter behind
+        await anyio.wait_all_tasks_blocked()
+        writable.set()
+    assert resumed == ["a", "c"]
+    assert writable._waiters is None
