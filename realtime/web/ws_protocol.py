@@ -3,12 +3,13 @@ also lets the app write frames it built itself (the `qai.websocket.frames` ASGI 
 
 The fan-out frames each event (or batch) once and writes the same bytes to every socket of the
 project (`realtime.fanout.hub`). The extension is offered in the scope as
-`scope["extensions"]["qai.websocket.frames"] = {"write": write}`, where `write(frame) -> bool`
-writes one complete frame to the transport at once, or returns False and writes nothing when it
-cannot: the handshake is not complete, a close was sent or received, the connection is gone, or
-the transport asked to pause writing (its buffer is over the high-water mark: backpressure is the
-transport's). The app then sends through plain `send`, which waits for the transport. A socket
-that negotiated an extension (permessage-deflate) is not offered it: its frames differ per socket.
+`scope["extensions"]["qai.websocket.frames"] = {"write": write, "listen": …, "resume": …}`, where
+`write(frame) -> bool` writes one complete frame to the transport at once, or returns False and
+writes nothing when it cannot: the handshake is not complete, a close was sent or received, the
+connection is gone, or the transport asked to pause writing (its buffer is over the high-water
+mark: backpressure is the transport's). The app then sends through plain `send`, which waits for
+the transport. A socket that negotiated an extension (permessage-deflate) is not offered `write`:
+its frames differ per socket.
 
 Both paths write whole frames to the same transport from the same thread, so control frames
 (pongs, close) interleave with data frames only at frame boundaries.
