@@ -81,8 +81,10 @@ def requirements() -> dict[Path, list[str]]:
     }
 
 
-def setup(*, force: bool = False) -> None:
+def setup(*, force: bool = False, only: Sequence[Path] | None = None) -> None:
     for venv, reqs in requirements().items():
+        if only is not None and venv not in only:
+            continue
         stamp = venv / ".fanout-installed"
         wanted = "\n".join(reqs)
         if not force and stamp.exists() and stamp.read_text() == wanted:
@@ -109,6 +111,8 @@ def freeze(python: Path, names: Sequence[str]) -> dict[str, str]:
         "    except m.PackageNotFoundError: pass\n"
         "print(json.dumps(out))"
     )
+    if not python.exists():  # a peer's virtualenv not made (its server not measured)
+        return {}
     done = subprocess.run([str(python), "-c", code, *names], capture_output=True, text=True, check=True)
     return json.loads(done.stdout)
 
@@ -912,7 +916,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not MAIN_PY.exists():
         print(f"fanout: {MAIN_PY} missing; run `make setup` first", file=sys.stderr)
         return 2
-    setup()
+    names = [n.strip() for n in args.servers.split(",") if n.strip()]
+    # The peers' virtualenvs are made only for the servers measured (--setup: all of them).
+    needed = {PEERS_VENV: {"socketio", "channels"}, BROADCASTER_VENV: {"broadcaster"}}
+    setup(only=None if args.setup else [venv for venv, users in needed.items() if users & set(names)])
     if args.setup:
         return 0
     raise_nofile()
@@ -920,7 +927,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     loadavg_start = os.getloadavg()
     digest_start = qai_digest()
-    names = [n.strip() for n in args.servers.split(",") if n.strip()]
     unknown = set(names) - set(SERVERS)
     if unknown:
         print(f"fanout: unknown servers {sorted(unknown)}", file=sys.stderr)

@@ -296,7 +296,7 @@ async def test_replies_are_never_dropped_and_close_interrupts_a_stalled_send() -
         scopes: list[anyio.CancelScope] = []
 
         async def stalled_send() -> None:
-            async with outbox.sending() as scope:
+            with outbox.sending() as scope:
                 scopes.append(scope)
                 sending.set()
                 await anyio.sleep_forever()  # a client that never reads
@@ -309,7 +309,7 @@ async def test_replies_are_never_dropped_and_close_interrupts_a_stalled_send() -
         assert scopes[0].cancelled_caught
         outbox.close(Closing(1011, "later"))
         assert outbox.closing == Closing(1013, "too slow")  # the first reason stands
-        async with outbox.sending() as scope:
+        with outbox.sending() as scope:
             await anyio.lowlevel.checkpoint()
         assert scope.cancelled_caught
 

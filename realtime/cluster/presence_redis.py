@@ -33,6 +33,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from realtime.cluster.coalesce import Coalesced
 from realtime.cluster.presence import ANNOUNCE_S, announce, listed
 from realtime.core.presence import MAX_LISTED, Viewer
 from realtime.log.redis_broker import RedisBroker
@@ -71,6 +72,7 @@ class RedisPresence:
         #: Viewers whose record is not known to be written; viewers gone whose record may remain.
         self._unrecorded: set[tuple[str, str]] = set()
         self._unremoved: dict[tuple[str, str], Viewer] = {}
+        self._viewers: Coalesced[str, tuple[list[dict[str, Any]], int]] = Coalesced()
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -119,6 +121,10 @@ class RedisPresence:
             await announce(self._manager, project_id, viewer, "left")
 
     async def viewers(self, project_id: str) -> tuple[list[dict[str, Any]], int]:
+        # Sockets opening together on a project share a read (see `Coalesced`): one per round trip, not one each.
+        return await self._viewers(project_id, lambda: self._read_viewers(project_id))
+
+    async def _read_viewers(self, project_id: str) -> tuple[list[dict[str, Any]], int]:
         key = self._keys.presence(project_id)
         count = int(await retrying(lambda: self._redis.hlen(key), self._retry_s))
         if count <= MAX_LISTED:

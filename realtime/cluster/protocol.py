@@ -1,6 +1,6 @@
 """What the rest of the service asks of the cluster (`Cluster`), whichever it is: one process
 (`solo.SoloCluster`) or instances sharing projects through Redis (`redis_cluster.RedisCluster`);
-and `project_snapshot`, a project's state as clients are shown it.
+and `project_snapshot`, a project's state as clients are shown it (`hello`: in a subscriber's first frame).
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ import anyio
 import anyio.abc
 
 from realtime.cluster.presence import Presence
+from realtime.core.eventlog import Start
+from realtime.core.frames import hello_for
 from realtime.core.ops import NoArgs
 from realtime.core.signing import PreviewAsleep, PreviewTarget
 from realtime.log.broker import Broker
 
-__all__ = ["Cluster", "project_snapshot", "wake"]
+__all__ = ["Cluster", "hello", "project_snapshot", "wake"]
 
 
 class Cluster(Protocol):
@@ -82,6 +84,19 @@ async def project_snapshot(
     if presence is not None:
         state["presence"], state["viewers"] = await presence.viewers(project_id)
     return {**state, "epoch": history.epoch, "seq": history.latest, "viewers_at": await cluster.affinity(project_id)}
+
+
+async def hello(
+    cluster: Cluster, broker: Broker, project_id: str, start: Start, connection_id: str, presence: Presence | None
+) -> bytes:
+    """The `hello` frame of a subscriber that `locate` placed at `start` (see `project_snapshot`).
+
+    A function of its own so that the snapshot (up to `MAX_LISTED` viewers: ~28 KB) is not kept
+    alive by the frame of a subscriber's long-lived coroutine once its hello is built.
+    """
+    snapshot = await project_snapshot(cluster, broker, project_id, presence)
+    snapshot["connection_id"] = connection_id
+    return hello_for(project_id, start, snapshot)
 
 
 async def wake(cluster: Cluster, project_id: str) -> None:

@@ -28,13 +28,15 @@ is on and however late its instance reads the log.
 
 from __future__ import annotations
 
+import asyncio
+import math
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
+import anyio.lowlevel
 
 from realtime.core.eventlog import Event
 from realtime.log.broker import Broker
@@ -64,7 +66,6 @@ CLOSE_TOO_SLOW = 1013
 _LOG_RESET = "the event log was reset; reconnect with since to get a snapshot"
 _TOO_SLOW = "fell behind the retained history; reconnect with since"
 _UNREAD = "too many unread replies; read the socket, then reconnect with since"
-
 #: The shared empty deque of idle outboxes: never appended to (each outbox replaces it with its own).
 _EMPTY: deque[Event] = deque(maxlen=0)
 
@@ -140,6 +141,10 @@ class Outbox:
     every producer (the pump, op replies, draining, closing) calls `wake()` after changing something.
     """
 
+    __slots__ = ("_backlog", "_broker", "_control", "_control_bytes", "_feed", "_limits", "_queue", "_queued_bytes",
+                 "_send_scope", "_stats", "_waiter", "_woken", "closing", "cursor", "direct", "drops", "epoch",
+                 "generation", "overflowed", "project_id")
+
     def __init__(
         self,
         project_id: str,
@@ -171,12 +176,13 @@ class Outbox:
         self._backlog: deque[Event] = _EMPTY
         self._control: list[bytes] = []
         self._control_bytes = 0
-        self._woken = anyio.Event()
+        #: Woken since the last `arm()`; a writer parked in `wait()` awaits `_waiter` (a future, no Event).
+        self._woken = False
+        self._waiter: asyncio.Future[None] | None = None
         self._send_scope: anyio.CancelScope | None = None
         #: Writes one complete websocket frame to the subscriber's transport now, or returns False
         #: (nothing written): the fast path (see `direct_ready`). None: the writer sends everything.
         self.direct: Callable[[bytes], bool] | None = None
-        self._parked = False
 
     # -- producers -----------------------------------------------------------------------------
 
@@ -239,21 +245,26 @@ class Outbox:
 
     def wake(self) -> None:
         """Something changed (events, a reply, draining, closing): end the writer's `wait()`."""
-        self._woken.set()
+        self._woken = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # -- the subscriber's writer ---------------------------------------------------------------
 
     def arm(self) -> None:
         """Start a round: anything that happens from now on wakes the next `wait()`."""
-        if self._woken.is_set():  # an unset event is as good as a new one, and cheaper
-            self._woken = anyio.Event()
+        self._woken = False
 
-    async def wait(self) -> None:
-        self._parked = True
+    async def wait(self) -> None:  # until `wake()`, at once if it was called since `arm()`
+        if self._woken:
+            await anyio.lowlevel.checkpoint()
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
         try:
-            await self._woken.wait()
+            await self._waiter
         finally:
-            self._parked = False
+            self._waiter = None
 
     # -- the fast path -------------------------------------------------------------------------
 
@@ -266,9 +277,9 @@ class Outbox:
         go through `offer` and the writer, as always.
         """
         return (
-            self._parked
+            self._waiter is not None
             and self.direct is not None
-            and not self._woken.is_set()
+            and not self._woken
             and self.cursor + 1 == first_seq
             and self.closing is None
             and not self.overflowed
@@ -375,14 +386,10 @@ class Outbox:
                 self._backlog = _EMPTY
         return taken
 
-    @asynccontextmanager
-    async def sending(self) -> AsyncIterator[anyio.CancelScope]:
-        """Scope of the subscriber's sending: `close()` cancels it, so a stalled client never holds a close back."""
-        with anyio.CancelScope() as scope:
-            self._send_scope = scope
-            if self.closing is not None:
-                scope.cancel()
-            try:
-                yield scope
-            finally:
-                self._send_scope = None
+    def sending(self, deadline: float = math.inf) -> anyio.CancelScope:
+        """The scope (to enter) of the subscriber's sending: `close()` cancels it, so a stalled client
+        never holds a close back; it also ends at `deadline` (then, and only then, `closing` is None)."""
+        scope = self._send_scope = anyio.CancelScope(deadline=deadline)
+        if self.closing is not None:
+            scope.cancel()
+        return scope

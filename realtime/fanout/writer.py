@@ -86,12 +86,11 @@ async def write(
     """
     deadline = math.inf if expires_at is None else anyio.current_time() + (expires_at - clock())
     # One scope for all the sending (not one per frame): `close()` cancels it, so neither a
-    # send blocked on a stalled client nor a wait holds a close back.
-    async with outbox.sending():
-        with anyio.CancelScope(deadline=deadline) as expiry:
-            await _write_frames(hub, outbox, sink, owes_replies)
-        if expiry.cancelled_caught:
-            outbox.close(TOKEN_EXPIRED)
+    # send blocked on a stalled client nor a wait holds a close back; the token's expiry ends it too.
+    with outbox.sending(deadline) as sending:
+        await _write_frames(hub, outbox, sink, owes_replies)
+    if sending.cancelled_caught and outbox.closing is None:  # `close()` sets `closing` before it cancels
+        outbox.close(TOKEN_EXPIRED)
     if outbox.closing is not None:  # None: the client went away
         await sink.close(outbox.closing)
 

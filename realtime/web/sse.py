@@ -21,10 +21,9 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from realtime.cluster.presence import Presence
-from realtime.cluster.protocol import Cluster, project_snapshot
+from realtime.cluster.protocol import Cluster, hello
 from realtime.core.errors import ApiError
 from realtime.core.eventlog import Event, Start
-from realtime.core.frames import hello_for
 from realtime.fanout.hub import Hub
 from realtime.fanout.outbox import Closing
 from realtime.fanout.writer import write
@@ -131,9 +130,9 @@ def event_stream(
             hub.subscribe(project_id, start.cursor, start.epoch, generation=generation) as outbox,
             presence.viewing(project_id, connection_id, name) if presence is not None else nullcontext(),
         ):
-            snapshot = await project_snapshot(cluster, broker, project_id, presence)
-            hello = hello_for(project_id, start, {**snapshot, "connection_id": connection_id})
-            outbox.push_control(f"retry: {RETRY_MS}\n".encode() + b"event: hello\ndata: " + hello + b"\n\n")
+            first = await hello(cluster, broker, project_id, start, connection_id, presence)
+            outbox.push_control(f"retry: {RETRY_MS}\n".encode() + b"event: hello\ndata: " + first + b"\n\n")
+            del first  # sent from the outbox; not kept alive by this frame for the stream's life
             with _nullable(viewing):
                 await write(hub, outbox, _StreamSink(send, start.epoch), expires_at=expires_at)
 

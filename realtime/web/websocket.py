@@ -1,9 +1,13 @@
 """The websocket endpoint `/ws/projects/{project_id}`: authenticate, say hello, stream events, answer ops.
 
-Per socket, in one task group: the socket's own task reads (parses client frames and starts each
-op), and a second task writes (`realtime.fanout.writer`: replies and the project's events from the
-hub's outbox, gap-free by cursor, through `_SocketSink`; a drain waits for the ops in flight; a
-session token's expiry or revocation closes 1008). When either ends, both do.
+Per socket, in one task group: a reader (parses client frames, starts each op in a task of its
+own) and a writer (`realtime.fanout.writer`: replies and the project's events from the hub's
+outbox, gap-free by cursor, through `_SocketSink`; a drain waits for the ops in flight; a session
+token's expiry or revocation closes 1008). When either ends, both do. On the fast path the reader
+is the protocol's callback (`listen`, see `ws_protocol`) and the socket's own task writes: an idle
+socket holds that one task. Elsewhere (another ASGI server, the plain path) the socket's own task
+reads through `receive()` and a second task writes. Past `MAX_IN_FLIGHT` ops the reader takes no
+frame (the callback refuses it, or the reading task waits) until one ends: the client waits.
 
 Every client frame passes the socket's `FrameGate` (`realtime.core.ratelimit`): one unit of its
 token's bucket (shared by the token's sockets on this instance). Over the limit an op is answered
@@ -14,6 +18,7 @@ within its control bounds: a client that does not read them is closed 1013 (see 
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import secrets
 import time
@@ -27,7 +32,7 @@ import anyio.abc
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from realtime.cluster.protocol import project_snapshot
+from realtime.cluster.protocol import hello
 from realtime.config import logs
 from realtime.core.errors import INTERNAL, ApiError, error_for
 from realtime.core.eventlog import Event
@@ -36,7 +41,6 @@ from realtime.core.frames import (
     Op,
     OpId,
     batch_frame,
-    hello_for,
     parse_args,
     parse_frame,
     reply_error,
@@ -49,7 +53,7 @@ from realtime.core.tokens import Access, TokenGrant
 from realtime.core.validation import parse_project_id
 from realtime.core.wsframe import text_frame
 from realtime.fanout.hub import Hub, locate
-from realtime.fanout.outbox import CLOSE_POLICY, CLOSE_RESTART, TOKEN_REVOKED, Closing, Outbox
+from realtime.fanout.outbox import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_RESTART, TOKEN_REVOKED, Closing, Outbox
 from realtime.fanout.writer import write
 from realtime.web.api import Services
 from realtime.web.auth import (
@@ -129,10 +133,11 @@ async def _watch(session: _Session, since: int | None) -> None:
     logs.bind(project_id=project_id, connection_id=session.connection_id)
     async with hub.subscribe(project_id, start.cursor, start.epoch, generation=grant.generation) as outbox:
         if services.settings.ws_fast_path:
-            outbox.direct = _frame_writer(websocket.scope)
+            outbox.direct = _offered(websocket.scope, "write")
         viewing = services.manager.activity.viewing(project_id)  # keeps the workspace awake (issue 15)
-        snapshot = await project_snapshot(services.cluster, services.broker, project_id, services.presence)
-        outbox.push_control(hello_for(project_id, start, {**snapshot, "connection_id": session.connection_id}))
+        outbox.push_control(
+            await hello(services.cluster, services.broker, project_id, start, session.connection_id, services.presence)
+        )
         logger.debug(
             "socket %s on %s: since=%s resumed=%s", session.connection_id, project_id, start.cursor, start.resumed
         )
@@ -146,11 +151,11 @@ def _reason(text: str) -> str:
     return encoded.decode("utf-8", errors="ignore")
 
 
-def _frame_writer(scope: Any) -> Callable[[bytes], bool] | None:
-    """The server's `qai.websocket.frames` writer (see `realtime.web.ws_protocol`), if it offers one."""
+def _offered(scope: Any, name: str) -> Callable[..., Any] | None:
+    """A function of the server's `qai.websocket.frames` extension (see `realtime.web.ws_protocol`), if offered."""
     extension = (scope.get("extensions") or {}).get(FRAMES_EXTENSION)
-    write = extension.get("write") if isinstance(extension, dict) else None
-    return write if callable(write) else None
+    offered = extension.get(name) if isinstance(extension, dict) else None
+    return offered if callable(offered) else None
 
 
 def _rate_limited(op_id: OpId, retry_after_s: float) -> bytes:
@@ -208,23 +213,39 @@ class _Session:
     def __post_init__(self) -> None:
         self.connection_id = "c_" + secrets.token_hex(6)
         self._in_flight = 0
-        #: Made at the first op: most sockets only listen, and a semaphore costs ~1 KiB.
-        self._slots: anyio.Semaphore | None = None
+        #: Set when an op ends while the reading task waits for a slot (made then: most sockets only listen).
+        self._freed: anyio.Event | None = None
+        #: The protocol's `resume` while its callback reads (the fast path).
+        self._resume: Callable[[], None] | None = None
         self._gate: FrameGate | None = None
         self._outbox: Outbox | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._context: contextvars.Context | None = None
 
     async def run(self, outbox: Outbox) -> None:
         self._outbox = outbox
-        async with anyio.create_task_group() as tg:
+        listen = _offered(self.websocket.scope, "listen")
+        resume = _offered(self.websocket.scope, "resume")
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                if listen is not None and resume is not None:
+                    # The reader is the protocol's callback; this task writes: one task per idle socket.
+                    self._context = contextvars.copy_context()  # ops started by the callback log like this task
+                    self._resume = resume
+                    listen(self._on_message)
+                    await self._write()
+                else:
 
-            async def until_done(fn: Any) -> None:
-                await fn()
+                    async def until_done(fn: Any) -> None:
+                        await fn()
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(until_done, self._write)
+                    await self._read()  # in this task (one task fewer per socket than a reader of its own)
                 tg.cancel_scope.cancel()
-
-            tg.start_soon(until_done, self._write)
-            # The reader runs in this task (one task fewer per socket than a reader of its own).
-            await self._read(tg)
-            tg.cancel_scope.cancel()
+        finally:
+            self._tg = None  # the callback drops whatever still arrives
 
     # -- the writer ----------------------------------------------------------------------------
 
@@ -240,29 +261,59 @@ class _Session:
 
     # -- the reader ----------------------------------------------------------------------------
 
-    async def _read(self, tg: anyio.abc.TaskGroup) -> None:
-        outbox = self._outbox
-        assert outbox is not None
-        limit = self.services.settings.ws_max_frame_bytes
+    async def _read(self) -> None:
+        """The reader as a task: `receive()` until the client goes away."""
         while True:
             message = await self.websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
-            raw = message.get("text")
-            if raw is None:
-                raw = message.get("bytes")
-            if outbox.closing is not None:
-                continue  # closing: wait for the client's close
-            if raw is not None and len(raw) > limit:
-                outbox.close(Closing(CLOSE_TOO_BIG, f"frame over {limit} bytes"))
-                continue
-            admitted = self._admit(outbox, self._parse(raw))
-            if admitted is not None:
-                if self._slots is None:
-                    self._slots = anyio.Semaphore(MAX_IN_FLIGHT)
-                await self._slots.acquire()  # past MAX_IN_FLIGHT ops, stop reading: the client waits
-                self._in_flight += 1
-                tg.start_soon(self._run_op, *admitted)
+            while not self._take(message):  # past MAX_IN_FLIGHT ops, stop reading: the client waits
+                self._freed = anyio.Event()
+                await self._freed.wait()
+
+    def _on_message(self, message: dict[str, Any]) -> bool:
+        """The reader as the protocol's callback (no task): False refuses the frame until `resume()`."""
+        if self._tg is None:
+            return True  # the session has ended
+        if message["type"] == "websocket.disconnect":
+            self._tg.cancel_scope.cancel()
+            return True
+        assert self._context is not None
+        try:
+            return self._context.run(self._take, message)
+        except Exception:  # a bug here must close this socket, not break the protocol's reading
+            logger.exception("socket %s on %s: a frame failed", self.connection_id, self.project_id)
+            assert self._outbox is not None
+            self._outbox.close(Closing(CLOSE_INTERNAL, "internal error"))
+            return True
+
+    def _take(self, message: dict[str, Any]) -> bool:
+        """Answer or start one client frame; False (nothing done) while MAX_IN_FLIGHT ops run."""
+        outbox, tg = self._outbox, self._tg
+        assert outbox is not None and tg is not None
+        raw = message.get("text")
+        if raw is None:
+            raw = message.get("bytes")
+        if outbox.closing is not None or tg.cancel_scope.cancel_called:
+            return True  # closing: wait for the client's close
+        limit = self.services.settings.ws_max_frame_bytes
+        if raw is not None and len(raw) > limit:
+            outbox.close(Closing(CLOSE_TOO_BIG, f"frame over {limit} bytes"))
+            return True
+        if self._in_flight >= MAX_IN_FLIGHT:
+            return False
+        admitted = self._admit(outbox, self._parse(raw))
+        if admitted is not None:
+            self._in_flight += 1
+            tg.start_soon(self._run_op, *admitted)
+        return True
+
+    def _slot_freed(self) -> None:
+        """An op ended: a reader stopped at MAX_IN_FLIGHT takes frames again."""
+        if self._freed is not None:
+            self._freed.set()
+        if self._resume is not None:
+            self._resume()
 
     def _admit(self, outbox: Outbox, parsed: tuple[Op, OpArgs] | FrameError) -> tuple[Op, OpArgs] | None:
         """The op to run, or None once its answer (an error, a refusal, a close) is queued."""
@@ -317,9 +368,8 @@ class _Session:
         finally:
             self.services.op_latency.observe(op.op, time.perf_counter() - started)
             self._in_flight -= 1
-            assert self._slots is not None
-            self._slots.release()
         self._outbox.push_control(frame)
+        self._slot_freed()  # after the reply: a frame taken now is answered after it
 
     async def _perform(self, op: Op, args: OpArgs) -> Any:
         spec = op.spec
