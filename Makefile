@@ -33,7 +33,7 @@ test: lint test-deps
 # The websocket suites again with the frame-once fast path off (plain ASGI `send`).
 test-plain-send: test-deps
 	QAI_TEST_WS_FAST_PATH=0 $(BIN)/pytest -m "not slow" tests/test_websocket.py tests/test_fast_path.py \
-		tests/test_socket_abuse.py tests/test_shutdown.py tests/test_revocation.py
+		tests/test_socket_abuse.py tests/test_shutdown.py tests/test_revocation.py tests/test_idle_socket.py
 
 test-fast: test-deps
 	$(BIN)/pytest -m "not slow"
