@@ -147,9 +147,9 @@ async def paired(pairs: int) -> None:
             differences = [a - b for a, b in zip(totals["sandbox"], totals["none"], strict=True)]
             quartiles = statistics.quantiles(differences, n=4)
             for isolation in isolations:
-                line = ", ".join(
-                    f"{mark} {statistics.median(m[mark] for m in marks[isolation] if mark in m):.2f}"
-                    for mark in ("banner", "next_ready", "compiling", "ready"))
+                seen = {mark: [m[mark] for m in marks[isolation] if mark in m]
+                        for mark in ("banner", "next_ready", "compiling", "ready")}
+                line = ", ".join(f"{mark} {statistics.median(times):.2f}" for mark, times in seen.items() if times)
                 print(f"{isolation:>7}: warm median {statistics.median(totals[isolation]):5.2f} s; "
                       f"from starting (medians, s): {line}", flush=True)
             print(f"sandbox - none, per pair: median {statistics.median(differences):+.3f} s "
