@@ -358,8 +358,9 @@ async def test_run_streams_a_commands_output_and_returns_its_exit_code(server: R
                 results.append(await ws.run(["sleep", "60"]))
 
             tg.start_soon(sleeper)
-            with anyio.fail_after(30):
-                while not (commands := (await server.client.get("/api/workspaces/demo")).json()["commands"]):
+            with anyio.fail_after(30):  # (the list may still hold a command that just ended: pick the sleeper)
+                while not (commands := [c for c in (await server.client.get("/api/workspaces/demo")).json()["commands"]
+                                        if c["cmd"] == ["sleep", "60"]]):
                     await anyio.sleep(0.01)
             assert await ws.kill(commands[0]["command_id"]) == 128 + 15
         assert results[0].exit_code == 128 + 15

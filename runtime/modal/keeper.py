@@ -89,6 +89,8 @@ class SnapshotKeeper:
                 await self.snapshot("take a periodic snapshot")
             except ProviderError as exc:
                 logger.warning("sandbox %s: periodic snapshot failed: %s", self._calls.project_id, exc)
+            except Exception:  # one failed snapshot must not end the keeper (and its planned end)
+                logger.exception("sandbox %s: periodic snapshot failed unexpectedly", self._calls.project_id)
 
     async def stop(self) -> None:
         """End the task (not from inside it)."""

@@ -54,6 +54,8 @@ class CommandRun:
     timed_out: bool = False
     killed: bool = False
     done: anyio.Event = field(default_factory=anyio.Event)
+    #: Set once the sandbox was asked to start it (`process` is set then, unless it could not start).
+    spawned: anyio.Event = field(default_factory=anyio.Event)
     #: Started with its stdin a pipe (`exec {stdin: true}`), which `input` writes.
     stdin: bool = False
 
@@ -77,7 +79,12 @@ class CommandRun:
             await process.close_stdin()
 
     async def kill(self) -> None:
-        """End the command: SIGTERM to its group, SIGKILL after a grace period."""
+        """End the command: SIGTERM to its group, SIGKILL after a grace period.
+
+        A command still being started (its id is out: the `started` event, the workspace's list) is
+        ended as soon as its process exists, not left to run.
+        """
+        await self.spawned.wait()
         if self.process is None or self.process.returncode is not None:
             return
         self.killed = True
@@ -100,8 +107,8 @@ def log_sink(emit: Emit, source: str, command_id: str | None = None) -> Callable
 
 async def start_command(sandbox: Sandbox, run: CommandRun, emit: Emit, *, env: Mapping[str, str] | None) -> None:
     """Emit `started`, then start the process. A command that cannot start exits with 127, as in a shell."""
-    await emit(EventKind.command, events.command_started(run.command_id, run.argv))
     try:
+        await emit(EventKind.command, events.command_started(run.command_id, run.argv))
         run.process = await sandbox.exec(
             run.argv, on_output=log_sink(emit, LogSource.command, run.command_id), cwd=run.cwd, env=env,
             **({"stdin": True} if run.stdin else {}),
@@ -111,6 +118,8 @@ async def start_command(sandbox: Sandbox, run: CommandRun, emit: Emit, *, env: M
         text = f"cannot start {run.argv[0]!r}: {exc}\n"
         await emit(EventKind.log, events.log(LogSource.command, "stderr", text, command_id=run.command_id))
         await _exited(run, emit)
+    finally:
+        run.spawned.set()
 
 
 async def finish_command(run: CommandRun, emit: Emit, *, timeout_s: float) -> int:

@@ -797,8 +797,7 @@ class _Sandbox:
         assert CLOUD.root is not None
         image_id = "im-" + _secrets_mod.token_hex(11)
         target = CLOUD.root / "images" / image_id
-        await asyncio.to_thread(shutil.copytree, state.root, target, symlinks=True,
-                                ignore_dangling_symlinks=True)
+        await asyncio.to_thread(_snapshot_tree, state.root, target)
         CLOUD.images[image_id] = target
         CLOUD.image_ttls[image_id] = ttl
         return _Image(image_id, None)
@@ -877,3 +876,20 @@ SandboxFilesystem = synchronizer.create_blocking(
     _SandboxFilesystem, "SandboxFilesystem", "tests.fake_modal.sandbox.sandbox"
 )
 Sandbox = synchronizer.create_blocking(_Sandbox, "Sandbox", "tests.fake_modal")
+
+
+def _snapshot_tree(root: Path, target: Path) -> None:
+    """Copy a sandbox's files as Modal's snapshot does: at once. Files the sandbox removes during the copy
+    (its processes run on) are simply not in it, rather than failing the snapshot as `copytree` would."""
+
+    def copy_if_present(source: str, dest: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.copy2(source, dest, follow_symlinks=False)
+
+    for _ in range(5):
+        try:
+            shutil.copytree(root, target, symlinks=True, ignore_dangling_symlinks=True, copy_function=copy_if_present)
+            return
+        except shutil.Error:  # a directory vanished under the walk: copy again
+            shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(root, target, symlinks=True, ignore_dangling_symlinks=True, copy_function=copy_if_present)
