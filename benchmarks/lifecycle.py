@@ -26,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -111,7 +112,7 @@ async def paired(pairs: int) -> None:
         home.mkdir()
         os.environ["HOME"] = str(home)
 
-        def settings_for(isolation: str) -> object:
+        def settings_for(isolation: str) -> Callable[[int], Settings]:
             def settings(port: int) -> Settings:
                 base = make_settings(Path(tmp) / isolation, port, template=DEFAULT_TEMPLATE,
                                      WORKSPACE_START_TIMEOUT_S="600")

@@ -42,6 +42,18 @@ const until = async (check) => {
 const hello = (since) => ({
   type: "hello", project_id: "p", epoch: "e1", seq: since, since, resumed: true, snapshot: {},
 });
+/** A client on fake sockets (`options` over the defaults below), not yet connected. */
+const newClient = (options = {}) => new WorkspaceClient({
+  projectId: "p", token: "t", baseUrl: "http://svc", WebSocket: FakeSocket,
+  backoff: { initialMs: 1, maxMs: 1 }, heartbeat: false, ...options,
+});
+/** `client` connected on a new fake socket whose hello places it at `since`. */
+const connectAt = async (client, since) => {
+  const connected = client.connect();
+  await until(() => sockets.length >= 1 && sockets[sockets.length - 1].onmessage);
+  sockets[sockets.length - 1].deliver(hello(since));
+  await connected;
+};
 const listeners = {};
 globalThis.addEventListener = (name, fn) => { listeners[name] = fn; };
 globalThis.removeEventListener = (name, fn) => { if (listeners[name] === fn) delete listeners[name]; };
@@ -94,14 +106,8 @@ client.close();
 
 def test_the_online_event_reconnects_at_once_instead_of_waiting_out_the_backoff(tmp_path: Path) -> None:
     out = _run(tmp_path, r"""
-const client = new WorkspaceClient({
-  projectId: "p", token: "t", baseUrl: "http://svc", WebSocket: FakeSocket,
-  backoff: { initialMs: 600000, maxMs: 600000 }, heartbeat: false,
-});
-const connected = client.connect();
-await until(() => sockets.length === 1);
-sockets[0].deliver(hello(0));
-await connected;
+const client = newClient({ backoff: { initialMs: 600000, maxMs: 600000 } });
+await connectAt(client, 0);
 sockets[0].serverClose(1006, "");
 await until(() => client.state === "reconnecting");
 out.socketsWhileBackingOff = sockets.length;  // the next try is ten minutes away
@@ -118,14 +124,8 @@ def test_an_op_made_while_the_socket_is_closing_waits_for_the_next_channel(tmp_p
     """A socket closed by the page (or the heartbeat) stays `open` to the client until its close event;
     a keystroke typed in between was sent into the closing socket, which drops it: it must wait instead."""
     out = _run(tmp_path, r"""
-const client = new WorkspaceClient({
-  projectId: "p", token: "t", baseUrl: "http://svc", WebSocket: FakeSocket,
-  backoff: { initialMs: 1, maxMs: 1 }, heartbeat: false,
-});
-const connected = client.connect();
-await until(() => sockets.length === 1);
-sockets[0].deliver(hello(3));
-await connected;
+const client = newClient();
+await connectAt(client, 3);
 sockets[0].close(4000, "dropped");
 const typed = client.request("term_input", { terminal_id: "t1", data: "\r" });
 sockets[0].serverClose(4000, "dropped");
@@ -146,10 +146,7 @@ def test_ops_waiting_for_the_channel_are_bounded(tmp_path: Path) -> None:
     """Ops made while disconnected wait, but not without end: past 1,000 ops (or 4 MiB of frames) an op
     is refused at once with `queue_full`, and what waited is sent once the channel opens."""
     out = _run(tmp_path, r"""
-const client = new WorkspaceClient({
-  projectId: "p", token: "t", baseUrl: "http://svc", WebSocket: FakeSocket,
-  backoff: { initialMs: 1, maxMs: 1 }, heartbeat: false,
-});
+const client = newClient();
 const connected = client.connect();
 await until(() => sockets.length === 1);
 const waiting = [];
@@ -162,6 +159,22 @@ out.sent = sockets[0].sent.length;
 client.close();
 """)
     assert out == {"overCount": "queue_full", "overBytes": "queue_full", "sent": 1000}
+
+
+def test_ops_waiting_for_the_channel_are_bounded_in_utf8_bytes(tmp_path: Path) -> None:
+    """The byte bound counts what goes on the wire: two ops of 1.5 Mi two-byte characters (3 MiB each) do
+    not both wait, though they hold only 3 Mi UTF-16 units together."""
+    out = _run(tmp_path, r"""
+const client = newClient();
+client.connect().catch(() => {});
+await until(() => sockets.length === 1);
+const text = "é".repeat(1.5 * 1024 * 1024);
+const first = client.request("term_input", { data: text }).catch((e) => e.code);
+out.second = await client.request("term_input", { data: text }).catch((e) => e.code);
+client.close();
+out.first = await first;
+""")
+    assert out == {"second": "queue_full", "first": "closed"}
 
 
 def test_1009_and_1008_without_a_token_source_are_fatal(tmp_path: Path) -> None:

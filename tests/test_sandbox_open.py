@@ -4,7 +4,6 @@ that cannot be laid leaves nothing behind (no namespace holder, no cgroup) and s
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 from runtime.base import Stream
 from runtime.errors import ProviderError
 from runtime.local.confine import Confinement
-from runtime.local.host import HostSandboxing
+from runtime.local.host import HostSandboxing, pid_alive
 from runtime.local.runtime import LocalRuntime
 from runtime.local.template import TemplateCache
 
@@ -25,14 +24,6 @@ pytestmark = [
 
 async def _ignore(_stream: Stream, _text: str) -> None:
     return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture
@@ -59,7 +50,7 @@ async def test_a_new_workspaces_network_is_made_while_it_is_laid(tmp_path: Path,
         if network is None:
             pytest.skip("no network namespace on this host")
         holder = network.holder
-        assert holder is not None and _alive(holder)  # before any command
+        assert holder is not None and pid_alive(holder)  # before any command
         out: list[str] = []
 
         async def keep(_stream: Stream, text: str) -> None:
@@ -68,7 +59,7 @@ async def test_a_new_workspaces_network_is_made_while_it_is_laid(tmp_path: Path,
         process = await sandbox.exec(["sh", "-c", "echo $PORT-ok"], on_output=keep, env={"PORT": "1"})
         assert await process.wait() == 0 and "".join(out).strip() == "1-ok"
         await sandbox.terminate()
-        assert not _alive(holder)
+        assert not pid_alive(holder)
 
         # Opening an existing workspace (an adopted or re-opened one) makes its network at the first command.
         again = await runtime.open("fresh")
@@ -100,7 +91,7 @@ async def test_a_workspace_that_cannot_be_laid_leaves_no_network_or_cgroup(
         with pytest.raises(ProviderError, match="No space left on device"):
             await runtime.open("doomed")
         confinement = confinements[-1]
-        assert all(not _alive(pid) for pid in holders)
+        assert all(not pid_alive(pid) for pid in holders)
         if confinement.cgroup is not None:
             assert not any(path.exists() for path in confinement.cgroup.dirs)
         assert not runtime.workspace_dir("doomed").exists()

@@ -283,7 +283,8 @@ async def lay_workspace(template: TemplateCache | None, workspace: Path, staging
         ProviderError: it could not be made.
     """
     if meanwhile is None:
-        return await _lay(template, workspace, staging, owner)
+        await _lay(template, workspace, staging, owner)
+        return
     failed: list[Exception] = []
 
     async def run_meanwhile() -> None:
@@ -301,7 +302,6 @@ async def lay_workspace(template: TemplateCache | None, workspace: Path, staging
             tg.cancel_scope.cancel()
     if failed:
         raise failed[0]
-    return None
 
 
 async def _lay(template: TemplateCache | None, workspace: Path, staging: Path, owner: int | None) -> None:

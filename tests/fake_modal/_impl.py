@@ -886,10 +886,11 @@ def _snapshot_tree(root: Path, target: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             shutil.copy2(source, dest, follow_symlinks=False)
 
-    for _ in range(5):
+    for attempt in range(5):
         try:
             shutil.copytree(root, target, symlinks=True, ignore_dangling_symlinks=True, copy_function=copy_if_present)
             return
         except shutil.Error:  # a directory vanished under the walk: copy again
+            if attempt == 4:
+                raise
             shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(root, target, symlinks=True, ignore_dangling_symlinks=True, copy_function=copy_if_present)

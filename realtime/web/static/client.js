@@ -41,6 +41,7 @@ const SOCKET_OPEN = 1;
 /** Ops waiting for the channel to open again, at most this many and this many bytes of frames. */
 const MAX_QUEUED_OPS = 1000;
 const MAX_QUEUED_BYTES = 4 * 1024 * 1024;
+const UTF8 = new TextEncoder();
 
 /**
  * Defaults shared with the Python client (docs/protocol.md, "Clients"): where a new channel starts
@@ -489,12 +490,13 @@ export class WorkspaceClient {
   }
 
   _enqueue(entry) {
-    if (this._queued.length >= MAX_QUEUED_OPS || this._queuedBytes + entry.frame.length > MAX_QUEUED_BYTES) {
+    entry.bytes = UTF8.encode(entry.frame).length; // what it takes on the wire (only ops that wait pay for it)
+    if (this._queued.length >= MAX_QUEUED_OPS || this._queuedBytes + entry.bytes > MAX_QUEUED_BYTES) {
       entry.reject(new OpError("queue_full", "too many ops are waiting for the channel to open", { op: entry.op }));
       return;
     }
     this._queued.push(entry);
-    this._queuedBytes += entry.frame.length;
+    this._queuedBytes += entry.bytes;
   }
 
   _send(entry) {
